@@ -1,0 +1,244 @@
+package memstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/idemq/idemq/dedupe"
+)
+
+// ErrFull is returned by Claim when the store holds MaxKeys live records and
+// none has expired. The store never forgets a live record to make room:
+// forgetting one would let its redelivery run twice. Treat ErrFull as a
+// transient error (the consumer redelivers later).
+var ErrFull = errors.New("memstore: store is full")
+
+// Options configures a Store. A nil *Options means defaults.
+type Options struct {
+	// MaxKeys bounds the number of live records. Default 1,000,000.
+	MaxKeys int
+	// Shards is the number of independently locked shards, rounded up to a
+	// power of two. Default 64.
+	Shards int
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Store is an in-memory dedupe.Store: sharded, bounded by MaxKeys, with
+// expired records evicted as the store is used (no background goroutine, so
+// nothing to stop). It is safe for concurrent use. Records do not survive the
+// process: use it for tests and single-process consumers.
+type Store struct {
+	shards   []shard
+	mask     uint64
+	perShard int
+	now      func() time.Time
+}
+
+type shard struct {
+	mu      sync.Mutex
+	m       map[string]entry
+	inserts int // since the last sweep
+	_       [40]byte
+}
+
+// entry is a compact dedupe.Record: times as Unix nanoseconds, the key held
+// only by the map.
+type entry struct {
+	fingerprint string
+	token       string
+	result      []byte
+	leaseUntil  int64
+	createdAt   int64
+	expiresAt   int64
+	state       dedupe.State
+}
+
+// New returns an empty Store.
+func New(opts *Options) *Store {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.MaxKeys <= 0 {
+		o.MaxKeys = 1_000_000
+	}
+	if o.Shards <= 0 {
+		o.Shards = 64
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	n := 1
+	for n < o.Shards {
+		n <<= 1
+	}
+	per := (o.MaxKeys + n - 1) / n
+	s := &Store{shards: make([]shard, n), mask: uint64(n - 1), perShard: per, now: o.Now}
+	for i := range s.shards {
+		s.shards[i].m = make(map[string]entry)
+	}
+	return s
+}
+
+// Len returns the number of records held, live or not yet evicted.
+func (s *Store) Len() int {
+	total := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		total += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return total
+}
+
+func (s *Store) shard(key string) *shard {
+	// FNV-1a, inlined to avoid an allocation per call.
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= 1099511628211
+	}
+	return &s.shards[h&s.mask]
+}
+
+func toRecord(key string, e entry) *dedupe.Record {
+	return &dedupe.Record{
+		Key:         key,
+		Fingerprint: e.fingerprint,
+		State:       e.state,
+		Token:       e.token,
+		LeaseUntil:  time.Unix(0, e.leaseUntil),
+		Result:      e.result,
+		CreatedAt:   time.Unix(0, e.createdAt),
+		ExpiresAt:   time.Unix(0, e.expiresAt),
+	}
+}
+
+func toEntry(r *dedupe.Record) entry {
+	e := entry{
+		fingerprint: r.Fingerprint,
+		token:       r.Token,
+		result:      r.Result,
+		createdAt:   r.CreatedAt.UnixNano(),
+		expiresAt:   r.ExpiresAt.UnixNano(),
+		state:       r.State,
+	}
+	if !r.LeaseUntil.IsZero() {
+		e.leaseUntil = r.LeaseUntil.UnixNano()
+	}
+	return e
+}
+
+func (s *Store) lookup(sh *shard, key string) *dedupe.Record {
+	e, ok := sh.m[key]
+	if !ok {
+		return nil
+	}
+	return toRecord(key, e)
+}
+
+// sweep removes expired entries from sh. Called with sh.mu held.
+func (sh *shard) sweep(now int64) {
+	for k, e := range sh.m {
+		if e.expiresAt <= now {
+			delete(sh.m, k)
+		}
+	}
+	sh.inserts = 0
+}
+
+// Claim implements dedupe.Store.
+func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
+	if err := ctx.Err(); err != nil {
+		return dedupe.Claim{}, err
+	}
+	if err := dedupe.ValidateLease(lease, retention); err != nil {
+		return dedupe.Claim{}, err
+	}
+	now := s.now()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	cur := s.lookup(sh, key)
+	c, next := dedupe.Decide(cur, key, fingerprint, now, lease, retention)
+	if next == nil {
+		return c, nil
+	}
+	if _, exists := sh.m[key]; !exists {
+		// Amortised eviction: a full sweep after as many inserts as the shard
+		// holds keeps the cost O(1) per insert; a full shard sweeps at once.
+		sh.inserts++
+		if sh.inserts >= s.perShard || len(sh.m) >= s.perShard {
+			sh.sweep(now.UnixNano())
+		}
+		if len(sh.m) >= s.perShard {
+			return dedupe.Claim{}, fmt.Errorf("%w: %d live records in the shard of %q", ErrFull, len(sh.m), key)
+		}
+	}
+	sh.m[key] = toEntry(next)
+	return c, nil
+}
+
+// Complete implements dedupe.Store. The result bytes are copied.
+func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if retention <= 0 {
+		return fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
+	}
+	now := s.now()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	res.Data = append([]byte(nil), res.Data...)
+	next, err := dedupe.CompleteRecord(s.lookup(sh, key), token, res, now, retention)
+	if err != nil {
+		return err
+	}
+	sh.m[key] = toEntry(next)
+	return nil
+}
+
+// Release implements dedupe.Store.
+func (s *Store) Release(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.now()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if err := dedupe.ReleaseRecord(s.lookup(sh, key), token, now); err != nil {
+		return err
+	}
+	delete(sh.m, key)
+	return nil
+}
+
+// Extend implements dedupe.Store.
+func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if lease <= 0 {
+		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
+	}
+	now := s.now()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	next, err := dedupe.ExtendRecord(s.lookup(sh, key), token, now, lease)
+	if err != nil {
+		return err
+	}
+	sh.m[key] = toEntry(next)
+	return nil
+}
+
+var _ dedupe.Store = (*Store)(nil)

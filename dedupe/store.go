@@ -1,0 +1,283 @@
+package dedupe
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrLeaseLost is returned by Complete, Release and Extend when the caller's
+// fencing token is no longer the record's current token: the lease expired and
+// another attempt took over, the record was released, or it has already been
+// completed. The caller must not assume its result was recorded.
+var ErrLeaseLost = errors.New("dedupe: lease lost")
+
+// ErrInvalidLease is returned when a lease or retention passed to a Store is
+// not positive, or a retention is shorter than the lease.
+var ErrInvalidLease = errors.New("dedupe: invalid lease or retention")
+
+// State is the state of a dedupe record.
+type State uint8
+
+const (
+	// StateInProgress: an attempt holds the lease and is running the handler.
+	StateInProgress State = 1
+	// StateDone: the operation completed; its result is stored.
+	StateDone State = 2
+	// StateFailed: the operation completed with a final business failure
+	// ("402 No Money!"); the failure is stored and replayed, never re-evaluated.
+	StateFailed State = 3
+)
+
+// String returns "in_progress", "done" or "failed".
+func (s State) String() string {
+	switch s {
+	case StateInProgress:
+		return "in_progress"
+	case StateDone:
+		return "done"
+	case StateFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("State(%d)", uint8(s))
+}
+
+// ParseState is the inverse of State.String.
+func ParseState(s string) (State, error) {
+	switch s {
+	case "in_progress":
+		return StateInProgress, nil
+	case "done":
+		return StateDone, nil
+	case "failed":
+		return StateFailed, nil
+	}
+	return 0, fmt.Errorf("dedupe: unknown state %q", s)
+}
+
+// Result is what a completed operation leaves behind, replayed to every
+// duplicate. Data is opaque to idemq (a response body, an encoded reply).
+type Result struct {
+	// Failed records a final business failure. It is stored and replayed like
+	// a success; it is not a reason to run the operation again.
+	Failed bool
+	// Data is the stored result. Stores accept at least 1 MiB.
+	Data []byte
+}
+
+// Status is the answer of Claim.
+type Status uint8
+
+const (
+	// Acquired: the caller holds the lease and must run the operation, then
+	// Complete (or Release on a transient failure).
+	Acquired Status = 1
+	// Busy: another attempt holds a live lease. Retry after Claim.RetryAfter.
+	Busy Status = 2
+	// Duplicate: the operation already completed; Claim.Result holds its
+	// stored result. Acknowledge and replay, do not run again.
+	Duplicate Status = 3
+	// Conflict: the key completed with a different fingerprint. The same key
+	// was reused for a different operation: never run it, never drop it
+	// silently (HTTP 409, dead-letter reason "conflict").
+	Conflict Status = 4
+)
+
+// String returns the status name in lower case.
+func (s Status) String() string {
+	switch s {
+	case Acquired:
+		return "acquired"
+	case Busy:
+		return "busy"
+	case Duplicate:
+		return "duplicate"
+	case Conflict:
+		return "conflict"
+	}
+	return fmt.Sprintf("Status(%d)", uint8(s))
+}
+
+// Claim is the outcome of Store.Claim.
+type Claim struct {
+	// Status says what the caller must do.
+	Status Status
+	// Token is the fencing token of the new lease (Acquired only). Complete,
+	// Release and Extend require it.
+	Token string
+	// Takeover is true when Acquired replaced an in-progress record whose
+	// lease had expired (the previous attempt crashed or stalled).
+	Takeover bool
+	// RetryAfter is the remainder of the other attempt's lease (Busy only).
+	RetryAfter time.Duration
+	// Result is the stored result (Duplicate only).
+	Result Result
+	// Fingerprint is the fingerprint stored with the record (Duplicate and
+	// Conflict), for diagnostics.
+	Fingerprint string
+}
+
+// Store persists dedupe records and applies the claim state machine
+// atomically. Every implementation must pass the conformance suite in
+// package dedupe/storetest. Implementations that can read and write a record
+// atomically call Decide, CompleteRecord, ReleaseRecord and ExtendRecord so that
+// the state machine exists once; stores that must run it server-side (the
+// Redis Lua script) mirror it and are held to it by the suite.
+type Store interface {
+	// Claim applies the state machine for key. lease is how long an Acquired
+	// claim is exclusive; retention is how long the record is kept (from the
+	// claim while in progress, from completion once done). lease > 0 and
+	// retention >= lease, else ErrInvalidLease.
+	Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (Claim, error)
+	// Complete stores res for key and marks it done (or failed when
+	// res.Failed), kept for retention from now. ErrLeaseLost unless token is
+	// the current token of an in-progress record.
+	Complete(ctx context.Context, key, token string, res Result, retention time.Duration) error
+	// Release deletes the in-progress record so that a redelivery runs the
+	// operation again (the handler failed transiently). ErrLeaseLost unless
+	// token is current.
+	Release(ctx context.Context, key, token string) error
+	// Extend pushes the lease out to now+lease (a heartbeat for a long
+	// handler). ErrLeaseLost unless token is current.
+	Extend(ctx context.Context, key, token string, lease time.Duration) error
+}
+
+// Record is a stored dedupe record, as stores that run the state machine in
+// Go keep it.
+type Record struct {
+	Key         string
+	Fingerprint string
+	State       State
+	// Token is the fencing token of the current (or last) lease.
+	Token string
+	// LeaseUntil is when the in-progress lease ends.
+	LeaseUntil time.Time
+	// Result is the stored result (done or failed).
+	Result []byte
+	// CreatedAt is when the record was created (first claim).
+	CreatedAt time.Time
+	// ExpiresAt is when retention is over; from then on the record counts as
+	// absent.
+	ExpiresAt time.Time
+}
+
+// Live reports whether the record exists at now (retention not over).
+func (r *Record) Live(now time.Time) bool {
+	return r != nil && now.Before(r.ExpiresAt)
+}
+
+// ValidateLease checks a lease and retention pair as Store.Claim requires.
+func ValidateLease(lease, retention time.Duration) error {
+	if lease <= 0 {
+		return fmt.Errorf("%w: lease %v must be positive", ErrInvalidLease, lease)
+	}
+	if retention < lease {
+		return fmt.Errorf("%w: retention %v is shorter than lease %v", ErrInvalidLease, retention, lease)
+	}
+	return nil
+}
+
+// NewToken returns a fresh random fencing token (128 bits, hex).
+func NewToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never returns an error (Go 1.24+).
+	return hex.EncodeToString(b[:])
+}
+
+// Decide is the dedupe state machine. Given the current record for key (nil
+// when absent) it returns the claim answer and the record to store, or nil
+// when the stored record must not change. A record whose retention is over
+// counts as absent.
+//
+//   - absent → new in-progress record with a fresh token: Acquired
+//   - in progress, lease alive → Busy with the lease remainder
+//   - in progress, lease expired → new token: Acquired with Takeover
+//   - done/failed, same fingerprint (or either empty) → Duplicate
+//   - done/failed, different fingerprint → Conflict
+func Decide(cur *Record, key, fingerprint string, now time.Time, lease, retention time.Duration) (Claim, *Record) {
+	if cur.Live(now) {
+		switch cur.State {
+		case StateInProgress:
+			if now.Before(cur.LeaseUntil) {
+				return Claim{Status: Busy, RetryAfter: cur.LeaseUntil.Sub(now), Fingerprint: cur.Fingerprint}, nil
+			}
+			next := *cur
+			next.Fingerprint = fingerprint
+			next.Token = NewToken()
+			next.LeaseUntil = now.Add(lease)
+			next.ExpiresAt = laterOf(now.Add(retention), next.LeaseUntil)
+			return Claim{Status: Acquired, Token: next.Token, Takeover: true}, &next
+		case StateDone, StateFailed:
+			if fingerprint != "" && cur.Fingerprint != "" && fingerprint != cur.Fingerprint {
+				return Claim{Status: Conflict, Fingerprint: cur.Fingerprint}, nil
+			}
+			return Claim{
+				Status:      Duplicate,
+				Result:      Result{Failed: cur.State == StateFailed, Data: cur.Result},
+				Fingerprint: cur.Fingerprint,
+			}, nil
+		}
+	}
+	rec := &Record{
+		Key:         key,
+		Fingerprint: fingerprint,
+		State:       StateInProgress,
+		Token:       NewToken(),
+		LeaseUntil:  now.Add(lease),
+		CreatedAt:   now,
+	}
+	rec.ExpiresAt = laterOf(now.Add(retention), rec.LeaseUntil)
+	return Claim{Status: Acquired, Token: rec.Token}, rec
+}
+
+// CompleteRecord applies Complete to cur and returns the record to store.
+func CompleteRecord(cur *Record, token string, res Result, now time.Time, retention time.Duration) (*Record, error) {
+	if err := owned(cur, token, now); err != nil {
+		return nil, err
+	}
+	next := *cur
+	next.State = StateDone
+	if res.Failed {
+		next.State = StateFailed
+	}
+	next.Result = res.Data
+	next.LeaseUntil = time.Time{}
+	next.ExpiresAt = now.Add(retention)
+	return &next, nil
+}
+
+// ReleaseRecord checks that Release may delete cur.
+func ReleaseRecord(cur *Record, token string, now time.Time) error {
+	return owned(cur, token, now)
+}
+
+// ExtendRecord applies Extend to cur and returns the record to store.
+func ExtendRecord(cur *Record, token string, now time.Time, lease time.Duration) (*Record, error) {
+	if err := owned(cur, token, now); err != nil {
+		return nil, err
+	}
+	next := *cur
+	next.LeaseUntil = now.Add(lease)
+	next.ExpiresAt = laterOf(next.ExpiresAt, next.LeaseUntil)
+	return &next, nil
+}
+
+// owned reports ErrLeaseLost unless cur is a live in-progress record whose
+// current token is token. An expired lease that nobody took over is still
+// owned: the token, not the clock, is the authority.
+func owned(cur *Record, token string, now time.Time) error {
+	if !cur.Live(now) || cur.State != StateInProgress || token == "" || cur.Token != token {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
