@@ -152,7 +152,8 @@ func (sh *shard) sweep(now int64) {
 	sh.inserts = 0
 }
 
-// Claim implements dedupe.Store.
+// Claim implements dedupe.Store. A Duplicate's Result.Data is a copy the
+// caller may keep and modify.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
@@ -167,6 +168,11 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	cur := s.lookup(sh, key)
 	c, next := dedupe.Decide(cur, key, fingerprint, now, lease, retention)
 	if next == nil {
+		if c.Status == dedupe.Duplicate && c.Result.Data != nil {
+			// Replay a copy: a caller that modifies the replayed bytes
+			// must not change what later duplicates see.
+			c.Result.Data = append([]byte(nil), c.Result.Data...)
+		}
 		return c, nil
 	}
 	if _, exists := sh.m[key]; !exists {

@@ -1,0 +1,32 @@
+// Package storetest is the conformance suite every dedupe.Store must pass.
+//
+// A store's test calls Run with a Factory that returns a fresh, isolated
+// store reading time from the given function:
+//
+//	func TestConformance(t *testing.T) {
+//		storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
+//			return memstore.New(&memstore.Options{Now: now})
+//		})
+//	}
+//
+// Each subtest creates its own Clock and its own store, so the suite never
+// sleeps: lease and retention expiry are reached by advancing the fake clock.
+// A store must therefore compute every expiry from the injected clock (pass
+// it into a Lua script, store it in the record), never from the server's
+// clock. Physical expiry (Redis PEXPIRE, NATS KV MaxAge, SQL cleanup) is
+// garbage collection only and must not cut a live record short.
+//
+// The suite checks the state machine documented on dedupe.Decide: claim of
+// an absent key, Busy with the exact lease remainder, exactly one winner
+// among concurrent claimers, takeover after lease expiry with a new fencing
+// token and ErrLeaseLost for the old one, Duplicate replay of stored results
+// and failures, Conflict on a different fingerprint, Release making the next
+// claim Acquired (never Duplicate), Extend, retention expiry, 1 MiB and binary
+// results, awkward keys, cancelled contexts, ErrInvalidLease and many
+// independent keys.
+//
+// All instants the suite uses are whole milliseconds apart, so a store that
+// keeps times with millisecond precision (the Redis store) is held to exact
+// answers too; RetryAfter is allowed to differ from the exact remainder by
+// less than one millisecond to admit such rounding.
+package storetest
