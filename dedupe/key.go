@@ -1,0 +1,176 @@
+package dedupe
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Input is what keys and fingerprints are computed from. It is
+// transport-neutral: adapters fill it from a JetStream message, a Watermill
+// message or an HTTP request.
+type Input struct {
+	// Header holds the message or request headers. Names are matched
+	// case-insensitively; canonical MIME form is not assumed.
+	Header map[string][]string
+	// Data is the payload.
+	Data []byte
+	// MessageID is the broker's id for the message (may be empty).
+	MessageID string
+}
+
+// Values returns the values of the header name, matched case-insensitively.
+// When the map holds the name under several spellings, their values are
+// concatenated in the byte order of the spellings, so the result does not
+// depend on map iteration order.
+func (in Input) Values(name string) []string {
+	var keys []string
+	for k := range in.Header {
+		if strings.EqualFold(k, name) {
+			keys = append(keys, k)
+		}
+	}
+	switch len(keys) {
+	case 0:
+		return nil
+	case 1:
+		return in.Header[keys[0]]
+	}
+	slices.Sort(keys)
+	var out []string
+	for _, k := range keys {
+		out = append(out, in.Header[k]...)
+	}
+	return out
+}
+
+// KeySource extracts the idempotency key from an Input. Errors are
+// *KeyError values wrapping ErrMissingKey, ErrInvalidKey or ErrNotJSON.
+type KeySource interface {
+	Key(in Input) (string, error)
+}
+
+// KeyFunc adapts a function to KeySource. Guard validates what it returns as
+// it validates every key (non-empty, valid UTF-8, no control characters).
+type KeyFunc func(in Input) (string, error)
+
+// Key calls f(in).
+func (f KeyFunc) Key(in Input) (string, error) { return f(in) }
+
+// HeaderKey returns a KeySource that takes the key from the first of the
+// named headers that has a non-empty value, e.g.
+// HeaderKey("Idempotency-Key", "Nats-Msg-Id"). Header names match
+// case-insensitively; surrounding spaces and tabs are trimmed from the value
+// (they are never part of an HTTP field value).
+func HeaderKey(names ...string) KeySource {
+	return headerKey{names: slices.Clone(names)}
+}
+
+type headerKey struct{ names []string }
+
+func (h headerKey) source() string {
+	return "header " + strings.Join(h.names, ", ")
+}
+
+func (h headerKey) Key(in Input) (string, error) {
+	for _, n := range h.names {
+		for _, v := range in.Values(n) {
+			if v = strings.Trim(v, " \t"); v != "" {
+				if err := CheckKey(v); err != nil {
+					return "", &KeyError{Source: "header " + n, Err: err}
+				}
+				return v, nil
+			}
+		}
+	}
+	return "", &KeyError{Source: h.source(), Err: ErrMissingKey}
+}
+
+// JSONFieldKey returns a KeySource that takes the key from a field of the
+// JSON payload, named by a dotted path: "payment_id", "order.id"; a numeric
+// segment also indexes an array ("items.0.sku"). A field name containing a
+// dot cannot be addressed. String values are used as they are; numbers in
+// their canonical form (so 100, 100.0 and 1e2 give the key "100"). An absent
+// field, null or "" is ErrMissingKey; an object, array or boolean is
+// ErrInvalidKey; a payload that is not JSON is ErrNotJSON.
+func JSONFieldKey(path string) KeySource {
+	return jsonFieldKey{path: path, segs: splitPath(path)}
+}
+
+type jsonFieldKey struct {
+	path string
+	segs []string
+}
+
+func (j jsonFieldKey) Key(in Input) (string, error) {
+	src := "json field " + j.path
+	root, err := parseJSON(in.Data)
+	if err != nil {
+		return "", &KeyError{Source: src, Err: err}
+	}
+	n := root.lookup(j.segs)
+	if n == nil || n.kind == kindNull {
+		return "", &KeyError{Source: src, Err: ErrMissingKey}
+	}
+	var v string
+	switch n.kind {
+	case kindString, kindNumber:
+		v = n.str
+	default:
+		return "", &KeyError{Source: src, Err: fmt.Errorf("%w: the field is a JSON %s, not a string or number", ErrInvalidKey, n.kind)}
+	}
+	if v == "" {
+		return "", &KeyError{Source: src, Err: ErrMissingKey}
+	}
+	if err := CheckKey(v); err != nil {
+		return "", &KeyError{Source: src, Err: err}
+	}
+	return v, nil
+}
+
+// MessageIDKey returns a KeySource that uses Input.MessageID, the broker's
+// id for the message (for JetStream, the publisher-set Nats-Msg-Id is usually
+// the better choice: HeaderKey("Nats-Msg-Id")).
+func MessageIDKey() KeySource { return messageIDKey{} }
+
+type messageIDKey struct{}
+
+func (messageIDKey) Key(in Input) (string, error) {
+	if in.MessageID == "" {
+		return "", &KeyError{Source: "message id", Err: ErrMissingKey}
+	}
+	if err := CheckKey(in.MessageID); err != nil {
+		return "", &KeyError{Source: "message id", Err: err}
+	}
+	return in.MessageID, nil
+}
+
+// CheckKey reports whether key may be used as an idempotency key: it must be
+// non-empty (else ErrMissingKey), valid UTF-8 and free of control characters
+// (else an error wrapping ErrInvalidKey that gives the byte offset). Length
+// is not limited here: Guard hashes long keys.
+func CheckKey(key string) error {
+	if key == "" {
+		return ErrMissingKey
+	}
+	for i, r := range key {
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(key[i:]); size == 1 {
+				return fmt.Errorf("%w: invalid UTF-8 at byte %d", ErrInvalidKey, i)
+			}
+		}
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%w: control character %U at byte %d", ErrInvalidKey, r, i)
+		}
+	}
+	return nil
+}
+
+func splitPath(path string) []string {
+	if path == "" {
+		return nil
+	}
+	return strings.Split(path, ".")
+}
