@@ -74,7 +74,8 @@ type Guard struct {
 	// MaxKeyLen bounds stored keys in bytes. A longer namespaced key, and any
 	// key that itself starts with "sha256:", is replaced by the namespace
 	// prefix plus "sha256:" + hex(sha256(key)), never truncated (if that is
-	// still too long, the whole namespaced key is hashed). Default 200.
+	// still too long, the whole namespaced key is hashed; a hashed key is 71
+	// bytes, so limits below 71 act as 71). Default 200.
 	MaxKeyLen int
 }
 
