@@ -1,0 +1,45 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/memstore"
+	"github.com/idemq/idemq/retry"
+)
+
+// A pipeline with dedupe: the second delivery of the same key is a
+// duplicate and replays the stored result; a refusal is stored too.
+func ExamplePipeline_Process() {
+	g := &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+	p, err := consumer.NewPipeline(consumer.Config{Guard: g, Retry: retry.Policy{MaxAttempts: 3}},
+		func(ctx context.Context, m *consumer.Message) error {
+			if string(m.Data) == "broke" {
+				return consumer.Reject([]byte("402 No Money!"), errors.New("insufficient funds"))
+			}
+			m.SetResult([]byte("paid"))
+			return nil
+		})
+	if err != nil {
+		panic(err)
+	}
+	for _, d := range []struct{ key, body string }{{"k1", "ok"}, {"k1", "ok"}, {"k2", "broke"}, {"k2", "broke"}} {
+		out := p.Process(context.Background(), &consumer.Message{
+			Header: map[string][]string{"Idempotency-Key": {d.key}}, Data: []byte(d.body), Attempt: 1,
+		})
+		switch {
+		case out.Replay != nil:
+			fmt.Printf("%s: %v, replayed %q (failed=%v)\n", d.key, out.Action, out.Replay.Data, out.Replay.Failed)
+		default:
+			fmt.Printf("%s: %v, ran: %q (failed=%v)\n", d.key, out.Action, out.Result.Data, out.Result.Failed)
+		}
+	}
+	// Output:
+	// k1: ack, ran: "paid" (failed=false)
+	// k1: ack, replayed "paid" (failed=false)
+	// k2: ack, ran: "402 No Money!" (failed=true)
+	// k2: ack, replayed "402 No Money!" (failed=true)
+}

@@ -1,0 +1,121 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Message is one delivery of a message, translated from the transport into
+// the pipeline's vocabulary. Adapters build it (natsjs.Convert for
+// JetStream); handlers read it and may record a result with SetResult.
+type Message struct {
+	// ID identifies the message at the broker and stays the same across
+	// redeliveries. It is dedupe.Input.MessageID, so dedupe.MessageIDKey
+	// dedupes by it. natsjs sets the Nats-Msg-Id header when present, else
+	// "<stream>:<stream sequence>".
+	ID string
+	// Subject is the subject (topic) the message was published to.
+	Subject string
+	// Header holds the message headers, keys as the transport delivered
+	// them (NATS headers are case-sensitive). It may be nil.
+	Header map[string][]string
+	// Data is the message body.
+	Data []byte
+	// Attempt is the 1-based delivery count as the broker counts it
+	// (JetStream: NumDelivered), so it survives crashes. Every delivery
+	// counts, including those answered Busy. Values below 1 are taken as 1.
+	Attempt int
+	// Received is when the adapter received this delivery.
+	Received time.Time
+	// Native is the transport's own message (a jetstream.Msg for natsjs),
+	// for handlers that need broker metadata. The pipeline never touches it,
+	// and handlers must not acknowledge it: the adapter acts on the Outcome.
+	Native any
+	// KeepAlive, when not nil, is called by Pipeline.Process every
+	// Config.HeartbeatInterval while the handler runs, to tell the broker
+	// that the message is still being worked on (natsjs: InProgress). Errors
+	// are logged; the handler keeps running. Set by adapters.
+	KeepAlive func(ctx context.Context) error
+
+	result    []byte
+	hasResult bool
+}
+
+// SetResult records data as the operation's result. With a dedupe guard it
+// is stored when the handler returns nil and replayed to every duplicate
+// (Outcome.Replay); without one it is only reported in Outcome.Result. A
+// later call replaces an earlier one. To record a final business failure
+// instead, return Reject from the handler.
+func (m *Message) SetResult(data []byte) {
+	m.result = data
+	m.hasResult = true
+}
+
+// Result returns the data recorded by SetResult and whether it was called.
+func (m *Message) Result() ([]byte, bool) {
+	return m.result, m.hasResult
+}
+
+// Handler processes one message. Its error decides what happens next:
+//
+//	nil                   ack (with a guard: the result is stored first)
+//	Reject(data, err)     final business failure: stored, replayed, acked; never retried or dead-lettered
+//	retry.Permanent(err)  dead-letter with reason "permanent"
+//	retry.After(d, err)   redeliver no sooner than d (attempts and budget still count)
+//	any other error       transient: redeliver after the policy's backoff, dead-letter "exhausted" at the limit
+//
+// A panic is recovered, logged with its stack and treated as a transient
+// error (*PanicError). The handler should honour ctx: it is cancelled when
+// the consumer shuts down past its deadline, or when the dedupe lease was
+// lost to another attempt (context.Cause is then dedupe.ErrLeaseLost).
+type Handler func(ctx context.Context, m *Message) error
+
+// ErrRejected is the cause of Reject(data, nil).
+var ErrRejected = errors.New("consumer: rejected")
+
+// RejectError is a final business failure ("402 No Money!"): the operation
+// was evaluated and refused. The pipeline stores it as a failed dedupe
+// result, replays it to duplicates, and acknowledges the message; it is never
+// retried and never dead-lettered. Build it with Reject.
+type RejectError struct {
+	// Data is the stored result, e.g. an encoded refusal reply.
+	Data []byte
+	// Err describes the refusal; ErrRejected when Reject was given nil.
+	Err error
+}
+
+// Error returns the refusal's text.
+func (e *RejectError) Error() string { return "consumer: rejected: " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *RejectError) Unwrap() error { return e.Err }
+
+// Reject returns an error that tells the pipeline the operation completed
+// with a final business failure: data is stored (dedupe.Result{Failed:
+// true}) and replayed to duplicates, the message is acknowledged. err
+// describes the refusal; nil means ErrRejected. It is never nil.
+func Reject(data []byte, err error) error {
+	if err == nil {
+		err = ErrRejected
+	}
+	return &RejectError{Data: data, Err: err}
+}
+
+// ErrPanic is matched (errors.Is) by every *PanicError.
+var ErrPanic = errors.New("consumer: handler panicked")
+
+// PanicError is the transient error a recovered handler panic becomes.
+type PanicError struct {
+	// Value is what the handler panicked with.
+	Value any
+	// Stack is the goroutine's stack at the panic (runtime/debug.Stack).
+	Stack []byte
+}
+
+// Error returns "consumer: handler panicked: <value>".
+func (e *PanicError) Error() string { return ErrPanic.Error() + ": " + panicText(e.Value) }
+
+// Unwrap returns ErrPanic. It deliberately does not return a panicked
+// error: a panic is always transient, even panic(retry.Permanent(err)).
+func (e *PanicError) Unwrap() error { return ErrPanic }
