@@ -1,0 +1,116 @@
+package memstore_test
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/memstore"
+)
+
+// BenchmarkClaimComplete measures one claim of a fresh key followed by its
+// completion, the work the store does per message. The store is sized so
+// that it never fills.
+func BenchmarkClaimComplete(b *testing.B) {
+	s := memstore.New(&memstore.Options{MaxKeys: b.N + 1024})
+	ctx := context.Background()
+	res := dedupe.Result{Data: []byte("ok")}
+	keys := make([]string, b.N)
+	for i := range keys {
+		keys[i] = "msg-" + strconv.Itoa(i)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, err := s.Claim(ctx, keys[i], "fp", 30*time.Second, time.Hour)
+		if err != nil || c.Status != dedupe.Acquired {
+			b.Fatalf("claim: %v %v", c.Status, err)
+		}
+		if err := s.Complete(ctx, keys[i], c.Token, res, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkClaimCompleteParallel is BenchmarkClaimComplete from
+// GOMAXPROCS goroutines, showing the effect of sharding.
+func BenchmarkClaimCompleteParallel(b *testing.B) {
+	s := memstore.New(&memstore.Options{MaxKeys: 4_000_000})
+	ctx := context.Background()
+	res := dedupe.Result{Data: []byte("ok")}
+	var seq atomic.Uint64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key := "msg-" + strconv.FormatUint(seq.Add(1), 10)
+			c, err := s.Claim(ctx, key, "fp", 30*time.Second, time.Hour)
+			if err != nil || c.Status != dedupe.Acquired {
+				b.Errorf("claim: %v %v", c.Status, err)
+				return
+			}
+			if err := s.Complete(ctx, key, c.Token, res, time.Hour); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkDuplicate measures the claim of a key that completed already.
+func BenchmarkDuplicate(b *testing.B) {
+	s := memstore.New(nil)
+	ctx := context.Background()
+	c, _ := s.Claim(ctx, "k", "fp", 30*time.Second, time.Hour)
+	if err := s.Complete(ctx, "k", c.Token, dedupe.Result{Data: []byte("ok")}, time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if c, err := s.Claim(ctx, "k", "fp", 30*time.Second, time.Hour); err != nil || c.Status != dedupe.Duplicate {
+			b.Fatalf("claim: %v %v", c.Status, err)
+		}
+	}
+}
+
+// BenchmarkRetainedKeys1M fills a store with 1,000,000 completed records
+// (keys like "msg-0000123", a 64-character hex fingerprint, an empty result)
+// and reports the heap they retain as B/key. Each iteration builds and
+// measures a new store, so run it with -benchtime=1x.
+func BenchmarkRetainedKeys1M(b *testing.B) {
+	const n = 1_000_000
+	ctx := context.Background()
+	fp := "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "msg-" + strconv.Itoa(10_000_000 + i)[1:]
+	}
+	b.ResetTimer()
+	for it := 0; it < b.N; it++ {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		s := memstore.New(&memstore.Options{MaxKeys: n})
+		for _, k := range keys {
+			c, err := s.Claim(ctx, k, fp, 30*time.Second, time.Hour)
+			if err != nil || c.Status != dedupe.Acquired {
+				b.Fatalf("claim: %v %v", c.Status, err)
+			}
+			if err := s.Complete(ctx, k, c.Token, dedupe.Result{}, time.Hour); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if s.Len() != n {
+			b.Fatalf("Len = %d, want %d", s.Len(), n)
+		}
+		// The keys themselves are the caller's strings, shared by the map.
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/key")
+		runtime.KeepAlive(s)
+	}
+}

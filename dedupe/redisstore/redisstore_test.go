@@ -1,0 +1,277 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/redisstore"
+	"github.com/idemq/idemq/dedupe/storetest"
+	"github.com/idemq/idemq/integration/harness"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
+		env := harness.Redis(t)
+		return redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: now})
+	})
+}
+
+// roundTrips counts the round trips a client makes: one per command sent
+// alone, one per pipeline. The handshake go-redis sends on a fresh
+// connection (HELLO, CLIENT SETINFO) is not part of an operation and is not
+// counted.
+type roundTrips struct{ n atomic.Int64 }
+
+func handshake(cmd redis.Cmder) bool {
+	return cmd.Name() == "hello" || cmd.Name() == "client"
+}
+
+func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !handshake(cmd) {
+			r.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && !handshake(cmds[0]) {
+			r.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// count returns how many round trips fn made.
+func (r *roundTrips) count(fn func()) int64 {
+	before := r.n.Load()
+	fn()
+	return r.n.Load() - before
+}
+
+func TestOneRoundTripPerOperation(t *testing.T) {
+	env := harness.Redis(t)
+	rt := &roundTrips{}
+	env.Client.AddHook(rt)
+	var clock storetest.Clock
+	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now})
+	ctx := context.Background()
+
+	// Warm up: the first use of each script may add a NOSCRIPT round trip.
+	warm, err := s.Claim(ctx, "warm", "", time.Second, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Extend(ctx, "warm", warm.Token, time.Second)
+	_ = s.Complete(ctx, "warm", warm.Token, dedupe.Result{}, time.Minute)
+	warm, _ = s.Claim(ctx, "warm2", "", time.Second, time.Minute)
+	_ = s.Release(ctx, "warm2", warm.Token)
+
+	var c dedupe.Claim
+	ops := []struct {
+		name string
+		fn   func() error
+	}{
+		{"Claim", func() (err error) { c, err = s.Claim(ctx, "k", "fp", time.Second, time.Minute); return err }},
+		{"Claim (busy)", func() error { _, err := s.Claim(ctx, "k", "fp", time.Second, time.Minute); return err }},
+		{"Extend", func() error { return s.Extend(ctx, "k", c.Token, time.Minute) }},
+		{"Complete", func() error { return s.Complete(ctx, "k", c.Token, dedupe.Result{Data: []byte("r")}, time.Minute) }},
+		{"Claim (duplicate)", func() error { _, err := s.Claim(ctx, "k", "fp", time.Second, time.Minute); return err }},
+		{"Claim (again)", func() (err error) { c, err = s.Claim(ctx, "k2", "fp", time.Second, time.Minute); return err }},
+		{"Release", func() error { return s.Release(ctx, "k2", c.Token) }},
+		{"Complete (lease lost)", func() error {
+			if err := s.Complete(ctx, "k2", c.Token, dedupe.Result{}, time.Minute); !errors.Is(err, dedupe.ErrLeaseLost) {
+				return fmt.Errorf("got %v, want ErrLeaseLost", err)
+			}
+			return nil
+		}},
+	}
+	for _, op := range ops {
+		var err error
+		if n := rt.count(func() { err = op.fn() }); n != 1 {
+			t.Errorf("%s took %d round trips, want 1", op.name, n)
+		}
+		if err != nil {
+			t.Errorf("%s: %v", op.name, err)
+		}
+	}
+
+	reqs := make([]redisstore.ClaimRequest, 100)
+	for i := range reqs {
+		reqs[i] = redisstore.ClaimRequest{Key: fmt.Sprint("batch-", i), Lease: time.Second, Retention: time.Minute}
+	}
+	var res []redisstore.ClaimResult
+	if n := rt.count(func() { res, err = s.ClaimMany(ctx, reqs) }); n != 1 || err != nil {
+		t.Fatalf("ClaimMany of 100: %d round trips, error %v; want 1, nil", n, err)
+	}
+	done := make([]redisstore.CompleteRequest, len(res))
+	for i, r := range res {
+		done[i] = redisstore.CompleteRequest{Key: reqs[i].Key, Token: r.Claim.Token, Retention: time.Minute}
+	}
+	var errs []error
+	if n := rt.count(func() { errs, err = s.CompleteMany(ctx, done) }); n != 1 || err != nil {
+		t.Fatalf("CompleteMany of 100: %d round trips, error %v; want 1, nil", n, err)
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("CompleteMany item %d: %v", i, err)
+		}
+	}
+}
+
+func TestClaimManyCompleteMany(t *testing.T) {
+	env := harness.Redis(t)
+	var clock storetest.Clock
+	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now})
+	ctx := context.Background()
+
+	// One key completed, one in progress, before the batch.
+	c, err := s.Claim(ctx, "done", "fp", time.Second, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Complete(ctx, "done", c.Token, dedupe.Result{Failed: true, Data: []byte("402")}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, "busy", "fp", 10*time.Second, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+
+	// Drop the server's script cache so that the batch goes through the
+	// NOSCRIPT reload path. The store recovers on its own; other clients'
+	// scripts are reloaded the same way.
+	if err := env.Client.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	reqs := []redisstore.ClaimRequest{
+		{Key: "new", Fingerprint: "fp", Lease: time.Second, Retention: time.Hour},
+		{Key: "done", Fingerprint: "fp", Lease: time.Second, Retention: time.Hour},
+		{Key: "done", Fingerprint: "other", Lease: time.Second, Retention: time.Hour},
+		{Key: "busy", Fingerprint: "fp", Lease: time.Second, Retention: time.Hour},
+		{Key: "bad", Fingerprint: "fp", Lease: 0, Retention: time.Hour},
+		{Key: "new", Fingerprint: "fp", Lease: time.Second, Retention: time.Hour},
+	}
+	res, err := s.ClaimMany(ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []dedupe.Status{dedupe.Acquired, dedupe.Duplicate, dedupe.Conflict, dedupe.Busy, 0, dedupe.Busy}
+	for i, r := range res {
+		if i == 4 {
+			if !errors.Is(r.Err, dedupe.ErrInvalidLease) {
+				t.Errorf("item %d: error %v, want ErrInvalidLease", i, r.Err)
+			}
+			continue
+		}
+		if r.Err != nil || r.Claim.Status != want[i] {
+			t.Errorf("item %d (%s): %v %v, want %v", i, reqs[i].Key, r.Claim.Status, r.Err, want[i])
+		}
+	}
+	if d := res[1].Claim.Result; !d.Failed || string(d.Data) != "402" {
+		t.Errorf("duplicate replayed %+v, want the stored failure", d)
+	}
+	if r := res[3].Claim.RetryAfter; r != 9*time.Second {
+		t.Errorf("busy RetryAfter %v, want 9s", r)
+	}
+
+	errs, err := s.CompleteMany(ctx, []redisstore.CompleteRequest{
+		{Key: "new", Token: res[0].Claim.Token, Result: dedupe.Result{Data: []byte("ok")}, Retention: time.Hour},
+		{Key: "new", Token: res[0].Claim.Token, Retention: time.Hour},
+		{Key: "busy", Token: "stale", Retention: time.Hour},
+		{Key: "busy", Token: "", Retention: time.Hour},
+		{Key: "x", Token: "t", Retention: 0},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErr := []error{nil, dedupe.ErrLeaseLost, dedupe.ErrLeaseLost, dedupe.ErrLeaseLost, dedupe.ErrInvalidLease}
+	for i, err := range errs {
+		if !errors.Is(err, wantErr[i]) || (wantErr[i] == nil && err != nil) {
+			t.Errorf("CompleteMany item %d: %v, want %v", i, err, wantErr[i])
+		}
+	}
+	c, err = s.Claim(ctx, "new", "fp", time.Second, time.Hour)
+	if err != nil || c.Status != dedupe.Duplicate || string(c.Result.Data) != "ok" {
+		t.Errorf("claim after CompleteMany: %v %q %v, want duplicate \"ok\"", c.Status, c.Result.Data, err)
+	}
+
+	if _, err := s.ClaimMany(ctx, nil); err != nil {
+		t.Errorf("empty ClaimMany: %v", err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.ClaimMany(cancelled, reqs); !errors.Is(err, context.Canceled) {
+		t.Errorf("ClaimMany with a cancelled context: %v, want context.Canceled", err)
+	}
+}
+
+func TestPhysicalTTLIsGarbageCollectionOnly(t *testing.T) {
+	env := harness.Redis(t)
+	var clock storetest.Clock
+	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now})
+	ctx := context.Background()
+	c, err := s.Claim(ctx, "k", "", 30*time.Second, 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttl := env.Client.PTTL(ctx, s.Key("k")).Val()
+	if ttl < 2*time.Hour || ttl > 2*time.Hour+redisstore.GCMargin {
+		t.Errorf("PTTL after claim %v, want between the 2h retention and 2h+GCMargin", ttl)
+	}
+	clock.Advance(time.Hour)
+	if err := s.Complete(ctx, "k", c.Token, dedupe.Result{}, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	ttl = env.Client.PTTL(ctx, s.Key("k")).Val()
+	if ttl < 24*time.Hour || ttl > 24*time.Hour+redisstore.GCMargin {
+		t.Errorf("PTTL after complete %v, want between the 24h retention and 24h+GCMargin", ttl)
+	}
+	fields := env.Client.HGetAll(ctx, s.Key("k")).Val()
+	if fields["s"] != "done" {
+		t.Errorf("stored record %v, want state done", fields)
+	}
+}
+
+// Example shows the Redis store. It needs a server, so it is compiled but
+// not run by go test (no Output comment); TestConformance covers the same
+// calls against the server in IDEMQ_REDIS_URL.
+func Example() {
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	defer client.Close()
+	ctx := context.Background()
+	s := redisstore.New(client, &redisstore.Options{Prefix: "orders:"})
+
+	c, err := s.Claim(ctx, "order-7", "fp", 30*time.Second, 24*time.Hour)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	switch c.Status {
+	case dedupe.Acquired:
+		// Run the operation, then record its result for every retry.
+		_ = s.Complete(ctx, "order-7", c.Token, dedupe.Result{Data: []byte("ok")}, 24*time.Hour)
+	case dedupe.Duplicate:
+		fmt.Println("replay:", string(c.Result.Data))
+	case dedupe.Busy:
+		fmt.Println("in flight elsewhere; retry after", c.RetryAfter)
+	case dedupe.Conflict:
+		fmt.Println("key reused for a different operation")
+	}
+}
