@@ -1,0 +1,839 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemq/idemq/retry"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Relay defaults.
+const (
+	// DefaultBatchSize is RelayOptions.BatchSize when zero: 500 rows.
+	DefaultBatchSize = 500
+	// DefaultPostgresPoll is the Postgres polling interval when zero: 1s
+	// (a fallback; LISTEN/NOTIFY wakes the relay within milliseconds).
+	DefaultPostgresPoll = time.Second
+	// DefaultSQLitePoll is the SQLite polling interval when zero: 100ms.
+	DefaultSQLitePoll = 100 * time.Millisecond
+	// DefaultPublishTimeout is RelayOptions.PublishTimeout when zero: 5s.
+	DefaultPublishTimeout = 5 * time.Second
+	// DefaultRetention is how long sent rows are kept when
+	// RelayOptions.Retention is zero: 7 days.
+	DefaultRetention = 7 * 24 * time.Hour
+	// DefaultCleanupInterval is RelayOptions.CleanupInterval when zero: 1m.
+	DefaultCleanupInterval = time.Minute
+	// DefaultCleanupBatch is RelayOptions.CleanupBatch when zero: 1000 rows
+	// per DELETE.
+	DefaultCleanupBatch = 1000
+	// CrashAllowance is the part of RedeliveryHorizon that covers a relay
+	// dying between publish and mark: the time for the database to roll back
+	// the dead relay's transaction and for another relay to claim the rows
+	// again: 30s.
+	CrashAllowance = 30 * time.Second
+)
+
+// ErrDuplicatesWindow is returned by Run when a stream listed in
+// RelayOptions.Streams keeps message ids for less than the relay's
+// RedeliveryHorizon: a republished row could then slip past the broker's
+// deduplication.
+var ErrDuplicatesWindow = errors.New("outbox: stream duplicates window shorter than the relay's redelivery horizon")
+
+// ErrPublishTimeout is recorded as a row's last error when its PubAck did
+// not arrive within RelayOptions.PublishTimeout; the row is retried.
+var ErrPublishTimeout = errors.New("outbox: timed out waiting for PubAck")
+
+// RelayOptions configures a Relay. A nil *RelayOptions means defaults.
+type RelayOptions struct {
+	// Table is the outbox table. Default DefaultTable.
+	Table string
+	// Dialect of db. Default: detected from the driver.
+	Dialect Dialect
+	// Channel is the Postgres LISTEN channel. Default: the table name
+	// without schema, as Outbox uses.
+	Channel string
+	// BatchSize is the most rows claimed and published per round.
+	// Default DefaultBatchSize (500). Keep it below the JetStream context's
+	// async publish window (PublishAsyncMaxPending, default 4000).
+	BatchSize int
+	// PollInterval is how often the relay looks for rows when nothing woke
+	// it. Default DefaultPostgresPoll (1s) on Postgres, DefaultSQLitePoll
+	// (100ms) on SQLite.
+	PollInterval time.Duration
+	// NoListen turns LISTEN/NOTIFY off on Postgres: polling only.
+	NoListen bool
+	// ListenURL, when set, is a Postgres URL for a dedicated pgx connection
+	// used for LISTEN. Default: one connection is taken from db for the
+	// relay's lifetime (make sure db's pool allows it).
+	ListenURL string
+	// PublishTimeout bounds the wait for the PubAcks of one round of
+	// publishes; rows without a PubAck by then are retried. Default
+	// DefaultPublishTimeout (5s).
+	PublishTimeout time.Duration
+	// Backoff spaces the retries of a row whose publish failed transiently
+	// (attempt counts from 1). Default retry.Exponential{Initial: 100ms,
+	// Max: 30s} with full jitter. The relay never gives up on a transient
+	// failure: the row stays pending.
+	Backoff retry.Backoff
+	// Retention is how long sent rows are kept before cleanup deletes them.
+	// Default DefaultRetention (7 days); negative disables cleanup.
+	Retention time.Duration
+	// CleanupInterval is how often cleanup runs. Default
+	// DefaultCleanupInterval (1m).
+	CleanupInterval time.Duration
+	// CleanupBatch is the most rows one cleanup DELETE removes. Default
+	// DefaultCleanupBatch (1000).
+	CleanupBatch int
+	// Streams lists JetStream streams the relay publishes to. Run checks at
+	// start that each keeps message ids (its Duplicates window) at least
+	// RedeliveryHorizon, and fails with ErrDuplicatesWindow otherwise.
+	// Streams that are not listed are checked the first time a PubAck names
+	// them, with a warning in the log.
+	Streams []string
+	// Logger receives warnings (broker rejections, lost database
+	// connections). Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// RelayStats counts what a Relay did since it was created.
+type RelayStats struct {
+	// Published is the number of rows marked sent.
+	Published int64
+	// Duplicates is how many of those the broker reported as duplicates
+	// (already stored under the same Nats-Msg-Id).
+	Duplicates int64
+	// Failed is the number of rows marked failed (permanent rejection).
+	Failed int64
+	// Retried is the number of transient publish failures (rows left
+	// pending with a backoff).
+	Retried int64
+	// Rounds is the number of claim rounds that found rows.
+	Rounds int64
+	// Deleted is the number of sent rows removed by cleanup.
+	Deleted int64
+}
+
+// Relay publishes committed outbox rows to JetStream. Run it in one or more
+// processes; see the package documentation for ordering and deduplication.
+type Relay struct {
+	db  *sql.DB
+	js  jetstream.JetStream
+	o   RelayOptions
+	d   dialect
+	log *slog.Logger
+
+	published, duplicates, failed, retried, rounds, deleted atomic.Int64
+
+	checked sync.Map // stream name → struct{}
+
+	// afterPublish, set only by tests, runs after the PubAcks of a round and
+	// before the rows are marked; an error aborts the round like a crash.
+	afterPublish func(ids []string) error
+}
+
+// NewRelay returns a relay for the outbox table in db, publishing through
+// js. It validates the options; it does not touch the database until Run.
+func NewRelay(db *sql.DB, js jetstream.JetStream, opts *RelayOptions) (*Relay, error) {
+	var o RelayOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Dialect == 0 {
+		o.Dialect = DetectDialect(db)
+	}
+	d, err := dialectFor(o.Dialect)
+	if err != nil {
+		return nil, err
+	}
+	if o.Table == "" {
+		o.Table = DefaultTable
+	}
+	if !identRE.MatchString(o.Table) {
+		return nil, fmt.Errorf("outbox: table name %q is not a plain (optionally schema-qualified) identifier", o.Table)
+	}
+	if o.Channel == "" {
+		o.Channel = unqualified(o.Table)
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = DefaultBatchSize
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = DefaultPostgresPoll
+		if d.kind == SQLite {
+			o.PollInterval = DefaultSQLitePoll
+		}
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = DefaultPublishTimeout
+	}
+	if o.Backoff == nil {
+		o.Backoff = retry.Exponential{Initial: 100 * time.Millisecond, Max: 30 * time.Second}
+	}
+	if o.Retention == 0 {
+		o.Retention = DefaultRetention
+	}
+	if o.CleanupInterval <= 0 {
+		o.CleanupInterval = DefaultCleanupInterval
+	}
+	if o.CleanupBatch <= 0 {
+		o.CleanupBatch = DefaultCleanupBatch
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if js == nil {
+		return nil, errors.New("outbox: NewRelay needs a JetStream context")
+	}
+	return &Relay{db: db, js: js, o: o, d: d, log: o.Logger.With("component", "idemq/outbox.Relay", "table", o.Table)}, nil
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() RelayStats {
+	return RelayStats{
+		Published:  r.published.Load(),
+		Duplicates: r.duplicates.Load(),
+		Failed:     r.failed.Load(),
+		Retried:    r.retried.Load(),
+		Rounds:     r.rounds.Load(),
+		Deleted:    r.deleted.Load(),
+	}
+}
+
+// RedeliveryHorizon is the longest time between two publishes of the same
+// row that the relay itself causes: a PublishTimeout, the largest Backoff
+// delay, a PollInterval and CrashAllowance. Every stream the relay publishes
+// to needs a Duplicates window at least this long. It does not cover a
+// broker outage longer than the backoff cap, during which a copy stored just
+// before the outage is older than the window when the row is republished.
+func (r *Relay) RedeliveryHorizon() time.Duration {
+	return r.o.PublishTimeout + r.o.Backoff.MaxDelay(64) + r.o.PollInterval + CrashAllowance
+}
+
+// Run relays until ctx is done, then returns nil once every goroutine it
+// started has ended. It returns an error only when it cannot start (a
+// stream in RelayOptions.Streams with too short a Duplicates window, or
+// unreachable). Database and broker failures are logged and retried with
+// backoff; a round interrupted by them leaves its rows pending, to be
+// published again and dropped by the broker as duplicates.
+func (r *Relay) Run(ctx context.Context) error {
+	if err := r.checkStreams(ctx); err != nil {
+		return err
+	}
+	wake := make(chan struct{}, 1)
+	lctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	if r.d.kind == Postgres && !r.o.NoListen {
+		wg.Go(func() { r.listen(lctx, wake) })
+	}
+	timer := time.NewTimer(r.o.PollInterval)
+	defer timer.Stop()
+	nextCleanup := r.o.Now()
+	failures := 0
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		claimed, done, err := r.round(ctx)
+		if err != nil {
+			if errors.Is(err, errHook) {
+				return err
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			delay := r.o.Backoff.Delay(failures)
+			r.log.Warn("relay round failed; retrying", "err", err, "retry_in", delay)
+			if !sleep(ctx, delay) {
+				return nil
+			}
+			continue
+		}
+		failures = 0
+		if r.o.Retention > 0 && !r.o.Now().Before(nextCleanup) {
+			if _, err := r.Cleanup(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("outbox cleanup failed", "err", err)
+			}
+			nextCleanup = r.o.Now().Add(r.o.CleanupInterval)
+		}
+		if claimed == r.o.BatchSize && done > 0 {
+			continue // more rows are waiting
+		}
+		timer.Reset(r.o.PollInterval)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// errHook marks an error from the afterPublish test hook.
+var errHook = errors.New("outbox: relay stopped by test hook")
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// outcome of one row's publish.
+type outcome struct {
+	err       error // nil: acknowledged
+	permanent bool
+	duplicate bool
+	stream    string
+}
+
+// round claims, publishes and marks one batch: claimed is the number of rows
+// claimed, done the number marked sent or failed.
+func (r *Relay) round(ctx context.Context) (claimed, done int, err error) {
+	tx, err := r.begin(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.rollback()
+	now := r.o.Now()
+	rows, err := r.claim(ctx, tx.q, now)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(rows) == 0 {
+		return 0, 0, tx.commit()
+	}
+	claimed = len(rows)
+	rows, err = r.keepOrder(ctx, tx.q, rows)
+	if err != nil {
+		return claimed, 0, err
+	}
+	if len(rows) == 0 {
+		return claimed, 0, tx.commit()
+	}
+	r.rounds.Add(1)
+	outs, err := r.publish(ctx, rows)
+	if err != nil {
+		return claimed, 0, err
+	}
+	if r.afterPublish != nil {
+		ids := make([]string, 0, len(rows))
+		for i, o := range outs {
+			if o != nil && o.err == nil {
+				ids = append(ids, rows[i].ID)
+			}
+		}
+		if err := r.afterPublish(ids); err != nil {
+			return claimed, 0, fmt.Errorf("%w: %w", errHook, err)
+		}
+	}
+	done, err = r.mark(ctx, tx.q, rows, outs, r.o.Now())
+	if err != nil {
+		return claimed, 0, err
+	}
+	if err := tx.commit(); err != nil {
+		return claimed, 0, err
+	}
+	// Counted only once committed.
+	for _, o := range outs {
+		switch {
+		case o == nil:
+		case o.err == nil:
+			r.published.Add(1)
+			if o.duplicate {
+				r.duplicates.Add(1)
+			}
+		case o.permanent:
+			r.failed.Add(1)
+		default:
+			r.retried.Add(1)
+		}
+	}
+	r.checkAcked(ctx, outs)
+	return claimed, done, nil
+}
+
+// relayTx is a claim transaction: *sql.Tx on Postgres, BEGIN IMMEDIATE on a
+// dedicated connection on SQLite (so the claim holds the write lock from the
+// start instead of failing to upgrade a read lock).
+type relayTx struct {
+	q        Querier
+	commit   func() error
+	rollback func()
+}
+
+func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
+	if r.d.kind == Postgres {
+		tx, err := r.db.BeginTx(ctx, nil)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: begin: %w", err)
+		}
+		return &relayTx{q: tx, commit: tx.Commit, rollback: func() { _ = tx.Rollback() }}, nil
+	}
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: begin: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("outbox: begin: %w", err)
+	}
+	finished := false
+	return &relayTx{
+		q: conn,
+		commit: func() error {
+			finished = true
+			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "COMMIT"); err != nil {
+				_, _ = conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+				_ = conn.Close()
+				return fmt.Errorf("outbox: commit: %w", err)
+			}
+			return conn.Close()
+		},
+		rollback: func() {
+			if finished {
+				return
+			}
+			finished = true
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_, _ = conn.ExecContext(rctx, "ROLLBACK")
+			_ = conn.Close()
+		},
+	}, nil
+}
+
+// claim selects up to BatchSize due pending rows in sequence order; on
+// Postgres they are locked (FOR UPDATE SKIP LOCKED), so concurrent relays
+// take disjoint batches.
+func (r *Relay) claim(ctx context.Context, q Querier, now time.Time) ([]row, error) {
+	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts FROM ` + r.o.Table +
+		` WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(1) + `) ORDER BY seq LIMIT ` + r.d.ph(2)
+	if r.d.kind == Postgres {
+		query += ` FOR UPDATE SKIP LOCKED`
+	}
+	rs, err := q.QueryContext(ctx, query, r.d.ts(now), r.o.BatchSize)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	defer rs.Close()
+	var rows []row
+	for rs.Next() {
+		var x row
+		if err := rs.Scan(&x.Seq, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, &x.Attempts); err != nil {
+			return nil, fmt.Errorf("outbox: claim: %w", err)
+		}
+		if x.Data == nil {
+			x.Data = []byte{}
+		}
+		rows = append(rows, x)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	return rows, nil
+}
+
+// keepOrder drops the claimed rows that may not be published yet because an
+// older row with the same ordering key is still pending and not in this
+// batch (claimed by another relay, or waiting for a retry). For each key it
+// keeps the longest run of claimed rows that starts at the key's oldest
+// pending row and has no gap. The check reads committed state: another
+// relay's rows stay pending until it has their PubAcks and commits, so two
+// relays never hold publishable rows of one key at once.
+func (r *Relay) keepOrder(ctx context.Context, q Querier, rows []row) ([]row, error) {
+	mine := map[string][]int64{} // key → claimed seqs, ascending
+	var maxSeq int64
+	for _, x := range rows {
+		if x.OrderingKey != "" {
+			mine[x.OrderingKey] = append(mine[x.OrderingKey], x.Seq)
+			maxSeq = max(maxSeq, x.Seq)
+		}
+	}
+	if len(mine) == 0 {
+		return rows, nil
+	}
+	keys := make([]string, 0, len(mine))
+	for k := range mine {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	allowed := map[int64]bool{}
+	for start := 0; start < len(keys); start += insertChunk {
+		chunk := keys[start:min(start+insertChunk, len(keys))]
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, maxSeq)
+		for _, k := range chunk {
+			args = append(args, k)
+		}
+		rs, err := q.QueryContext(ctx, `SELECT ordering_key, seq FROM `+r.o.Table+
+			` WHERE state = 'pending' AND ordering_key <> '' AND seq <= `+r.d.ph(1)+
+			` AND ordering_key IN (`+r.d.list(2, len(chunk))+`) ORDER BY ordering_key, seq`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: order check: %w", err)
+		}
+		cur, pos, blocked := "", 0, false
+		for rs.Next() {
+			var k string
+			var seq int64
+			if err := rs.Scan(&k, &seq); err != nil {
+				rs.Close()
+				return nil, fmt.Errorf("outbox: order check: %w", err)
+			}
+			if k != cur {
+				cur, pos, blocked = k, 0, false
+			}
+			if blocked {
+				continue
+			}
+			m := mine[k]
+			if pos < len(m) && m[pos] == seq {
+				allowed[seq] = true
+				pos++
+				continue
+			}
+			blocked = true // an older pending row of k is not ours
+		}
+		err = rs.Err()
+		rs.Close()
+		if err != nil {
+			return nil, fmt.Errorf("outbox: order check: %w", err)
+		}
+	}
+	kept := rows[:0]
+	for _, x := range rows {
+		if x.OrderingKey == "" || allowed[x.Seq] {
+			kept = append(kept, x)
+		}
+	}
+	return kept, nil
+}
+
+// publish sends rows with Nats-Msg-Id = id and waits for their PubAcks. Rows
+// without an ordering key go out together in the first wave. Rows with a key
+// go out one per key per wave, in sequence order, and a key's next row is
+// sent only after its previous row was acknowledged or rejected permanently:
+// a transient failure stops that key for this round, so a later row can never
+// overtake an earlier one. The result has one entry per row; nil means the
+// row was not attempted and stays pending as it was.
+func (r *Relay) publish(ctx context.Context, rows []row) ([]*outcome, error) {
+	outs := make([]*outcome, len(rows))
+	byKey := map[string][]int{}
+	var keys []string
+	var wave []int
+	for i, x := range rows {
+		if x.OrderingKey == "" {
+			wave = append(wave, i)
+			continue
+		}
+		if _, ok := byKey[x.OrderingKey]; !ok {
+			keys = append(keys, x.OrderingKey)
+		}
+		byKey[x.OrderingKey] = append(byKey[x.OrderingKey], i)
+	}
+	for _, k := range keys {
+		wave = append(wave, byKey[k][0])
+	}
+	next := map[string]int{}
+	for len(wave) > 0 {
+		if err := r.publishWave(ctx, rows, wave, outs); err != nil {
+			return nil, err
+		}
+		wave = wave[:0]
+		for _, k := range keys {
+			idx := byKey[k]
+			n := next[k]
+			if n >= len(idx) {
+				continue
+			}
+			o := outs[idx[n]]
+			if o == nil || (o.err != nil && !o.permanent) {
+				next[k] = len(idx) // stopped: the rest stay pending
+				continue
+			}
+			n++
+			next[k] = n
+			if n < len(idx) {
+				wave = append(wave, idx[n])
+			}
+		}
+	}
+	return outs, nil
+}
+
+// publishWave publishes rows[idx...] asynchronously and waits for each
+// PubAck, at most PublishTimeout in total.
+func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*outcome) error {
+	futures := make([]jetstream.PubAckFuture, len(idx))
+	for j, i := range idx {
+		x := rows[i]
+		h, err := decodeHeader(x.Header)
+		if err != nil {
+			outs[i] = &outcome{err: err, permanent: true}
+			continue
+		}
+		msg := &nats.Msg{Subject: x.Subject, Header: nats.Header(h), Data: x.Data}
+		f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(x.ID))
+		if err != nil {
+			outs[i] = &outcome{err: err, permanent: Permanent(err)}
+			continue
+		}
+		futures[j] = f
+	}
+	timer := time.NewTimer(r.o.PublishTimeout)
+	defer timer.Stop()
+	expired := false
+	for j, i := range idx {
+		f := futures[j]
+		if f == nil {
+			continue
+		}
+		if expired {
+			select {
+			case ack := <-f.Ok():
+				outs[i] = &outcome{duplicate: ack.Duplicate, stream: ack.Stream}
+			case err := <-f.Err():
+				outs[i] = &outcome{err: err, permanent: Permanent(err)}
+			default:
+				outs[i] = &outcome{err: ErrPublishTimeout}
+			}
+			continue
+		}
+		select {
+		case ack := <-f.Ok():
+			outs[i] = &outcome{duplicate: ack.Duplicate, stream: ack.Stream}
+		case err := <-f.Err():
+			outs[i] = &outcome{err: err, permanent: Permanent(err)}
+		case <-timer.C:
+			expired = true
+			outs[i] = &outcome{err: ErrPublishTimeout}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Permanent reports whether a publish error means the broker will never
+// accept the message as it is: no stream for its subject (no responders),
+// larger than the server's max payload or the stream's max message size, a
+// malformed subject or header, or another 4xx JetStream API error. The relay
+// marks such rows failed; any other error is retried.
+func Permanent(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, nats.ErrMaxPayload),
+		errors.Is(err, nats.ErrBadSubject),
+		errors.Is(err, nats.ErrBadHeaderMsg),
+		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
+		return true
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.Code >= 400 && api.Code < 500 && api.Code != http.StatusRequestTimeout && api.Code != http.StatusTooManyRequests
+	}
+	return false
+}
+
+// mark records the outcome of a round in the claim transaction.
+func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome, now time.Time) (int, error) {
+	var sent []any
+	done := 0
+	for i, o := range outs {
+		switch {
+		case o == nil:
+		case o.err == nil:
+			sent = append(sent, rows[i].Seq)
+		case o.permanent:
+			done++
+			msg := truncate(o.err.Error(), 1024)
+			r.log.Warn("broker rejected outbox message; marked failed", "id", rows[i].ID, "subject", rows[i].Subject, "err", o.err)
+			if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'failed', attempts = attempts + 1, last_error = `+
+				r.d.ph(1)+` WHERE seq = `+r.d.ph(2), msg, rows[i].Seq); err != nil {
+				return 0, fmt.Errorf("outbox: mark failed: %w", err)
+			}
+		default:
+			attempt := rows[i].Attempts + 1
+			next := now.Add(r.o.Backoff.Delay(attempt))
+			if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET attempts = attempts + 1, last_error = `+r.d.ph(1)+
+				`, next_attempt_at = `+r.d.ph(2)+` WHERE seq = `+r.d.ph(3), truncate(o.err.Error(), 1024), r.d.ts(next), rows[i].Seq); err != nil {
+				return 0, fmt.Errorf("outbox: mark retry: %w", err)
+			}
+		}
+	}
+	for start := 0; start < len(sent); start += insertChunk {
+		chunk := sent[start:min(start+insertChunk, len(sent))]
+		args := append([]any{r.d.ts(now)}, chunk...)
+		if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'sent', sent_at = `+r.d.ph(1)+
+			`, attempts = attempts + 1, last_error = NULL WHERE seq IN (`+r.d.list(2, len(chunk))+`)`, args...); err != nil {
+			return 0, fmt.Errorf("outbox: mark sent: %w", err)
+		}
+	}
+	return done + len(sent), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// Cleanup deletes sent rows older than the retention, in batches of
+// CleanupBatch, and returns how many it deleted. Run calls it every
+// CleanupInterval.
+func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
+	if r.o.Retention < 0 {
+		return 0, nil
+	}
+	cutoff := r.d.ts(r.o.Now().Add(-r.o.Retention))
+	sub := `SELECT seq FROM ` + r.o.Table + ` WHERE state = 'sent' AND sent_at < ` + r.d.ph(1) + ` LIMIT ` + r.d.ph(2)
+	if r.d.kind == Postgres {
+		sub += ` FOR UPDATE SKIP LOCKED`
+	}
+	var total int64
+	for {
+		res, err := r.db.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq IN (`+sub+`)`, cutoff, r.o.CleanupBatch)
+		if err != nil {
+			return total, fmt.Errorf("outbox: cleanup: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, fmt.Errorf("outbox: cleanup: %w", err)
+		}
+		total += n
+		r.deleted.Add(n)
+		if n < int64(r.o.CleanupBatch) {
+			return total, nil
+		}
+	}
+}
+
+// checkStreams validates the Duplicates window of RelayOptions.Streams.
+func (r *Relay) checkStreams(ctx context.Context) error {
+	horizon := r.RedeliveryHorizon()
+	for _, name := range r.o.Streams {
+		s, err := r.js.Stream(ctx, name)
+		if err != nil {
+			return fmt.Errorf("outbox: stream %s: %w", name, err)
+		}
+		if w := s.CachedInfo().Config.Duplicates; w < horizon {
+			return fmt.Errorf("%w: stream %s keeps ids for %v, relay needs %v", ErrDuplicatesWindow, name, w, horizon)
+		}
+		r.checked.Store(name, struct{}{})
+	}
+	return nil
+}
+
+// checkAcked warns once per stream named by a PubAck whose Duplicates window
+// is shorter than the redelivery horizon.
+func (r *Relay) checkAcked(ctx context.Context, outs []*outcome) {
+	for _, o := range outs {
+		if o == nil || o.stream == "" {
+			continue
+		}
+		if _, seen := r.checked.LoadOrStore(o.stream, struct{}{}); seen {
+			continue
+		}
+		s, err := r.js.Stream(ctx, o.stream)
+		if err != nil {
+			r.checked.Delete(o.stream)
+			continue
+		}
+		if w, h := s.CachedInfo().Config.Duplicates, r.RedeliveryHorizon(); w < h {
+			r.log.Warn("stream duplicates window is shorter than the relay's redelivery horizon: a republished row may be stored twice",
+				"stream", o.stream, "duplicates", w, "horizon", h)
+		}
+	}
+}
+
+// listen keeps a LISTEN connection open and signals wake on every
+// notification and after every (re)connect. It reconnects with backoff until
+// ctx is done.
+func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
+	failures := 0
+	for {
+		connected := false
+		err := r.listenOnce(ctx, wake, func() { connected = true })
+		if ctx.Err() != nil {
+			return
+		}
+		if connected {
+			failures = 0
+		}
+		failures++
+		delay := r.o.Backoff.Delay(failures)
+		r.log.Warn("LISTEN connection lost; polling until it is back", "err", err, "retry_in", delay)
+		if !sleep(ctx, delay) {
+			return
+		}
+	}
+}
+
+func signal(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+}
+
+// listenOnce opens a connection, LISTENs and forwards notifications until
+// the connection fails or ctx is done.
+func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}, connected func()) error {
+	if r.o.ListenURL != "" {
+		conn, err := pgxConnect(ctx, r.o.ListenURL)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = conn.Close(cctx)
+		}()
+		return waitNotifications(ctx, conn, r.o.Channel, wake, connected)
+	}
+	c, err := r.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var inner error
+	_ = c.Raw(func(dc any) error {
+		pc, ok := dc.(interface{ Conn() *pgxConn })
+		if !ok {
+			inner = fmt.Errorf("outbox: LISTEN needs the pgx stdlib driver, got %T (set RelayOptions.ListenURL or NoListen)", dc)
+			return nil
+		}
+		inner = waitNotifications(ctx, pc.Conn(), r.o.Channel, wake, connected)
+		// The connection holds a LISTEN registration: never give it back to
+		// the pool.
+		return errBadConn
+	})
+	return inner
+}
