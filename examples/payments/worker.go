@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/consumer/natsjs"
+	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/sqlstore"
+	"github.com/idemq/idemq/outbox"
+	"github.com/idemq/idemq/retry"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Worker defaults.
+const (
+	// workerNamespace prefixes the worker's dedupe keys, apart from the API's.
+	workerNamespace = "payments-worker"
+	// workerRetention is how long the worker remembers a key: 7 days, far
+	// beyond the redelivery horizon (checked at start).
+	workerRetention = 7 * 24 * time.Hour
+)
+
+// workerRetry is the worker's retry policy for transient failures (a busy
+// database): up to 8 deliveries, 200ms doubling to 10s with full jitter,
+// handed to the broker as NakWithDelay.
+var workerRetry = retry.Policy{MaxAttempts: 8, Backoff: retry.Exponential{Initial: 200 * time.Millisecond, Max: 10 * time.Second}}
+
+func workerCommand(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("payments worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsURL := fs.String("nats", defaultNATSURL, "NATS server URL (JetStream enabled)")
+	dbURL := fs.String("db", "", "database: postgres://… or sqlite:PATH (required)")
+	concurrency := fs.Int("concurrency", 4, "payments handled at once")
+	ackWait := fs.Duration("ack-wait", natsjs.DefaultAckWait, "JetStream AckWait: how soon a message held by a crashed worker is redelivered")
+	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: payments worker -nats URL -db URL [-concurrency N]
+
+Consumes payments.requested from the JetStream stream PAYMENTS (subjects
+payments.>) with the durable consumer "payments-worker". Each message is a
+JSON payment {"payment_id","from","to","amount","currency","timestamp"} with
+an Idempotency-Key header. The worker moves the amount between the two rows
+of accounts(id text primary key, balance bigint not null) exactly once per
+key: the dedupe record, the balance updates, the ledger row (table transfers)
+and the outgoing event are written in one database transaction. Success
+emits payments.completed (Nats-Msg-Id completed.<key>); insufficient funds
+is a final "402" result, recorded once, replayed to duplicates and emitted
+as payments.rejected (rejected.<key>). The same key with a different payment
+(timestamp excluded) is dead-lettered with reason conflict, a body that is
+not a payment with reason invalid, on dlq.payments in the stream DLQ. The
+worker also relays the outbox to JetStream. Tables and streams are created
+if missing; create and fund the accounts yourself.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *dbURL == "" || *concurrency < 1 {
+		fmt.Fprintln(stderr, "payments worker: -db is required and -concurrency must be at least 1")
+		fs.Usage()
+		return errUsage
+	}
+	log, err := newLogger(stderr, *logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return err
+	}
+	w, err := newWorker(ctx, *dbURL, *natsURL, *concurrency, *ackWait, log)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	return w.run(ctx)
+}
+
+// worker is the payments consumer and its outbox relay.
+type worker struct {
+	db    *database
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	ob    *outbox.Outbox
+	relay *outbox.Relay
+	inbox *txInbox
+	guard *dedupe.Guard
+	cons  *natsjs.Consumer
+	log   *slog.Logger
+}
+
+func newWorker(ctx context.Context, dbURL, natsURL string, concurrency int, ackWait time.Duration, log *slog.Logger) (w *worker, err error) {
+	w = &worker{log: log}
+	defer func() {
+		if err != nil {
+			w.close()
+		}
+	}()
+	if w.db, err = openDB(ctx, dbURL); err != nil {
+		return nil, err
+	}
+	if err = ensureSchema(ctx, w.db); err != nil {
+		return nil, err
+	}
+	if w.nc, err = nats.Connect(natsURL, nats.Name("payments-worker"), nats.MaxReconnects(-1)); err != nil {
+		return nil, fmt.Errorf("connect to nats at %s: %w", natsURL, err)
+	}
+	if w.js, err = jetstream.New(w.nc); err != nil {
+		return nil, err
+	}
+	if err = ensureStreams(ctx, w.js); err != nil {
+		return nil, err
+	}
+	store, err := sqlstore.New(ctx, w.db.DB, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dedupe store: %w", err)
+	}
+	if w.ob, err = outbox.New(ctx, w.db.DB, nil); err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	if w.relay, err = outbox.NewRelay(w.db.DB, w.js, &outbox.RelayOptions{Streams: []string{streamPayments}, Logger: log}); err != nil {
+		return nil, fmt.Errorf("outbox relay: %w", err)
+	}
+	w.inbox = newTxInbox(w.db, store, log)
+	w.guard = &dedupe.Guard{
+		Store:       w.inbox,
+		Key:         dedupe.KeyFunc(paymentKey),
+		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
+		Namespace:   workerNamespace,
+		Lease:       ackWait,
+		Retention:   workerRetention,
+	}
+	w.cons, err = natsjs.New(w.js, natsjs.Config{
+		Stream:         streamPayments,
+		Durable:        durableWorker,
+		FilterSubjects: []string{subjRequested},
+		Concurrency:    concurrency,
+		AckWait:        ackWait,
+		DeadLetter:     natsjs.DeadLetterConfig{Subject: subjDLQ, Stream: streamDLQ, CreateStream: true},
+		Pipeline:       consumer.Config{Guard: w.guard, Retry: workerRetry, Logger: log},
+	}, w.handle)
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// paymentKey is the worker's key source: the Idempotency-Key header of a
+// body that is a valid payment. A body that is not a payment fails here, as
+// invalid input, so that the pipeline dead-letters it with reason "invalid"
+// before any claim is made.
+func paymentKey(in dedupe.Input) (string, error) {
+	if _, err := decodePayment(in.Data); err != nil {
+		return "", &dedupe.KeyError{Source: "payment body", Err: err}
+	}
+	return dedupe.HeaderKey(headerKey).Key(in)
+}
+
+// run consumes and relays until ctx is done.
+func (w *worker) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Go(func() {
+		if err := w.relay.Run(ctx); err != nil {
+			errs <- fmt.Errorf("outbox relay: %w", err)
+		}
+		cancel()
+	})
+	wg.Go(func() {
+		if err := w.cons.Run(ctx); err != nil {
+			errs <- fmt.Errorf("consumer: %w", err)
+		}
+		cancel()
+	})
+	w.log.Info("payments worker running", "event", "worker_ready", "stream", streamPayments, "consumer", durableWorker)
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+func (w *worker) close() {
+	if w.nc != nil {
+		w.nc.Close()
+	}
+	if w.db != nil {
+		_ = w.db.Close()
+	}
+}
+
+// outcomeEvent is the body of payments.completed and payments.rejected, and
+// the result the inbox stores for the key.
+type outcomeEvent struct {
+	payment
+	Status string `json:"status"` // "completed" or "rejected"
+	Code   int    `json:"code"`   // 200 or 402
+}
+
+// handle applies one payment. The pipeline has already claimed its key in a
+// transaction of the inbox (Acquired); handle does the transfer, writes the
+// outcome event into the outbox, records the result and commits, all in that
+// transaction.
+func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
+	p, err := decodePayment(m.Data)
+	if err != nil {
+		return retry.Permanent(err) // paymentKey already refused it; kept for safety
+	}
+	key := dedupe.Input{Header: m.Header}.Values(headerKey)[0]
+	stored, err := w.guard.StoreKey(key)
+	if err != nil {
+		return retry.Permanent(err)
+	}
+	t, ok := w.inbox.take(stored)
+	if !ok {
+		return fmt.Errorf("no open inbox transaction for key %q", key)
+	}
+	err = applyTransfer(ctx, w.db, t.tx, key, p)
+	ev := outcomeEvent{payment: p, Status: outcomeCompleted, Code: 200}
+	id, subject := "completed."+key, subjCompleted
+	switch {
+	case errors.Is(err, ErrInsufficientFunds):
+		ev.Status, ev.Code = outcomeRejected, 402
+		id, subject = "rejected."+key, subjRejected
+	case err != nil:
+		w.log.Info("payments worker: transfer failed", "event", "retry", "key", key, "attempt", m.Attempt, "err", err)
+		return err // the pipeline releases the claim: the transaction rolls back
+	}
+	data, _ := json.Marshal(ev)
+	msg := outbox.Message{ID: id, Subject: subject, Header: map[string][]string{headerKey: {key}}, Data: data}
+	if err := w.ob.AddTx(ctx, t.tx, msg); err != nil {
+		return err
+	}
+	res := dedupe.Result{Failed: ev.Code != 200, Data: data}
+	if err := w.inbox.commit(ctx, t, res); err != nil {
+		w.log.Info("payments worker: commit failed", "event", "retry", "key", key, "attempt", m.Attempt, "err", err)
+		return err
+	}
+	w.log.Info("payments worker: "+ev.Status, "event", ev.Status, "key", key, "amount", p.Amount, "from", p.From, "to", p.To)
+	if ev.Code != 200 {
+		return consumer.Reject(data, err)
+	}
+	m.SetResult(data)
+	return nil
+}
