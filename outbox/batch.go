@@ -1,0 +1,415 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/consumer/natsjs"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Batch defaults.
+const (
+	// DefaultBatchMessages is BatchConfig.BatchSize when zero: 100 messages
+	// per transaction.
+	DefaultBatchMessages = 100
+	// DefaultBatchAckWait is BatchConfig.AckWait when zero: 30s.
+	DefaultBatchAckWait = 30 * time.Second
+	// DefaultBatchPullWait is BatchConfig.PullWait when zero: 1s.
+	DefaultBatchPullWait = time.Second
+	// DefaultMaxDeliverSlack is added to the retry policy's attempts when
+	// BatchConfig.MaxDeliver is zero: 10.
+	DefaultMaxDeliverSlack = 10
+)
+
+// BatchConfig configures a Batch consumer. Stream, Durable and
+// DeadLetter.Subject are required.
+type BatchConfig struct {
+	// Stream is the JetStream stream to consume. Required.
+	Stream string
+	// Durable names the durable pull consumer, created or updated by Run.
+	// Required.
+	Durable string
+	// FilterSubjects restricts the consumer to these subjects (more than
+	// one needs NATS server 2.10).
+	FilterSubjects []string
+	// BatchSize is the most messages fetched and processed in one database
+	// transaction. Default DefaultBatchMessages (100). The durable's
+	// MaxAckPending is set to at least twice this.
+	BatchSize int
+	// PullWait is how long an idle consumer waits for the first message of
+	// a batch; it bounds how long Run takes to return after ctx ends.
+	// Default DefaultBatchPullWait (1s).
+	PullWait time.Duration
+	// AckWait is the server's redelivery timeout; a batch must commit and
+	// ack well within it. Default DefaultBatchAckWait (30s).
+	AckWait time.Duration
+	// MaxDeliver is the server's delivery limit; it must exceed the retry
+	// policy's attempts. Zero: attempts + DefaultMaxDeliverSlack; -1:
+	// unlimited.
+	MaxDeliver int
+	// DoubleAck waits for the server to confirm each ack.
+	DoubleAck bool
+	// DeadLetter says where dead letters go (same settings as
+	// consumer/natsjs; CreateStream creates the stream at Run).
+	DeadLetter natsjs.DeadLetterConfig
+	// Pipeline holds the retry policy, budget and logger that classify each
+	// message's failure exactly as consumer/natsjs does. Its Guard must be
+	// nil: the inbox is the dedupe.
+	Pipeline consumer.Config
+	// Hostname fills the dead letters' Idemq-Host. Default os.Hostname().
+	Hostname string
+	// Logger receives warnings. Default Pipeline.Logger, else
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Batch consumes a JetStream stream in exactly-once batches: it fetches up
+// to BatchSize messages, runs each through the inbox (claim, handler,
+// complete) under its own SAVEPOINT inside ONE database transaction,
+// commits once, and only then acknowledges them. A message whose handler
+// fails is rolled back to its savepoint alone and then retried or
+// dead-lettered by the pipeline's rules; the others commit. A crash between
+// commit and ack redelivers messages whose records are committed: they are
+// acknowledged as duplicates, their effects stay applied once. If the
+// commit fails, every message of the batch is handed back for redelivery.
+type Batch struct {
+	in   *Inbox
+	js   jetstream.JetStream
+	cfg  BatchConfig
+	fn   MessageFunc
+	pipe *consumer.Pipeline
+	dl   *natsjs.DeadLetterer
+	log  *slog.Logger
+
+	// Per batch, used only by Run's goroutine.
+	tx     *sql.Tx
+	broken error
+
+	// afterCommit, set only by tests, runs after the commit and before the
+	// acks; an error ends Run without acknowledging, like a crash.
+	afterCommit func() error
+}
+
+// NewBatch returns a batch consumer that runs fn in the inbox transaction
+// for every message.
+func NewBatch(in *Inbox, js jetstream.JetStream, cfg BatchConfig, fn MessageFunc) (*Batch, error) {
+	bad := func(format string, args ...any) (*Batch, error) {
+		return nil, fmt.Errorf("%w: "+format, append([]any{consumer.ErrInvalidConfig}, args...)...)
+	}
+	switch {
+	case in == nil || js == nil || fn == nil:
+		return bad("NewBatch needs an inbox, a JetStream context and a handler")
+	case cfg.Stream == "":
+		return bad("Stream is required")
+	case cfg.Durable == "":
+		return bad("Durable is required")
+	case cfg.DeadLetter.Subject == "":
+		return bad("DeadLetter.Subject is required: dead letters must go somewhere")
+	case cfg.Pipeline.Guard != nil:
+		return bad("Pipeline.Guard must be nil: the inbox dedupes in the transaction")
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = DefaultBatchMessages
+	}
+	if cfg.PullWait <= 0 {
+		cfg.PullWait = DefaultBatchPullWait
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = DefaultBatchAckWait
+	}
+	attempts := cfg.Pipeline.Retry.Attempts()
+	switch {
+	case cfg.MaxDeliver == 0:
+		cfg.MaxDeliver = attempts + DefaultMaxDeliverSlack
+	case cfg.MaxDeliver > 0 && cfg.MaxDeliver <= attempts:
+		return bad("MaxDeliver %d must exceed the retry policy's %d attempts", cfg.MaxDeliver, attempts)
+	}
+	dl := &cfg.DeadLetter
+	if dl.Stream == "" {
+		dl.Stream = natsjs.DefaultDeadLetterStream
+	}
+	if len(dl.StreamSubjects) == 0 {
+		first, _, _ := strings.Cut(dl.Subject, ".")
+		dl.StreamSubjects = []string{first + ".>"}
+		if first == dl.Subject {
+			dl.StreamSubjects = []string{dl.Subject}
+		}
+	}
+	if dl.RetryDelay <= 0 {
+		dl.RetryDelay = natsjs.DefaultDeadLetterRetryDelay
+	}
+	if dl.PublishTimeout <= 0 {
+		dl.PublishTimeout = natsjs.DefaultPublishTimeout
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = cfg.Pipeline.Logger
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Pipeline.Logger == nil {
+		cfg.Pipeline.Logger = cfg.Logger
+	}
+	cfg.Pipeline.HeartbeatInterval = -1 // a batch is short; AckWait covers it
+	b := &Batch{
+		in:  in,
+		js:  js,
+		cfg: cfg,
+		fn:  fn,
+		dl:  &natsjs.DeadLetterer{JS: js, Subject: dl.Subject, Stream: dl.Stream, Host: cfg.Hostname},
+		log: cfg.Logger.With("component", "idemq/outbox.Batch", "durable", cfg.Durable),
+	}
+	pipe, err := consumer.NewPipeline(cfg.Pipeline, b.handle)
+	if err != nil {
+		return nil, err
+	}
+	b.pipe = pipe
+	return b, nil
+}
+
+// Run consumes until ctx is done and returns nil after the batch in flight
+// has been committed and acknowledged (or handed back). Database failures
+// hand the batch back and are retried; Run returns an error only when the
+// consumer cannot be set up or the NATS connection is closed.
+func (b *Batch) Run(ctx context.Context) error {
+	cons, err := b.setup(ctx)
+	if err != nil {
+		return err
+	}
+	failures := 0
+	for ctx.Err() == nil {
+		msgs, err := b.fetch(ctx, cons)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				return fmt.Errorf("outbox: batch fetch: %w", err)
+			}
+			failures++
+			d := b.pipe.Policy().Delay(failures)
+			b.log.Warn("fetch failed; retrying", "err", err, "retry_in", d)
+			if !sleep(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		failures = 0
+		if len(msgs) == 0 {
+			continue
+		}
+		// A batch in flight finishes even when ctx ends: it is short, and
+		// finishing it avoids redelivering work already done.
+		if err := b.process(context.WithoutCancel(ctx), msgs); err != nil {
+			if errors.Is(err, errHook) {
+				return err
+			}
+			b.log.Warn("batch handed back for redelivery", "messages", len(msgs), "err", err)
+		}
+	}
+	return nil
+}
+
+// setup creates the dead-letter stream when asked and the durable consumer.
+func (b *Batch) setup(ctx context.Context) (jetstream.Consumer, error) {
+	dl := b.cfg.DeadLetter
+	if dl.CreateStream {
+		if _, err := b.js.Stream(ctx, dl.Stream); errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, err = b.js.CreateStream(ctx, jetstream.StreamConfig{Name: dl.Stream, Subjects: dl.StreamSubjects, Storage: jetstream.FileStorage})
+			if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return nil, fmt.Errorf("outbox: dead-letter stream %s: %w", dl.Stream, err)
+			}
+		} else if err != nil {
+			return nil, fmt.Errorf("outbox: dead-letter stream %s: %w", dl.Stream, err)
+		}
+	}
+	cc := jetstream.ConsumerConfig{
+		Durable:       b.cfg.Durable,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       b.cfg.AckWait,
+		MaxDeliver:    b.cfg.MaxDeliver,
+		MaxAckPending: max(2*b.cfg.BatchSize, 1000),
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	switch len(b.cfg.FilterSubjects) {
+	case 0:
+	case 1:
+		cc.FilterSubject = b.cfg.FilterSubjects[0]
+	default:
+		cc.FilterSubjects = b.cfg.FilterSubjects
+	}
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.cfg.Stream, cc)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: create or update consumer %s on %s: %w", b.cfg.Durable, b.cfg.Stream, err)
+	}
+	return cons, nil
+}
+
+// fetch returns up to BatchSize messages: whatever is available at once,
+// else it waits up to PullWait for one message and adds what arrived with
+// it.
+func (b *Batch) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstream.Msg, error) {
+	msgs, err := drain(cons.FetchNoWait(b.cfg.BatchSize))
+	if err != nil || len(msgs) > 0 {
+		return msgs, err
+	}
+	wait := b.cfg.PullWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	if wait <= 0 {
+		return nil, ctx.Err()
+	}
+	msgs, err = drain(cons.Fetch(1, jetstream.FetchMaxWait(wait)))
+	if err != nil || len(msgs) == 0 || b.cfg.BatchSize == 1 {
+		return msgs, err
+	}
+	more, err := drain(cons.FetchNoWait(b.cfg.BatchSize - 1))
+	return append(msgs, more...), err
+}
+
+func drain(batch jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
+	if err != nil {
+		return nil, err
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+		return msgs, err
+	}
+	return msgs, nil
+}
+
+// process runs one batch in one transaction and applies the outcomes after
+// the commit.
+func (b *Batch) process(ctx context.Context, msgs []jetstream.Msg) error {
+	outs := make([]consumer.Outcome, len(msgs))
+	handBack := func(err error) error {
+		for _, m := range msgs {
+			_ = m.NakWithDelay(b.cfg.DeadLetter.RetryDelay / 5)
+		}
+		return err
+	}
+	tx, err := b.in.db.BeginTx(ctx, b.in.txo)
+	if err != nil {
+		return handBack(fmt.Errorf("outbox: batch begin: %w", err))
+	}
+	defer func() { _ = tx.Rollback() }()
+	b.tx, b.broken = tx, nil
+	defer func() { b.tx = nil }()
+	conv := make([]*consumer.Message, len(msgs))
+	for i, msg := range msgs {
+		m, err := natsjs.Convert(msg)
+		if err != nil {
+			outs[i] = consumer.Outcome{Action: consumer.Retry, Delay: b.cfg.DeadLetter.RetryDelay, Err: err}
+			continue
+		}
+		conv[i] = m
+		outs[i] = b.pipe.Process(ctx, m)
+		if b.broken != nil {
+			return handBack(b.broken)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return handBack(fmt.Errorf("outbox: batch commit: %w", err))
+	}
+	if b.afterCommit != nil {
+		if err := b.afterCommit(); err != nil {
+			return fmt.Errorf("%w: %w", errHook, err)
+		}
+	}
+	for i, msg := range msgs {
+		b.apply(ctx, msg, conv[i], outs[i])
+	}
+	return nil
+}
+
+// savepoint statements: one round trip each.
+const (
+	spBegin    = "SAVEPOINT idemq_msg"
+	spRelease  = "RELEASE SAVEPOINT idemq_msg"
+	spRollback = "ROLLBACK TO SAVEPOINT idemq_msg"
+)
+
+// handle is the pipeline's handler: the message's inbox work under its own
+// savepoint in the batch transaction.
+func (b *Batch) handle(ctx context.Context, m *consumer.Message) (err error) {
+	tx := b.tx
+	if _, err := tx.ExecContext(ctx, spBegin); err != nil {
+		b.broken = fmt.Errorf("outbox: batch savepoint: %w", err)
+		return b.broken
+	}
+	undo := true
+	defer func() {
+		stmt := spRelease
+		if undo {
+			stmt = spRollback
+		}
+		if _, xerr := tx.ExecContext(ctx, stmt); xerr != nil {
+			b.broken = fmt.Errorf("outbox: batch %s: %w", strings.ToLower(stmt), xerr)
+		} else if undo {
+			if _, xerr := tx.ExecContext(ctx, spRelease); xerr != nil {
+				b.broken = fmt.Errorf("outbox: batch release savepoint: %w", xerr)
+			}
+		}
+	}()
+	err = b.in.handleMessage(ctx, m, b.fn, func(ctx context.Context, key, fp string, fn TxFunc) (InboxOutcome, error) {
+		return b.in.handleTx(ctx, tx, key, fp, fn)
+	})
+	var rej *consumer.RejectError
+	undo = err != nil && !errors.As(err, &rej)
+	return err
+}
+
+// apply translates an outcome into broker actions, as consumer/natsjs does.
+func (b *Batch) apply(ctx context.Context, msg jetstream.Msg, m *consumer.Message, out consumer.Outcome) {
+	id := ""
+	if m != nil {
+		id = m.ID
+	}
+	switch out.Action {
+	case consumer.Ack:
+		var err error
+		if b.cfg.DoubleAck {
+			actx, cancel := context.WithTimeout(ctx, b.cfg.DeadLetter.PublishTimeout)
+			err = msg.DoubleAck(actx)
+			cancel()
+		} else {
+			err = msg.Ack()
+		}
+		if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			b.log.Warn("ack failed; the redelivery is answered from the inbox record", "id", id, "err", err)
+		}
+	case consumer.Retry:
+		if err := msg.NakWithDelay(out.Delay); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			b.log.Warn("nak failed; the server redelivers after AckWait", "id", id, "err", err)
+		}
+	case consumer.DeadLetter:
+		pctx, cancel := context.WithTimeout(ctx, b.cfg.DeadLetter.PublishTimeout)
+		defer cancel()
+		if err := b.dl.Publish(pctx, msg, out.Reason, out.Err); err != nil {
+			b.log.Error("dead-letter publish failed; redelivering", "id", id, "reason", out.Reason.String(), "err", err)
+			_ = msg.NakWithDelay(b.cfg.DeadLetter.RetryDelay)
+			return
+		}
+		if err := msg.Term(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			b.log.Warn("term after dead-lettering failed", "id", id, "err", err)
+		}
+	default:
+		_ = msg.NakWithDelay(b.cfg.DeadLetter.RetryDelay)
+	}
+}
