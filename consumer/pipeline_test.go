@@ -362,7 +362,7 @@ func TestGuardBusyRetriesAfterLeaseRemainder(t *testing.T) {
 type faultyStore struct {
 	dedupe.Store
 	claimErr, completeErr, extendErr error
-	completes, extends                atomic.Int32
+	completes, extends               atomic.Int32
 }
 
 func (s *faultyStore) Claim(ctx context.Context, key, fp string, lease, retention time.Duration) (dedupe.Claim, error) {

@@ -1,0 +1,179 @@
+package natsjs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/idemq/idemq/consumer"
+)
+
+// MaxDeliveriesAdvisoryPrefix starts the subject on which the server
+// announces a message it stopped redelivering because MaxDeliver was
+// reached; the stream and consumer names follow.
+const MaxDeliveriesAdvisoryPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+
+// ErrMaxDeliveries is the error of a dead letter for a message the server
+// stopped redelivering (reason "exhausted").
+var ErrMaxDeliveries = fmt.Errorf("%w: the server reached MaxDeliver", consumer.ErrExhausted)
+
+// MaxDeliveriesSubject returns the advisory subject for stream's consumer.
+func MaxDeliveriesSubject(stream, consumerName string) string {
+	return MaxDeliveriesAdvisoryPrefix + stream + "." + consumerName
+}
+
+// maxDeliveriesAdvisory is the body of a MAX_DELIVERIES advisory
+// (io.nats.jetstream.advisory.v1.max_deliver).
+type maxDeliveriesAdvisory struct {
+	Type       string `json:"type"`
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// advisoryConsumerName names the durable consumer that reads this
+// consumer's advisories from the advisory stream.
+func (c *Consumer) advisoryConsumerName() string {
+	return "idemq_" + c.cfg.Stream + "_" + c.cfg.Durable
+}
+
+// setupAdvisories makes sure the advisory stream captures this consumer's
+// MAX_DELIVERIES advisories and returns the durable consumer reading them.
+func (c *Consumer) setupAdvisories(ctx context.Context) (jetstream.Consumer, error) {
+	subject := MaxDeliveriesSubject(c.cfg.Stream, c.cfg.Durable)
+	name := c.cfg.AdvisoryStream
+	s, err := c.js.Stream(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		_, err = c.js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:     name,
+			Subjects: []string{subject},
+			Storage:  jetstream.FileStorage,
+			MaxAge:   DefaultAdvisoryMaxAge,
+		})
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return c.setupAdvisories(ctx) // created concurrently: add our subject
+		}
+		if err != nil {
+			return nil, fmt.Errorf("natsjs: create advisory stream %s: %w", name, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("natsjs: advisory stream %s: %w", name, err)
+	default:
+		sc := s.CachedInfo().Config
+		if !slices.ContainsFunc(sc.Subjects, func(pattern string) bool { return subjectMatches(pattern, subject) }) {
+			sc.Subjects = append(sc.Subjects, subject)
+			if _, err := c.js.UpdateStream(ctx, sc); err != nil {
+				return nil, fmt.Errorf("natsjs: add %s to advisory stream %s: %w", subject, name, err)
+			}
+		}
+	}
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, name, jetstream.ConsumerConfig{
+		Durable:       c.advisoryConsumerName(),
+		FilterSubject: subject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       DefaultAckWait,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsjs: advisory consumer on %s: %w", name, err)
+	}
+	return cons, nil
+}
+
+// watchAdvisories dead-letters, with reason exhausted, every message named
+// by a captured MAX_DELIVERIES advisory, until ctx ends. An advisory is
+// acknowledged only once its message is dead-lettered (or gone from the
+// stream); otherwise it is redelivered after DeadLetter.RetryDelay.
+func (c *Consumer) watchAdvisories(ctx context.Context, adv jetstream.Consumer) {
+	var stream jetstream.Stream
+	for ctx.Err() == nil {
+		batch, err := adv.Fetch(c.cfg.FetchBatch, jetstream.FetchMaxWait(c.cfg.PullWait))
+		if err != nil {
+			if fatal(err) {
+				return
+			}
+			c.log.Warn("natsjs: fetch advisories failed; retrying", "err", err)
+			sleep(ctx, c.cfg.PullWait)
+			continue
+		}
+		for msg := range batch.Messages() {
+			if stream == nil {
+				if stream, err = c.js.Stream(ctx, c.cfg.Stream); err != nil {
+					stream = nil
+					c.log.Warn("natsjs: stream lookup for a MAX_DELIVERIES advisory failed; retrying", "err", err)
+					_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
+					continue
+				}
+			}
+			c.deadLetterAdvised(ctx, stream, msg)
+		}
+	}
+}
+
+// deadLetterAdvised handles one MAX_DELIVERIES advisory.
+func (c *Consumer) deadLetterAdvised(ctx context.Context, stream jetstream.Stream, msg jetstream.Msg) {
+	var a maxDeliveriesAdvisory
+	if err := json.Unmarshal(msg.Data(), &a); err != nil || a.StreamSeq == 0 {
+		c.log.Error("natsjs: unreadable MAX_DELIVERIES advisory; dropping it", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.DeadLetter.PublishTimeout)
+	defer cancel()
+	raw, err := stream.GetMsg(pctx, a.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		c.log.Warn("natsjs: message named by a MAX_DELIVERIES advisory is no longer in the stream", "sequence", a.StreamSeq)
+		_ = msg.Ack()
+		return
+	}
+	if err != nil {
+		c.log.Warn("natsjs: fetch of a message named by a MAX_DELIVERIES advisory failed; retrying", "sequence", a.StreamSeq, "err", err)
+		_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
+		return
+	}
+	consumerName := a.Consumer
+	if consumerName == "" {
+		consumerName = c.cfg.Durable
+	}
+	err = c.dl.PublishLetter(pctx, Letter{
+		Subject:  raw.Subject,
+		Header:   raw.Header,
+		Data:     raw.Data,
+		Stream:   c.cfg.Stream,
+		Sequence: raw.Sequence,
+		Consumer: consumerName,
+		Attempts: clampInt(a.Deliveries),
+		Reason:   consumer.ReasonExhausted,
+		Err:      ErrMaxDeliveries,
+	})
+	if err != nil {
+		c.log.Error("natsjs: dead-letter of a message the server gave up on failed; retrying", "sequence", a.StreamSeq, "err", err)
+		_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
+		return
+	}
+	c.log.Warn("natsjs: dead-lettered a message the server stopped redelivering", "sequence", a.StreamSeq, "deliveries", a.Deliveries)
+	_ = msg.Ack()
+}
+
+// subjectMatches reports whether subject is matched by pattern, which may
+// hold the wildcards '*' (one token) and '>' (the rest).
+func subjectMatches(pattern, subject string) bool {
+	pt := strings.Split(pattern, ".")
+	st := strings.Split(subject, ".")
+	for i, p := range pt {
+		if p == ">" {
+			return len(st) > i
+		}
+		if i >= len(st) || (p != "*" && p != st[i]) {
+			return false
+		}
+	}
+	return len(pt) == len(st)
+}

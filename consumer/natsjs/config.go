@@ -1,0 +1,276 @@
+package natsjs
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/dedupe"
+)
+
+// Defaults applied by New to zero-valued Config fields.
+const (
+	// DefaultAckWait is Config.AckWait when zero: 30s.
+	DefaultAckWait = 30 * time.Second
+	// DefaultMaxFetchBatch caps the default Config.FetchBatch: 16.
+	DefaultMaxFetchBatch = 16
+	// DefaultPullWait is Config.PullWait when zero: 1s.
+	DefaultPullWait = time.Second
+	// DefaultMaxDeliverSlack is added to the retry policy's attempts when
+	// Config.MaxDeliver is zero: 10 deliveries of room for Busy answers and
+	// failed dead-letter publishes before the server gives up.
+	DefaultMaxDeliverSlack = 10
+	// DefaultShutdownTimeout is Config.ShutdownTimeout when zero: 30s.
+	DefaultShutdownTimeout = 30 * time.Second
+	// DefaultShutdownNakDelay is Config.ShutdownNakDelay when zero: 1s.
+	DefaultShutdownNakDelay = time.Second
+	// DefaultDeadLetterStream is DeadLetterConfig.Stream when empty: "DLQ".
+	DefaultDeadLetterStream = "DLQ"
+	// DefaultDeadLetterRetryDelay is DeadLetterConfig.RetryDelay when zero:
+	// 5s.
+	DefaultDeadLetterRetryDelay = 5 * time.Second
+	// DefaultPublishTimeout is DeadLetterConfig.PublishTimeout when zero:
+	// 5s.
+	DefaultPublishTimeout = 5 * time.Second
+	// DefaultAdvisoryStream is Config.AdvisoryStream when empty.
+	DefaultAdvisoryStream = "IDEMQ_ADVISORIES"
+	// DefaultAdvisoryMaxAge is how long the advisory stream created by the
+	// adapter keeps advisories: 7 days.
+	DefaultAdvisoryMaxAge = 7 * 24 * time.Hour
+)
+
+// ErrInvalidConfig is wrapped by New's validation errors.
+var ErrInvalidConfig = errors.New("natsjs: invalid config")
+
+// Config configures a Consumer. Stream, Durable and DeadLetter.Subject are
+// required; every other field has a default.
+type Config struct {
+	// Stream is the JetStream stream to consume. Required.
+	Stream string
+	// Durable names the durable pull consumer, created or updated by Run.
+	// Required.
+	Durable string
+	// FilterSubjects restricts the consumer to these subjects. Empty: the
+	// whole stream. One subject works on every server; more than one needs
+	// NATS server 2.10 or later (Run fails clearly on older servers).
+	FilterSubjects []string
+	// Concurrency bounds the handlers running at once. Default
+	// 2×GOMAXPROCS.
+	Concurrency int
+	// FetchBatch caps the messages asked for in one pull. A pull never asks
+	// for more messages than there are idle workers, so fetched messages
+	// never wait in a buffer while AckWait runs. Default
+	// min(Concurrency, DefaultMaxFetchBatch).
+	FetchBatch int
+	// PullWait is how long one pull request waits for messages; it bounds
+	// how long shutdown waits for the pull in flight. Default 1s.
+	PullWait time.Duration
+	// AckWait is how long the server waits for an acknowledgement before
+	// redelivering. Heartbeats (InProgress) keep a running handler's message
+	// from being redelivered. With a dedupe guard it must not exceed the
+	// guard's lease. Default 30s.
+	AckWait time.Duration
+	// HeartbeatInterval is how often a running handler's message is marked
+	// InProgress and its dedupe lease extended. Default AckWait/2; must be
+	// shorter than AckWait.
+	HeartbeatInterval time.Duration
+	// MaxDeliver is the server's delivery limit. It must exceed the retry
+	// policy's attempts, so the pipeline dead-letters ("exhausted") before
+	// the server gives up; deliveries answered Busy and redeliveries after a
+	// failed dead-letter publish count too. Zero means Retry.Attempts() +
+	// DefaultMaxDeliverSlack; -1 means unlimited.
+	MaxDeliver int
+	// DoubleAck makes every Ack wait for the server's confirmation
+	// (jetstream.Msg.DoubleAck), so a lost ack is noticed; an unconfirmed
+	// ack is logged, and the redelivery is then answered as a duplicate.
+	DoubleAck bool
+	// DeadLetter says where dead letters go.
+	DeadLetter DeadLetterConfig
+	// CaptureMaxDeliveries captures the server's MAX_DELIVERIES advisories
+	// for this consumer in AdvisoryStream (created or extended by Run) and
+	// dead-letters the messages they name with reason "exhausted": messages
+	// the server stopped redelivering while no worker answered (crashes,
+	// hangs). Use it on servers where no other process captures them.
+	CaptureMaxDeliveries bool
+	// AdvisoryStream is the stream capturing MAX_DELIVERIES advisories.
+	// Default "IDEMQ_ADVISORIES".
+	AdvisoryStream string
+	// ShutdownTimeout is how long Run lets in-flight handlers finish after
+	// its context ends; then their contexts are cancelled and their
+	// messages handed back. Default 30s.
+	ShutdownTimeout time.Duration
+	// ShutdownNakDelay is the redelivery delay of messages handed back on
+	// shutdown (fetched but not started, or interrupted). Default 1s.
+	ShutdownNakDelay time.Duration
+	// ReplayWindow is how long after dead-lettering a message may be
+	// replayed from the dead-letter queue; it is part of the redelivery
+	// horizon the dedupe retention must cover. Default 0.
+	ReplayWindow time.Duration
+	// Hostname fills the Idemq-Host header. Default os.Hostname().
+	Hostname string
+	// Pipeline configures dedupe, retry, budget and logging (see
+	// consumer.Config). Its HeartbeatInterval is replaced by this Config's.
+	Pipeline consumer.Config
+}
+
+// DeadLetterConfig says where dead letters go.
+type DeadLetterConfig struct {
+	// Subject receives the dead letters, e.g. "dlq.payments". Required.
+	Subject string
+	// Stream stores them. Default "DLQ". Publishes expect it.
+	Stream string
+	// CreateStream makes Run create Stream when it does not exist, with
+	// StreamSubjects, file storage and limits retention. Without it a
+	// missing stream makes dead-letter publishes fail: the messages are
+	// redelivered until the stream exists, never lost.
+	CreateStream bool
+	// StreamSubjects are the subjects of a stream created by CreateStream.
+	// Default: Subject's first token followed by ".>" ("dlq.>" for
+	// "dlq.payments").
+	StreamSubjects []string
+	// RetryDelay is the redelivery delay after a failed dead-letter
+	// publish. Default 5s.
+	RetryDelay time.Duration
+	// PublishTimeout bounds one dead-letter publish. Default 5s.
+	PublishTimeout time.Duration
+}
+
+// resolve fills defaults and validates; errors wrap ErrInvalidConfig.
+func (cfg Config) resolve() (Config, error) {
+	bad := func(format string, args ...any) (Config, error) {
+		return Config{}, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	if cfg.Stream == "" {
+		return bad("Stream is required")
+	}
+	if cfg.Durable == "" {
+		return bad("Durable is required")
+	}
+	if strings.ContainsAny(cfg.Durable, ".*> \t") {
+		return bad("Durable %q must not contain '.', '*', '>' or spaces", cfg.Durable)
+	}
+	if cfg.DeadLetter.Subject == "" {
+		return bad("DeadLetter.Subject is required: dead letters must go somewhere")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 2 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.FetchBatch <= 0 {
+		cfg.FetchBatch = min(cfg.Concurrency, DefaultMaxFetchBatch)
+	}
+	cfg.FetchBatch = min(cfg.FetchBatch, cfg.Concurrency)
+	if cfg.PullWait <= 0 {
+		cfg.PullWait = DefaultPullWait
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = DefaultAckWait
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = cfg.AckWait / 2
+	}
+	if cfg.HeartbeatInterval >= cfg.AckWait {
+		return bad("HeartbeatInterval %v must be shorter than AckWait %v, or running handlers' messages are redelivered",
+			cfg.HeartbeatInterval, cfg.AckWait)
+	}
+	attempts := cfg.Pipeline.Retry.Attempts()
+	switch {
+	case cfg.MaxDeliver == 0:
+		cfg.MaxDeliver = attempts + DefaultMaxDeliverSlack
+	case cfg.MaxDeliver < -1:
+		return bad("MaxDeliver %d: use a positive limit, 0 for the default or -1 for unlimited", cfg.MaxDeliver)
+	case cfg.MaxDeliver > 0 && cfg.MaxDeliver <= attempts:
+		return bad("MaxDeliver %d must be greater than the retry policy's %d attempts, so that idemq dead-letters before the server stops redelivering (use at least %d)",
+			cfg.MaxDeliver, attempts, attempts+1)
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.ShutdownNakDelay <= 0 {
+		cfg.ShutdownNakDelay = DefaultShutdownNakDelay
+	}
+	if cfg.AdvisoryStream == "" {
+		cfg.AdvisoryStream = DefaultAdvisoryStream
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
+	}
+	dl := &cfg.DeadLetter
+	if dl.Stream == "" {
+		dl.Stream = DefaultDeadLetterStream
+	}
+	if len(dl.StreamSubjects) == 0 {
+		first, _, _ := strings.Cut(dl.Subject, ".")
+		dl.StreamSubjects = []string{first + ".>"}
+		if first == dl.Subject {
+			dl.StreamSubjects = []string{dl.Subject}
+		}
+	}
+	if dl.RetryDelay <= 0 {
+		dl.RetryDelay = DefaultDeadLetterRetryDelay
+	}
+	if dl.PublishTimeout <= 0 {
+		dl.PublishTimeout = DefaultPublishTimeout
+	}
+	if g := cfg.Pipeline.Guard; g != nil {
+		lease := g.LeaseDuration()
+		if cfg.AckWait > lease {
+			return bad("AckWait %v exceeds the dedupe lease %v: a worker that dies mid-handler would leave a lapsed lease that a redelivery can take over while the server still thinks the message is running; make the lease at least AckWait",
+				cfg.AckWait, lease)
+		}
+		horizon := Horizon(cfg)
+		if err := dedupe.ValidateRetention(g.RetentionDuration(), horizon); err != nil {
+			return bad("dedupe retention vs redelivery horizon (backoff %v + AckWait %v × %d attempts + replay window %v): %w",
+				cfg.Pipeline.Retry.Horizon(), cfg.AckWait, attempts, cfg.ReplayWindow, err)
+		}
+	}
+	cfg.Pipeline.HeartbeatInterval = cfg.HeartbeatInterval
+	return cfg, nil
+}
+
+// Horizon returns the redelivery horizon of cfg: the longest time after a
+// first delivery at which the same message may still be processed. It is
+// the retry policy's Horizon, plus AckWait for every attempt, plus the
+// budget delay for every retry when a retry budget is configured, plus
+// ReplayWindow. A dedupe guard's retention must be at least this long.
+// Zero fields count as their defaults.
+func Horizon(cfg Config) time.Duration {
+	ackWait := cfg.AckWait
+	if ackWait <= 0 {
+		ackWait = DefaultAckWait
+	}
+	attempts := cfg.Pipeline.Retry.Attempts()
+	h := satAdd(cfg.Pipeline.Retry.Horizon(), satMul(ackWait, attempts))
+	h = satAdd(h, max(cfg.ReplayWindow, 0))
+	if cfg.Pipeline.Budget != nil {
+		bd := cfg.Pipeline.BudgetDelay
+		if bd <= 0 {
+			bd = consumer.DefaultBudgetDelay
+		}
+		h = satAdd(h, satMul(bd, attempts-1))
+	}
+	return h
+}
+
+// satAdd adds non-negative durations, saturating at math.MaxInt64.
+func satAdd(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// satMul multiplies a non-negative duration by n >= 0, saturating.
+func satMul(d time.Duration, n int) time.Duration {
+	if n <= 0 || d <= 0 {
+		return 0
+	}
+	if d > math.MaxInt64/time.Duration(n) {
+		return math.MaxInt64
+	}
+	return d * time.Duration(n)
+}

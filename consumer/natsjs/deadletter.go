@@ -1,0 +1,219 @@
+package natsjs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/idemq/idemq/consumer"
+)
+
+// Dead-letter headers: a wire format other tools (cmd/idemq, dashboards)
+// read. The names are fixed.
+const (
+	// HeaderReason carries consumer.Reason.String(): "permanent",
+	// "exhausted", "conflict" or "invalid".
+	HeaderReason = "Idemq-Reason"
+	// HeaderError carries the error text, newlines replaced by "; ", capped
+	// at MaxErrorLen bytes.
+	HeaderError = "Idemq-Error"
+	// HeaderOriginalSubject is the subject the message was published to.
+	HeaderOriginalSubject = "Idemq-Original-Subject"
+	// HeaderOriginalStream is the stream the message was stored in.
+	HeaderOriginalStream = "Idemq-Original-Stream"
+	// HeaderOriginalSequence is its stream sequence, in decimal.
+	HeaderOriginalSequence = "Idemq-Original-Sequence"
+	// HeaderConsumer is the durable consumer that gave up on it.
+	HeaderConsumer = "Idemq-Consumer"
+	// HeaderAttempts is the number of deliveries, in decimal.
+	HeaderAttempts = "Idemq-Attempts"
+	// HeaderFailedAt is when it was dead-lettered, RFC 3339 in UTC.
+	HeaderFailedAt = "Idemq-Failed-At"
+	// HeaderHost is the host name of the process that dead-lettered it.
+	HeaderHost = "Idemq-Host"
+	// HeaderOriginalMsgID keeps the original Nats-Msg-Id, which the dead
+	// letter replaces with "<stream>:<sequence>"; absent when the original
+	// had none. Replay tools restore it.
+	HeaderOriginalMsgID = "Idemq-Original-Msg-Id"
+)
+
+// MaxErrorLen caps the Idemq-Error header: 1 KiB. Longer texts are cut at a
+// UTF-8 boundary and end with "...".
+const MaxErrorLen = 1024
+
+// ErrNoSubject is returned by DeadLetterer when its Subject is empty.
+var ErrNoSubject = errors.New("natsjs: dead-letter subject is empty")
+
+// Letter is one message to dead-letter: the original message and where it
+// came from. DeadLetterer.Publish builds it from a jetstream.Msg; the
+// MAX_DELIVERIES path and the outbox build it from a stored message.
+type Letter struct {
+	// Subject, Header and Data are the original message's. Data is
+	// published unchanged and Header is kept, except the server-directive
+	// headers (Nats-Expected-*, Nats-Rollup, Nats-TTL, Nats-Schedule*,
+	// Nats-Batch-*) that would make the dead-letter publish fail or act on
+	// the dead-letter stream.
+	Subject string
+	Header  nats.Header
+	Data    []byte
+	// Stream and Sequence locate the original; they form the dead letter's
+	// Nats-Msg-Id "<Stream>:<Sequence>", so dead-lettering the same message
+	// twice within the dead-letter stream's duplicate window stores it once.
+	Stream   string
+	Sequence uint64
+	// Consumer is the durable consumer name.
+	Consumer string
+	// Attempts is the number of deliveries.
+	Attempts int
+	// Reason is why the message is dead-lettered.
+	Reason consumer.Reason
+	// Err is the error behind it; nil leaves Idemq-Error empty.
+	Err error
+}
+
+// DeadLetterer publishes dead letters to a JetStream subject with the idemq
+// dead-letter headers and waits for the stream's acknowledgement. Set its
+// fields before first use; it is then safe for concurrent use.
+type DeadLetterer struct {
+	// JS publishes. Required.
+	JS jetstream.JetStream
+	// Subject receives the dead letters, e.g. "dlq.payments". A stream must
+	// capture it. Required.
+	Subject string
+	// Stream, when set, is the stream expected to store the dead letters
+	// (the publish fails if another stream answers). Empty: any stream.
+	Stream string
+	// Host fills Idemq-Host. Empty means os.Hostname().
+	Host string
+	// Now is the clock for Idemq-Failed-At. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Publish dead-letters msg, a message delivered by a JetStream consumer,
+// with reason and cause: its metadata gives the stream, sequence, consumer
+// and attempts. It returns nil once the dead-letter stream has stored the
+// message (or recognised it as a duplicate); only then may the caller Term
+// msg. On error the caller must redeliver msg later (NakWithDelay).
+func (d *DeadLetterer) Publish(ctx context.Context, msg jetstream.Msg, reason consumer.Reason, cause error) error {
+	md, err := msg.Metadata()
+	if err != nil {
+		return fmt.Errorf("natsjs: dead-letter: message metadata: %w", err)
+	}
+	return d.PublishLetter(ctx, Letter{
+		Subject:  msg.Subject(),
+		Header:   msg.Headers(),
+		Data:     msg.Data(),
+		Stream:   md.Stream,
+		Sequence: md.Sequence.Stream,
+		Consumer: md.Consumer,
+		Attempts: clampInt(md.NumDelivered),
+		Reason:   reason,
+		Err:      cause,
+	})
+}
+
+// PublishLetter publishes l to the dead-letter subject and waits for the
+// stream's acknowledgement (see Publish).
+func (d *DeadLetterer) PublishLetter(ctx context.Context, l Letter) error {
+	if d.Subject == "" {
+		return ErrNoSubject
+	}
+	out := d.Msg(l)
+	var opts []jetstream.PublishOpt
+	if d.Stream != "" {
+		opts = append(opts, jetstream.WithExpectStream(d.Stream))
+	}
+	if _, err := d.JS.PublishMsg(ctx, out, opts...); err != nil {
+		return fmt.Errorf("natsjs: dead-letter %s:%d to %s: %w", l.Stream, l.Sequence, d.Subject, err)
+	}
+	return nil
+}
+
+// Msg builds the dead-letter message for l without publishing it.
+func (d *DeadLetterer) Msg(l Letter) *nats.Msg {
+	h := make(nats.Header, len(l.Header)+11)
+	for k, v := range l.Header {
+		if k == jetstream.MsgIDHeader {
+			if len(v) > 0 && v[0] != "" {
+				h.Set(HeaderOriginalMsgID, v[0])
+			}
+			continue
+		}
+		if directive(k) {
+			continue
+		}
+		h[k] = append([]string(nil), v...)
+	}
+	now := time.Now
+	if d.Now != nil {
+		now = d.Now
+	}
+	host := d.Host
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	errText := ""
+	if l.Err != nil {
+		errText = ErrorText(l.Err)
+	}
+	h.Set(HeaderReason, l.Reason.String())
+	h.Set(HeaderError, errText)
+	h.Set(HeaderOriginalSubject, l.Subject)
+	h.Set(HeaderOriginalStream, l.Stream)
+	h.Set(HeaderOriginalSequence, strconv.FormatUint(l.Sequence, 10))
+	h.Set(HeaderConsumer, l.Consumer)
+	h.Set(HeaderAttempts, strconv.Itoa(l.Attempts))
+	h.Set(HeaderFailedAt, now().UTC().Format(time.RFC3339))
+	h.Set(HeaderHost, host)
+	h.Set(jetstream.MsgIDHeader, l.Stream+":"+strconv.FormatUint(l.Sequence, 10))
+	return &nats.Msg{Subject: d.Subject, Header: h, Data: l.Data}
+}
+
+// ErrorText renders err for the Idemq-Error header: line breaks (which a
+// NATS header cannot hold) become "; ", and the text is capped at
+// MaxErrorLen bytes at a UTF-8 boundary, ending with "..." when cut.
+func ErrorText(err error) string {
+	s := err.Error()
+	s = strings.ReplaceAll(s, "\r\n", "; ")
+	s = strings.NewReplacer("\n", "; ", "\r", "; ").Replace(s)
+	if len(s) <= MaxErrorLen {
+		return s
+	}
+	cut := MaxErrorLen - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// directive reports headers that instruct the server on publish; copying
+// them onto a dead letter would make its publish fail (Nats-Expected-*) or
+// act on the dead-letter stream (Nats-Rollup purges it).
+func directive(k string) bool {
+	switch {
+	case strings.HasPrefix(k, "Nats-Expected-"),
+		k == "Nats-Rollup",
+		k == "Nats-TTL",
+		strings.HasPrefix(k, "Nats-Schedule"),
+		strings.HasPrefix(k, "Nats-Batch-"),
+		k == "Nats-Incr",
+		k == "Nats-Required-Api-Level":
+		return true
+	}
+	return false
+}
+
+func clampInt(n uint64) int {
+	if n > uint64(int(^uint(0)>>1)) {
+		return int(^uint(0) >> 1)
+	}
+	return int(n)
+}
