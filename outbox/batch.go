@@ -12,6 +12,7 @@ import (
 
 	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/consumer/natsjs"
+	"github.com/idemq/idemq/dedupe"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -376,6 +377,8 @@ func (b *Batch) handle(ctx context.Context, m *consumer.Message) (err error) {
 }
 
 // apply translates an outcome into broker actions, as consumer/natsjs does.
+// The inbox reports key conflicts and invalid input as permanent handler
+// errors; they are dead-lettered with reason "conflict" and "invalid".
 func (b *Batch) apply(ctx context.Context, msg jetstream.Msg, m *consumer.Message, out consumer.Outcome) {
 	id := ""
 	if m != nil {
@@ -399,6 +402,14 @@ func (b *Batch) apply(ctx context.Context, msg jetstream.Msg, m *consumer.Messag
 			b.log.Warn("nak failed; the server redelivers after AckWait", "id", id, "err", err)
 		}
 	case consumer.DeadLetter:
+		reason := out.Reason
+		switch {
+		case errors.Is(out.Err, consumer.ErrConflict):
+			reason = consumer.ReasonConflict
+		case dedupe.IsInvalidInput(out.Err):
+			reason = consumer.ReasonInvalid
+		}
+		out.Reason = reason
 		pctx, cancel := context.WithTimeout(ctx, b.cfg.DeadLetter.PublishTimeout)
 		defer cancel()
 		if err := b.dl.Publish(pctx, msg, out.Reason, out.Err); err != nil {

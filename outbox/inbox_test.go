@@ -263,4 +263,3 @@ func TestInboxHandlerAdapter(t *testing.T) {
 		}
 	})
 }
-
