@@ -125,27 +125,40 @@ func (d *demo) readStream(ctx context.Context, stream string, fn func(jetstream.
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
 	for {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
+		// FetchNoWait returns what is stored now without holding a pull
+		// request open, and its batch is always read to the end so that no
+		// fetch goroutine outlives the call.
+		batch, err := cons.FetchNoWait(500)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
-		got := 0
+		got, done := 0, false
+		var mdErr error
 		for m := range batch.Messages() {
+			if done {
+				continue
+			}
 			got++
 			fn(m)
 			md, err := m.Metadata()
 			if err != nil {
-				return err
+				mdErr = err
+				done = true
+				continue
 			}
 			if md.Sequence.Stream >= last {
-				return nil
+				done = true
 			}
+		}
+		if mdErr != nil {
+			return mdErr
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
-		if got == 0 {
-			// Nothing up to last any more (purged or aged out): done.
+		if done || got == 0 {
+			// At the last sequence, or nothing left up to it (purged or
+			// aged out).
 			return nil
 		}
 	}
@@ -197,7 +210,7 @@ func (r *report) print(w io.Writer) {
 		if !inv.ok {
 			mark = "✗"
 		}
-		fmt.Fprintf(w, "  %s %s\n      %s\n", mark, inv.name, inv.detail)
+		fmt.Fprintf(w, "  %s %s\n      %s\n", mark, inv.name, strings.TrimSpace(inv.detail))
 	}
 	for _, p := range r.problems {
 		fmt.Fprintln(w, "  ! "+p)
@@ -294,7 +307,7 @@ func (d *demo) check(ctx context.Context, drained bool) (*report, error) {
 			s.sent.Load(), d.cfg.Payments, s.conflicts.Load(), s.badRequests.Load()),
 		fmt.Sprintf("                  + %d messages straight to JetStream: %d malformed, %d conflicting, %d duplicates", malformed+conflicts+dups, malformed, conflicts, dups),
 		fmt.Sprintf("retried           %d client retries with backoff+jitter (%d responses lost on purpose, %d connection errors, %d in-flight 409s, %d 5xx); %d worker redeliveries",
-			s.retries.Load(), s.lost.Load(), s.connErrors.Load(), s.inFlight409.Load(), s.serverErrors.Load(), d.events.get("retry")),
+			s.retries.Load(), s.lost.Load(), s.connErrors.Load(), s.inFlight409.Load(), s.serverErrors.Load(), d.events.get("retry")+d.events.get("busy")),
 		fmt.Sprintf("duplicates suppressed  %d by the API (stored response replayed), %d by the workers (redeliveries and producer duplicates acked without effect)",
 			s.replayed.Load(), d.events.get("duplicate")),
 		fmt.Sprintf("conflicts         %d × 409 at the API (key reused with another amount), %d dead-lettered by the workers", s.conflicts.Load(), reasons["conflict"]),

@@ -70,7 +70,9 @@ type client struct {
 
 	mu       sync.Mutex
 	accepted map[string]*job // key → the payment the API accepted
-	problems []string        // unexpected answers, for the summary
+	// settledOther holds payment keys that ended without acceptance.
+	settledOther map[string]bool
+	problems     []string // unexpected answers, for the summary
 }
 
 func newClient(base string, dropRate float64, conns int) *client {
@@ -87,8 +89,9 @@ func newClient(base string, dropRate float64, conns int) *client {
 			MaxAttempts: 40,
 			Backoff:     retry.Exponential{Initial: 20 * time.Millisecond, Max: time.Second, Jitter: retry.JitterFull},
 		},
-		stats:    &clientStats{},
-		accepted: map[string]*job{},
+		stats:        &clientStats{},
+		accepted:     map[string]*job{},
+		settledOther: map[string]bool{},
 	}
 }
 
@@ -155,6 +158,11 @@ func (c *client) do(ctx context.Context, j *job) {
 
 // settle records the definite answer to j.
 func (c *client) settle(j *job, err error) {
+	if j.kind == jobPay && err != nil {
+		c.mu.Lock()
+		c.settledOther[j.key] = true
+		c.mu.Unlock()
+	}
 	switch {
 	case err == nil && j.kind != jobBadRequest && j.kind != jobReuse:
 		c.stats.accepted.Add(1)
@@ -203,6 +211,22 @@ func (c *client) put(ctx context.Context, j *job) (status int, body []byte, hdr 
 		return 0, nil, http.Header{}, err
 	}
 	return resp.StatusCode, body, resp.Header, nil
+}
+
+// isAccepted reports whether the API accepted key.
+func (c *client) isAccepted(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.accepted[key]
+	return ok
+}
+
+// isSettled reports whether the request for key got a definite answer other
+// than acceptance (so waiting for its acceptance is pointless).
+func (c *client) isSettled(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.settledOther[key]
 }
 
 // acceptedJobs returns the jobs the API accepted, by key.

@@ -403,16 +403,34 @@ func (d *demo) load(ctx context.Context) error {
 	go func() {
 		defer close(feederDone)
 		defer close(queue)
-		for _, j := range jobs {
-			if j.kind == jobReuse {
-				// Reuse only keys that were accepted, so the 409 is certain.
-				if _, ok := d.cl.acceptedJobs()[j.reuseOf.key]; !ok {
-					continue
-				}
-			}
+		// A reused key is sent only once its original was accepted, so the
+		// 409 is certain; those not ready yet go at the end.
+		var later []*job
+		send := func(j *job) bool {
 			select {
 			case queue <- j:
+				return true
 			case <-ctx.Done():
+				return false
+			}
+		}
+		for _, j := range jobs {
+			if j.kind == jobReuse && !d.cl.isAccepted(j.reuseOf.key) {
+				later = append(later, j)
+				continue
+			}
+			if !send(j) {
+				return
+			}
+		}
+		for _, j := range later {
+			for !d.cl.isAccepted(j.reuseOf.key) && !d.cl.isSettled(j.reuseOf.key) {
+				sleepCtx(ctx, 20*time.Millisecond)
+				if ctx.Err() != nil {
+					return
+				}
+			}
+			if !send(j) {
 				return
 			}
 		}
@@ -502,8 +520,22 @@ func (d *demo) progress(ctx context.Context) {
 	applied, rejected, _ := d.countTransfers(ctx)
 	d.note("sent %d/%d  accepted %d  retried %d  lost %d  409 %d  applied %d  rejected(402) %d  dlq %d  crashes %d",
 		s.sent.Load(), d.jobCount(), s.accepted.Load(), s.retries.Load(), s.lost.Load(),
-		s.conflicts.Load()+s.inFlight409.Load(), applied, rejected, d.events.get("dead_letter"),
+		s.conflicts.Load()+s.inFlight409.Load(), applied, rejected, d.streamCount(ctx, streamDLQ),
 		d.crashes.workers.Load()+d.crashes.api.Load())
+}
+
+// streamCount returns how many messages stream received since this run
+// started (all subjects, all producers: on a shared server, an estimate).
+func (d *demo) streamCount(ctx context.Context, stream string) uint64 {
+	s, err := d.js.Stream(ctx, stream)
+	if err != nil {
+		return 0
+	}
+	last := s.CachedInfo().State.LastSeq
+	if last < d.startSeq[stream] {
+		return 0
+	}
+	return last - d.startSeq[stream] + 1
 }
 
 // drain waits until the workers have applied every accepted payment, the
