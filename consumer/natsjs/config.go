@@ -85,9 +85,10 @@ type Config struct {
 	// failed dead-letter publish count too. Zero means Retry.Attempts() +
 	// DefaultMaxDeliverSlack; -1 means unlimited.
 	MaxDeliver int
-	// DoubleAck makes every Ack wait for the server's confirmation
-	// (jetstream.Msg.DoubleAck), so a lost ack is noticed; an unconfirmed
-	// ack is logged, and the redelivery is then answered as a duplicate.
+	// DoubleAck makes every Ack wait, up to DeadLetter.PublishTimeout, for
+	// the server's confirmation (jetstream.Msg.DoubleAck), so a lost ack is
+	// noticed; an unconfirmed ack is logged, and the redelivery is then
+	// answered as a duplicate.
 	DoubleAck bool
 	// DeadLetter says where dead letters go.
 	DeadLetter DeadLetterConfig

@@ -74,7 +74,7 @@ func (c *Consumer) DeadLetterer() *DeadLetterer { return c.dl }
 // Run creates the dead-letter stream (DeadLetter.CreateStream), the
 // advisory stream (CaptureMaxDeliveries) and the durable pull consumer
 // (created, or updated to this configuration), then consumes until ctx
-// ends. Setup errors are returned at once.
+// ends. Setup errors are returned at once (nil when ctx ended first).
 //
 // When ctx ends Run shuts down gracefully: it stops pulling, hands back
 // (NakWithDelay(ShutdownNakDelay)) messages that were fetched but not
@@ -91,14 +91,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.running.Store(false)
 
 	cons, err := c.setup(ctx)
-	if err != nil {
-		return err
-	}
 	var adv jetstream.Consumer
-	if c.cfg.CaptureMaxDeliveries {
-		if adv, err = c.setupAdvisories(ctx); err != nil {
-			return err
+	if err == nil && c.cfg.CaptureMaxDeliveries {
+		adv, err = c.setupAdvisories(ctx)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // shut down before it started
 		}
+		return err
 	}
 
 	// Handlers run under hctx: it outlives ctx by ShutdownTimeout.
