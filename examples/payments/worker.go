@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -93,8 +94,7 @@ type worker struct {
 	js    jetstream.JetStream
 	ob    *outbox.Outbox
 	relay *outbox.Relay
-	inbox *txInbox
-	guard *dedupe.Guard
+	inbox *outbox.Inbox
 	cons  *natsjs.Consumer
 	log   *slog.Logger
 }
@@ -131,25 +131,31 @@ func newWorker(ctx context.Context, dbURL, natsURL string, concurrency int, ackW
 	if w.relay, err = outbox.NewRelay(w.db.DB, w.js, &outbox.RelayOptions{Streams: []string{streamPayments}, Logger: log}); err != nil {
 		return nil, fmt.Errorf("outbox relay: %w", err)
 	}
-	w.inbox = newTxInbox(w.db, store, log)
-	w.guard = &dedupe.Guard{
-		Store:       w.inbox,
+	guard := &dedupe.Guard{
+		Store:       store,
 		Key:         dedupe.KeyFunc(paymentKey),
 		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
 		Namespace:   workerNamespace,
-		Lease:       ackWait,
+		Lease:       max(ackWait, dedupe.DefaultLease),
 		Retention:   workerRetention,
 	}
-	w.cons, err = natsjs.New(w.js, natsjs.Config{
+	if w.inbox, err = outbox.NewInbox(w.db.DB, outbox.InboxConfig{Guard: guard}); err != nil {
+		return nil, fmt.Errorf("inbox: %w", err)
+	}
+	cfg := natsjs.Config{
 		Stream:         streamPayments,
 		Durable:        durableWorker,
 		FilterSubjects: []string{subjRequested},
 		Concurrency:    concurrency,
 		AckWait:        ackWait,
 		DeadLetter:     natsjs.DeadLetterConfig{Subject: subjDLQ, Stream: streamDLQ, CreateStream: true},
-		Pipeline:       consumer.Config{Guard: w.guard, Retry: workerRetry, Logger: log},
-	}, w.handle)
-	if err != nil {
+		// No Guard: the inbox is the dedupe (outbox.Inbox.Handler).
+		Pipeline: consumer.Config{Retry: workerRetry, Logger: log},
+	}
+	if err := dedupe.ValidateRetention(guard.RetentionDuration(), natsjs.Horizon(cfg)); err != nil {
+		return nil, err
+	}
+	if w.cons, err = natsjs.New(w.js, cfg, w.handle); err != nil {
 		return nil, err
 	}
 	return w, nil
@@ -211,46 +217,90 @@ type outcomeEvent struct {
 	Code   int    `json:"code"`   // 200 or 402
 }
 
-// handle applies one payment. The pipeline has already claimed its key in a
-// transaction of the inbox (Acquired); handle does the transfer, writes the
-// outcome event into the outbox, records the result and commits, all in that
-// transaction.
+// handle runs one delivery through the transactional inbox
+// (outbox.Inbox.Handler): claim the key, apply the transfer, add the outcome
+// event to the outbox and complete the record in one transaction. A key seen
+// before is acknowledged with its stored result without running apply.
+//
+// The inbox reports a key conflict and a body that is not a payment as
+// retry.Permanent errors, which the pipeline would dead-letter with reason
+// "permanent"; the contract wants "conflict" and "invalid", so handle
+// dead-letters those two itself through the consumer's DeadLetterer (same
+// headers, same Nats-Msg-Id) and acknowledges.
 func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
+	ran := false
+	err := w.inbox.Handler(func(ctx context.Context, tx *sql.Tx, m *consumer.Message) error {
+		ran = true
+		return w.apply(ctx, tx, m)
+	})(ctx, m)
+	var rej *consumer.RejectError
+	switch {
+	case errors.Is(err, outbox.ErrConflict):
+		return w.deadLetter(ctx, m, consumer.ReasonConflict, err)
+	case dedupe.IsInvalidInput(err):
+		return w.deadLetter(ctx, m, consumer.ReasonInvalid, err)
+	case ran && err == nil:
+		w.log.Info("payments worker: completed", "event", "completed", "id", m.ID, "key", keyOf(m))
+	case ran && errors.As(err, &rej):
+		w.log.Info("payments worker: rejected (402)", "event", "rejected", "id", m.ID, "key", keyOf(m))
+	case errors.Is(err, outbox.ErrBusy):
+		w.log.Info("payments worker: busy", "event", "busy", "id", m.ID)
+	case !ran && (err == nil || errors.As(err, &rej)):
+		w.log.Info("payments worker: duplicate acknowledged without effect", "event", "duplicate", "id", m.ID, "key", keyOf(m))
+	case err != nil && !errors.As(err, &rej) && !retry.IsPermanent(err):
+		w.log.Info("payments worker: transient failure, redelivering", "event", "retry", "id", m.ID, "attempt", m.Attempt, "err", err)
+	}
+	return err
+}
+
+// deadLetter publishes m to dlq.payments with reason and acknowledges it.
+// When the publish fails the message is redelivered (never lost); a second
+// dead letter of the same delivery is dropped by the DLQ stream, whose
+// Nats-Msg-Id is "<stream>:<sequence>".
+func (w *worker) deadLetter(ctx context.Context, m *consumer.Message, reason consumer.Reason, cause error) error {
+	msg, ok := m.Native.(jetstream.Msg)
+	if !ok {
+		return fmt.Errorf("dead-letter %s: not a JetStream message", m.ID)
+	}
+	if err := w.cons.DeadLetterer().Publish(ctx, msg, reason, cause); err != nil {
+		return fmt.Errorf("dead-letter %s (%s): %w", m.ID, reason, err)
+	}
+	w.log.Warn("payments worker: dead-lettered", "event", "dead_letter", "reason", reason.String(), "id", m.ID, "err", cause)
+	return nil
+}
+
+// keyOf returns the Idempotency-Key of m.
+func keyOf(m *consumer.Message) string {
+	if v := (dedupe.Input{Header: m.Header}).Values(headerKey); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// apply runs inside the inbox transaction tx: the transfer, the ledger row
+// and the outcome event in the outbox. It returns consumer.Reject for
+// insufficient funds, which the inbox commits and replays as a failure.
+func (w *worker) apply(ctx context.Context, tx *sql.Tx, m *consumer.Message) error {
 	p, err := decodePayment(m.Data)
 	if err != nil {
-		return retry.Permanent(err) // paymentKey already refused it; kept for safety
+		return retry.Permanent(err) // paymentKey refused it already
 	}
-	key := dedupe.Input{Header: m.Header}.Values(headerKey)[0]
-	stored, err := w.guard.StoreKey(key)
-	if err != nil {
-		return retry.Permanent(err)
-	}
-	t, ok := w.inbox.take(stored)
-	if !ok {
-		return fmt.Errorf("no open inbox transaction for key %q", key)
-	}
-	err = applyTransfer(ctx, w.db, t.tx, key, p)
+	key := keyOf(m)
+	err = applyTransfer(ctx, w.db, tx, key, p)
 	ev := outcomeEvent{payment: p, Status: outcomeCompleted, Code: 200}
-	id, subject := "completed."+key, subjCompleted
+	id, subject := outboxCompletedPfx+key, subjCompleted
 	switch {
 	case errors.Is(err, ErrInsufficientFunds):
 		ev.Status, ev.Code = outcomeRejected, 402
-		id, subject = "rejected."+key, subjRejected
+		id, subject = outboxRejectedPfx+key, subjRejected
 	case err != nil:
-		w.log.Info("payments worker: transfer failed", "event", "retry", "key", key, "attempt", m.Attempt, "err", err)
-		return err // the pipeline releases the claim: the transaction rolls back
+		return err
 	}
 	data, _ := json.Marshal(ev)
 	msg := outbox.Message{ID: id, Subject: subject, Header: map[string][]string{headerKey: {key}}, Data: data}
-	if err := w.ob.AddTx(ctx, t.tx, msg); err != nil {
+	if err := w.ob.AddTx(ctx, tx, msg); err != nil {
 		return err
 	}
-	res := dedupe.Result{Failed: ev.Code != 200, Data: data}
-	if err := w.inbox.commit(ctx, t, res); err != nil {
-		w.log.Info("payments worker: commit failed", "event", "retry", "key", key, "attempt", m.Attempt, "err", err)
-		return err
-	}
-	w.log.Info("payments worker: "+ev.Status, "event", ev.Status, "key", key, "amount", p.Amount, "from", p.From, "to", p.To)
 	if ev.Code != 200 {
 		return consumer.Reject(data, err)
 	}
