@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
 )
 
-// ErrFull is returned by Claim when the store holds MaxKeys live records and
-// none has expired. The store never forgets a live record to make room:
+// ErrFull is returned by Claim of a new key when the store holds MaxKeys
+// live records (a sweep of every shard found none expired). The store never forgets a live record to make room:
 // forgetting one would let its redelivery run twice. Treat ErrFull as a
 // transient error (the consumer redelivers later).
 var ErrFull = errors.New("memstore: store is full")
@@ -34,7 +35,10 @@ type Options struct {
 type Store struct {
 	shards   []shard
 	mask     uint64
-	perShard int
+	perShard int // inserts into a shard between two sweeps of it
+	maxKeys  int64
+	count    atomic.Int64 // records held across all shards
+	sweepAll sync.Mutex   // one whole-store sweep at a time
 	now      func() time.Time
 }
 
@@ -77,7 +81,7 @@ func New(opts *Options) *Store {
 		n <<= 1
 	}
 	per := (o.MaxKeys + n - 1) / n
-	s := &Store{shards: make([]shard, n), mask: uint64(n - 1), perShard: per, now: o.Now}
+	s := &Store{shards: make([]shard, n), mask: uint64(n - 1), perShard: per, maxKeys: int64(o.MaxKeys), now: o.Now}
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]entry)
 	}
@@ -143,13 +147,32 @@ func (s *Store) lookup(sh *shard, key string) *dedupe.Record {
 }
 
 // sweep removes expired entries from sh. Called with sh.mu held.
-func (sh *shard) sweep(now int64) {
+func (s *Store) sweep(sh *shard, now int64) {
+	removed := 0
 	for k, e := range sh.m {
 		if e.expiresAt <= now {
 			delete(sh.m, k)
+			removed++
 		}
 	}
+	s.count.Add(int64(-removed))
 	sh.inserts = 0
+}
+
+// sweepEvery sweeps every shard in turn, holding one shard lock at a time.
+// Claim calls it, holding no lock, when the store is full: expired records
+// of other shards must not make the store refuse a new key.
+func (s *Store) sweepEvery(now int64) {
+	if !s.sweepAll.TryLock() {
+		return // another caller is sweeping already
+	}
+	defer s.sweepAll.Unlock()
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		s.sweep(sh, now)
+		sh.mu.Unlock()
+	}
 }
 
 // Claim implements dedupe.Store. A Duplicate's Result.Data is a copy the
@@ -162,6 +185,17 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 		return dedupe.Claim{}, err
 	}
 	now := s.now()
+	c, err := s.claim(key, fingerprint, now, lease, retention)
+	if errors.Is(err, ErrFull) {
+		// The bound counts records not yet evicted: sweep the whole store
+		// once and try again before refusing the key.
+		s.sweepEvery(now.UnixNano())
+		c, err = s.claim(key, fingerprint, now, lease, retention)
+	}
+	return c, err
+}
+
+func (s *Store) claim(key, fingerprint string, now time.Time, lease, retention time.Duration) (dedupe.Claim, error) {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -176,14 +210,23 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 		return c, nil
 	}
 	if _, exists := sh.m[key]; !exists {
-		// Amortised eviction: a full sweep after as many inserts as the shard
-		// holds keeps the cost O(1) per insert; a full shard sweeps at once.
+		// Amortised eviction: a sweep of the shard after as many inserts as
+		// its share of MaxKeys keeps the cost O(1) per insert; a full store
+		// sweeps the key's shard at once. The bound is global (MaxKeys
+		// records in all), so an unlucky spread of keys over shards never
+		// refuses a key while there is room.
 		sh.inserts++
-		if sh.inserts >= s.perShard || len(sh.m) >= s.perShard {
-			sh.sweep(now.UnixNano())
+		if sh.inserts >= s.perShard || s.count.Load() >= s.maxKeys {
+			s.sweep(sh, now.UnixNano())
 		}
-		if len(sh.m) >= s.perShard {
-			return dedupe.Claim{}, fmt.Errorf("%w: %d live records in the shard of %q", ErrFull, len(sh.m), key)
+		for {
+			n := s.count.Load()
+			if n >= s.maxKeys {
+				return dedupe.Claim{}, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
+			}
+			if s.count.CompareAndSwap(n, n+1) {
+				break
+			}
 		}
 	}
 	sh.m[key] = toEntry(next)
@@ -224,6 +267,7 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 		return err
 	}
 	delete(sh.m, key)
+	s.count.Add(-1)
 	return nil
 }
 

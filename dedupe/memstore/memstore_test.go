@@ -59,6 +59,43 @@ func TestFullNeverForgetsLiveRecords(t *testing.T) {
 	}
 }
 
+// TestHoldsMaxKeysWhateverTheSpread checks that the bound is global: with
+// many shards, keys that spread unevenly still fill the store to MaxKeys.
+func TestHoldsMaxKeysWhateverTheSpread(t *testing.T) {
+	s := memstore.New(&memstore.Options{Shards: 64, MaxKeys: 1000})
+	ctx := context.Background()
+	for i := range 1000 {
+		if _, err := s.Claim(ctx, fmt.Sprint("key-", i), "", time.Second, time.Minute); err != nil {
+			t.Fatalf("claim %d of MaxKeys 1000: %v", i, err)
+		}
+	}
+	if _, err := s.Claim(ctx, "key-1000", "", time.Second, time.Minute); !errors.Is(err, memstore.ErrFull) {
+		t.Fatalf("claim 1001 of MaxKeys 1000: %v, want ErrFull", err)
+	}
+}
+
+// TestFullSweepsOtherShards checks that expired records in other shards do
+// not make a full store refuse a key.
+func TestFullSweepsOtherShards(t *testing.T) {
+	var clock storetest.Clock
+	s := memstore.New(&memstore.Options{Now: clock.Now, Shards: 64, MaxKeys: 100})
+	ctx := context.Background()
+	for i := range 100 {
+		if _, err := s.Claim(ctx, fmt.Sprint("old-", i), "", time.Second, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(time.Second)
+	for i := range 100 {
+		if _, err := s.Claim(ctx, fmt.Sprint("new-", i), "", time.Second, time.Minute); err != nil {
+			t.Fatalf("claim %d after the old records expired: %v", i, err)
+		}
+	}
+	if n := s.Len(); n != 100 {
+		t.Errorf("Len = %d, want 100", n)
+	}
+}
+
 func TestEvictsExpiredRecordsAsItGoes(t *testing.T) {
 	var clock storetest.Clock
 	s := memstore.New(&memstore.Options{Now: clock.Now, Shards: 4, MaxKeys: 400})
