@@ -228,6 +228,9 @@ type outcomeEvent struct {
 // dead-letters those two itself through the consumer's DeadLetterer (same
 // headers, same Nats-Msg-Id) and acknowledges.
 func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
+	if m.Attempt > 1 {
+		w.log.Info("payments worker: redelivery", "event", "redelivery", "id", m.ID, "attempt", m.Attempt)
+	}
 	ran := false
 	err := w.inbox.Handler(func(ctx context.Context, tx *sql.Tx, m *consumer.Message) error {
 		ran = true
