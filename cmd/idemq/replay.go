@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+
+	"github.com/idemq/idemq/consumer/natsjs"
+)
+
+// headerReplayedFrom marks a replayed message with the dead letter it came
+// from: "<dlq stream>:<dlq sequence>".
+const headerReplayedFrom = "Idemq-Replayed-From"
+
+// deadLetterHeaders are the headers the dead-letter publisher adds; replay
+// removes them (and the DLQ's Nats-Msg-Id) so that the republished message
+// carries the original headers only.
+var deadLetterHeaders = []string{
+	natsjs.HeaderReason, natsjs.HeaderError, natsjs.HeaderOriginalSubject,
+	natsjs.HeaderOriginalStream, natsjs.HeaderOriginalSequence, natsjs.HeaderConsumer,
+	natsjs.HeaderAttempts, natsjs.HeaderFailedAt, natsjs.HeaderHost,
+	natsjs.HeaderOriginalMsgID, headerReplayedFrom, jetstream.MsgIDHeader,
+}
+
+func stripped(k string) bool {
+	for _, h := range deadLetterHeaders {
+		if strings.EqualFold(k, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// replayMsgID is the Nats-Msg-Id of the replay of stream:seq. It is stable,
+// so the target stream drops a second replay of the same dead letter within
+// its duplicate window.
+func replayMsgID(stream string, seq uint64) string {
+	return "replay." + stream + "." + strconv.FormatUint(seq, 10)
+}
+
+// replayMsg builds the message that replays l, a dead letter of stream: its
+// body unchanged, its original headers without the dead-letter headers, to
+// Idemq-Original-Subject, with Idemq-Replayed-From and Nats-Msg-Id set. With
+// keepMsgID the original Nats-Msg-Id (Idemq-Original-Msg-Id) is restored
+// instead, when there was one.
+func replayMsg(stream string, l letter, keepMsgID bool) *nats.Msg {
+	h := make(nats.Header, len(l.Header)+2)
+	for k, v := range l.Header {
+		if stripped(k) {
+			continue
+		}
+		h[k] = append([]string(nil), v...)
+	}
+	h.Set(headerReplayedFrom, stream+":"+strconv.FormatUint(l.Seq, 10))
+	id := replayMsgID(stream, l.Seq)
+	if orig := l.get(natsjs.HeaderOriginalMsgID); keepMsgID && orig != "" {
+		id = orig
+	}
+	h.Set(jetstream.MsgIDHeader, id)
+	return &nats.Msg{Subject: l.get(natsjs.HeaderOriginalSubject), Header: h, Data: l.Data}
+}
+
+// waiter paces replays; *rate.Limiter is one.
+type waiter interface {
+	Wait(ctx context.Context) error
+}
+
+// newLimiter returns the pacing for -rate perSecond: one message every
+// 1/perSecond seconds, no bursts; 0 means unlimited.
+func newLimiter(perSecond float64) *rate.Limiter {
+	if perSecond <= 0 || math.IsInf(perSecond, 1) {
+		return rate.NewLimiter(rate.Inf, 1)
+	}
+	return rate.NewLimiter(rate.Limit(perSecond), 1)
+}
+
+// progress is what replay reports to; *progressbar.ProgressBar is one.
+type progress interface {
+	Add(n int) error
+	Finish() error
+}
+
+// replayOptions selects dead letters and says how to replay them.
+type replayOptions struct {
+	// Stream is the dead-letter stream.
+	Stream string
+	// Seq replays the one message at this sequence; 0 means every dead
+	// letter (All), filtered by Reason when it is set.
+	Seq    uint64
+	Reason string
+	All    bool
+	// DryRun prints what would be replayed and publishes nothing.
+	DryRun bool
+	// Delete removes each dead letter once its replay has a PubAck.
+	Delete bool
+	// KeepMsgID republishes with the original Nats-Msg-Id instead of
+	// "replay.<stream>.<seq>" (when the original had one).
+	KeepMsgID bool
+	// Limiter paces the publishes; nil means unlimited.
+	Limiter waiter
+	// Progress, when not nil, is called once with the number of selected
+	// messages and returns the progress display.
+	Progress func(total int) progress
+}
+
+// replayStats counts what replay did.
+type replayStats struct {
+	// Selected is the number of messages chosen.
+	Selected int
+	// Replayed is the number of publishes the target stream acknowledged,
+	// Deduped of which it reported as duplicates (replayed before within
+	// its duplicate window).
+	Replayed, Deduped int
+	// Deleted is the number of dead letters removed after their PubAck.
+	Deleted int
+	// Skipped counts messages that are not dead letters; Gone those
+	// deleted by someone else between selection and replay.
+	Skipped, Gone int
+}
+
+// replay republishes the selected dead letters one at a time, waiting for
+// each PubAck, and writes a line per message on log for a dry run or a
+// skipped message. It stops at the first publish error or when ctx ends,
+// returning the counts so far.
+func replay(ctx context.Context, js jetstream.JetStream, opts replayOptions, log io.Writer) (replayStats, error) {
+	var st replayStats
+	d, err := openDLQ(ctx, js, opts.Stream)
+	if err != nil {
+		return st, err
+	}
+	var seqs []uint64
+	if opts.Seq != 0 {
+		l, err := d.get(ctx, opts.Seq)
+		if err != nil {
+			return st, err
+		}
+		if !l.isDeadLetter() {
+			return st, fmt.Errorf("%s:%d: %w", opts.Stream, opts.Seq, errNotDeadLetter)
+		}
+		if opts.Reason != "" && l.reason() != opts.Reason {
+			return st, fmt.Errorf("%s:%d has reason %q, not %q", opts.Stream, opts.Seq, l.reason(), opts.Reason)
+		}
+		seqs = []uint64{opts.Seq}
+	} else if seqs, err = d.seqs(ctx, selector{Reason: opts.Reason}); err != nil {
+		return st, err
+	}
+	st.Selected = len(seqs)
+	var bar progress
+	if opts.Progress != nil && !opts.DryRun {
+		bar = opts.Progress(len(seqs))
+	}
+	for _, seq := range seqs {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		l, err := d.get(ctx, seq)
+		if errors.Is(err, errNoLetter) {
+			st.Gone++
+			continue
+		}
+		if err != nil {
+			return st, err
+		}
+		if !l.isDeadLetter() {
+			st.Skipped++
+			fmt.Fprintf(log, "skip %s:%d: %v\n", opts.Stream, seq, errNotDeadLetter)
+			continue
+		}
+		m := replayMsg(opts.Stream, l, opts.KeepMsgID)
+		if opts.DryRun {
+			fmt.Fprintf(log, "would replay %s:%d (%s) to %s with Nats-Msg-Id %s\n", opts.Stream, seq, l.reason(),
+				m.Subject, m.Header.Get(jetstream.MsgIDHeader))
+			continue
+		}
+		if opts.Limiter != nil {
+			if err := opts.Limiter.Wait(ctx); err != nil {
+				if ctx.Err() != nil {
+					return st, ctx.Err()
+				}
+				return st, fmt.Errorf("rate limiter: %w", err)
+			}
+		}
+		ack, err := js.PublishMsg(ctx, m)
+		if err != nil {
+			if ctx.Err() != nil {
+				return st, ctx.Err()
+			}
+			return st, fmt.Errorf("replay %s:%d to %s: %w", opts.Stream, seq, m.Subject, err)
+		}
+		st.Replayed++
+		if ack.Duplicate {
+			st.Deduped++
+		}
+		if opts.Delete {
+			deleted, err := d.delete(ctx, seq)
+			if err != nil {
+				return st, fmt.Errorf("delete %s:%d after its replay: %w", opts.Stream, seq, err)
+			}
+			if deleted {
+				st.Deleted++
+			}
+		}
+		if bar != nil {
+			_ = bar.Add(1)
+		}
+	}
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	return st, nil
+}
+
+// String summarises the stats in one line.
+func (st replayStats) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "replayed %d of %d", st.Replayed, st.Selected)
+	if st.Deduped > 0 {
+		fmt.Fprintf(&b, " (%d deduped by the target stream: replayed before)", st.Deduped)
+	}
+	if st.Deleted > 0 {
+		fmt.Fprintf(&b, ", deleted %d from the DLQ", st.Deleted)
+	}
+	if st.Skipped > 0 {
+		fmt.Fprintf(&b, ", skipped %d that are not dead letters", st.Skipped)
+	}
+	if st.Gone > 0 {
+		fmt.Fprintf(&b, ", %d already gone", st.Gone)
+	}
+	return b.String()
+}
+
+// purgeLetters deletes the dead letters of stream with reason (one message
+// delete each), or, with all, purges the whole stream. It returns how many
+// messages it removed.
+func purgeLetters(ctx context.Context, js jetstream.JetStream, stream, reason string, all bool) (uint64, error) {
+	d, err := openDLQ(ctx, js, stream)
+	if err != nil {
+		return 0, err
+	}
+	if all {
+		if err := d.stream.Purge(ctx); err != nil {
+			return 0, fmt.Errorf("purge %s: %w", stream, err)
+		}
+		return d.msgs, nil
+	}
+	seqs, err := d.seqs(ctx, selector{Reason: reason})
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, seq := range seqs {
+		deleted, err := d.delete(ctx, seq)
+		if err != nil {
+			return n, fmt.Errorf("delete %s:%d: %w", stream, seq, err)
+		}
+		if deleted {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// countLetters returns how many messages purgeLetters would remove.
+func countLetters(ctx context.Context, js jetstream.JetStream, stream, reason string, all bool) (uint64, error) {
+	d, err := openDLQ(ctx, js, stream)
+	if err != nil {
+		return 0, err
+	}
+	if all {
+		return d.msgs, nil
+	}
+	seqs, err := d.seqs(ctx, selector{Reason: reason})
+	return uint64(len(seqs)), err
+}
