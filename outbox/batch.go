@@ -22,6 +22,8 @@ const (
 	// DefaultBatchMessages is BatchConfig.BatchSize when zero: 100 messages
 	// per transaction.
 	DefaultBatchMessages = 100
+	// DefaultBatchConcurrency is BatchConfig.Concurrency when zero: 2.
+	DefaultBatchConcurrency = 2
 	// DefaultBatchAckWait is BatchConfig.AckWait when zero: 30s.
 	DefaultBatchAckWait = 30 * time.Second
 	// DefaultBatchPullWait is BatchConfig.PullWait when zero: 1s.
@@ -42,6 +44,10 @@ type BatchConfig struct {
 	// FilterSubjects restricts the consumer to these subjects (more than
 	// one needs NATS server 2.10).
 	FilterSubjects []string
+	// Concurrency is the number of batches processed at once, each in its
+	// own transaction and connection. Default 2: while one batch waits for
+	// its commit, the next one runs.
+	Concurrency int
 	// BatchSize is the most messages fetched and processed in one database
 	// transaction. Default DefaultBatchMessages (100). The durable's
 	// MaxAckPending is set to at least twice this.
@@ -91,10 +97,6 @@ type Batch struct {
 	dl   *natsjs.DeadLetterer
 	log  *slog.Logger
 
-	// Per batch, used only by Run's goroutine.
-	tx     *sql.Tx
-	broken error
-
 	// afterCommit, set only by tests, runs after the commit and before the
 	// acks; an error ends Run without acknowledging, like a crash.
 	afterCommit func() error
@@ -120,6 +122,9 @@ func NewBatch(in *Inbox, js jetstream.JetStream, cfg BatchConfig, fn MessageFunc
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchMessages
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = DefaultBatchConcurrency
 	}
 	if cfg.PullWait <= 0 {
 		cfg.PullWait = DefaultBatchPullWait
@@ -189,6 +194,29 @@ func (b *Batch) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, b.cfg.Concurrency)
+	for range b.cfg.Concurrency {
+		go func() {
+			err := b.work(wctx, cons)
+			if err != nil {
+				cancel() // one fatal error stops every worker
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range b.cfg.Concurrency {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// work fetches and processes batches until ctx is done.
+func (b *Batch) work(ctx context.Context, cons jetstream.Consumer) error {
 	failures := 0
 	for ctx.Err() == nil {
 		msgs, err := b.fetch(ctx, cons)
@@ -310,8 +338,8 @@ func (b *Batch) process(ctx context.Context, msgs []jetstream.Msg) error {
 		return handBack(fmt.Errorf("outbox: batch begin: %w", err))
 	}
 	defer func() { _ = tx.Rollback() }()
-	b.tx, b.broken = tx, nil
-	defer func() { b.tx = nil }()
+	run := &batchRun{tx: tx}
+	ctx = context.WithValue(ctx, batchRunKey{}, run)
 	conv := make([]*consumer.Message, len(msgs))
 	for i, msg := range msgs {
 		m, err := natsjs.Convert(msg)
@@ -321,8 +349,8 @@ func (b *Batch) process(ctx context.Context, msgs []jetstream.Msg) error {
 		}
 		conv[i] = m
 		outs[i] = b.pipe.Process(ctx, m)
-		if b.broken != nil {
-			return handBack(b.broken)
+		if run.broken != nil {
+			return handBack(run.broken)
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -339,33 +367,47 @@ func (b *Batch) process(ctx context.Context, msgs []jetstream.Msg) error {
 	return nil
 }
 
-// savepoint statements: one round trip each.
+// batchRun is the state of one batch transaction, carried in the context
+// the pipeline hands to handle.
+type batchRun struct {
+	tx     *sql.Tx
+	spOpen bool  // savepoint idemq_msg is defined
+	broken error // the transaction can no longer commit
+}
+
+type batchRunKey struct{}
+
+// Savepoint statements. Each message costs one round trip: the savepoint of
+// the previous message is released and the next one set in the same
+// simple-protocol exchange; a failure rolls back to it, which keeps it
+// defined for the next message to release.
 const (
-	spBegin    = "SAVEPOINT idemq_msg"
-	spRelease  = "RELEASE SAVEPOINT idemq_msg"
+	spFirst    = "SAVEPOINT idemq_msg"
+	spNext     = "RELEASE SAVEPOINT idemq_msg; SAVEPOINT idemq_msg"
 	spRollback = "ROLLBACK TO SAVEPOINT idemq_msg"
 )
 
 // handle is the pipeline's handler: the message's inbox work under its own
 // savepoint in the batch transaction.
 func (b *Batch) handle(ctx context.Context, m *consumer.Message) (err error) {
-	tx := b.tx
-	if _, err := tx.ExecContext(ctx, spBegin); err != nil {
-		b.broken = fmt.Errorf("outbox: batch savepoint: %w", err)
-		return b.broken
+	run := ctx.Value(batchRunKey{}).(*batchRun)
+	tx := run.tx
+	stmt := spFirst
+	if run.spOpen {
+		stmt = spNext
 	}
-	undo := true
+	if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		run.broken = fmt.Errorf("outbox: batch savepoint: %w", err)
+		return run.broken
+	}
+	run.spOpen = true
+	undo := true // also on panic: the pipeline recovers it after this defer
 	defer func() {
-		stmt := spRelease
-		if undo {
-			stmt = spRollback
+		if !undo {
+			return
 		}
-		if _, xerr := tx.ExecContext(ctx, stmt); xerr != nil {
-			b.broken = fmt.Errorf("outbox: batch %s: %w", strings.ToLower(stmt), xerr)
-		} else if undo {
-			if _, xerr := tx.ExecContext(ctx, spRelease); xerr != nil {
-				b.broken = fmt.Errorf("outbox: batch release savepoint: %w", xerr)
-			}
+		if _, xerr := tx.ExecContext(ctx, spRollback); xerr != nil {
+			run.broken = fmt.Errorf("outbox: batch rollback to savepoint: %w", xerr)
 		}
 	}()
 	err = b.in.handleMessage(ctx, m, b.fn, func(ctx context.Context, key, fp string, fn TxFunc) (InboxOutcome, error) {

@@ -1,0 +1,89 @@
+// Package outbox makes a message handler's effects exactly-once end to end:
+// the transactional inbox applies database effects once, the transactional
+// outbox emits messages once, and a relay publishes them to JetStream with
+// Nats-Msg-Id so the broker drops any republished copy.
+//
+// # The guarantee
+//
+// A broker redelivers: after a crash, a lost ack, a timeout. Store dedupe
+// (package dedupe) suppresses duplicates but cannot make a non-idempotent
+// effect exactly-once, because a crash between the effect and recording it
+// re-runs the effect. The inbox closes that hole for effects in the same
+// database: the dedupe record (dedupe/sqlstore's ClaimTx and CompleteTx) is
+// written in the SAME transaction as the handler's writes. Commit, then ack;
+// a crash before the commit rolls everything back and the redelivery runs
+// again; a crash after it finds the committed record and is acknowledged as
+// a duplicate. Outgoing messages are rows in that transaction too (AddTx),
+// each with a stable id; the relay publishes committed rows and confirms
+// each PubAck before marking the row sent. A relay that dies between the
+// publish and the mark publishes again; JetStream drops the copy because it
+// has the same Nats-Msg-Id within the stream's Duplicates window, and
+// downstream consumers can dedupe by the same id.
+//
+// # Using inbox and outbox
+//
+//	store, _ := sqlstore.New(ctx, db, nil)
+//	ob, _ := outbox.New(ctx, db, nil) // creates idemq_outbox if missing
+//	in, _ := outbox.NewInbox(db, outbox.InboxConfig{Guard: &dedupe.Guard{
+//		Store: store, Key: dedupe.HeaderKey("Idempotency-Key"),
+//		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
+//	}})
+//	h := in.Handler(func(ctx context.Context, tx *sql.Tx, m *consumer.Message) error {
+//		// effects on tx, then the messages they cause, on the same tx
+//		if _, err := tx.ExecContext(ctx, "UPDATE accounts SET ..."); err != nil {
+//			return err // rolled back; redelivered
+//		}
+//		return ob.AddTx(ctx, tx, outbox.Message{ID: "completed." + key, Subject: "payments.completed", Data: body})
+//	})
+//	// run h with consumer/natsjs (no Guard: the inbox is the dedupe), or
+//	// with NewBatch for many messages per transaction; and run a relay:
+//	relay, _ := outbox.NewRelay(db, js, &outbox.RelayOptions{Streams: []string{"PAYMENTS"}})
+//	go relay.Run(ctx)
+//
+// Inbox.Handle is the same without a consumer: Duplicate replays the stored
+// result, Conflict (same key, different fingerprint) returns ErrConflict,
+// a result with Failed set is a business failure that is committed and
+// replayed, and any error rolls back. Ids of messages added without one are
+// derived from the causing message's id and their position (WithCause), so
+// a retried handler emits the same ids; the causation id and W3C trace
+// context travel in headers.
+//
+// NewBatch fetches up to BatchSize messages and runs them in one
+// transaction with a SAVEPOINT per message: a failing message is rolled back
+// alone and retried or dead-lettered by the consumer pipeline's rules; the
+// commit happens once, and the acks only after it.
+//
+// # The relay
+//
+// Postgres: a round claims up to BatchSize due pending rows in sequence
+// order with SELECT ... FOR UPDATE SKIP LOCKED in a transaction held for
+// the round, so relays (and a relay's Workers) take disjoint rows; the rows
+// are published asynchronously and the transaction marks them sent after
+// their PubAcks. AddTx signals pg_notify, delivered at commit; relays LISTEN
+// (reconnecting on failure) and also poll every PollInterval (1s). SQLite:
+// one round at a time under BEGIN IMMEDIATE, polling every 100ms.
+//
+// Ordering: rows with the same OrderingKey are published in sequence order.
+// A claimed row is published only if every older pending row of its key is
+// in the same round (checked against committed state, so another relay's
+// in-flight rows — still pending until its commit — block it), and within a
+// round a key's next row is sent only after the previous one's PubAck. A
+// row in backoff blocks the later rows of its key; a row rejected
+// permanently is marked failed and does not. Sequence order is insertion
+// order; rows of one key written by concurrent transactions are ordered by
+// sequence, not by commit, so serialise such producers (lock the entity row)
+// if their order matters.
+//
+// Failures: a broker rejection that will not change (no stream for the
+// subject, message too large; see Permanent) marks the row failed with
+// last_error, visible with List and Counts and requeued with Requeue; other
+// errors leave it pending with backoff, forever. Sent rows are deleted after
+// Retention (7 days) in batches.
+//
+// Dedupe window: every stream the relay publishes to must keep message ids
+// (StreamConfig.Duplicates, default 2 minutes) for at least
+// RedeliveryHorizon — PublishTimeout + the backoff cap + PollInterval +
+// CrashAllowance, about 66s with defaults. Run fails with
+// ErrDuplicatesWindow for a listed stream (RelayOptions.Streams) whose window
+// is shorter, and logs a warning for any other stream it publishes to.
+package outbox
