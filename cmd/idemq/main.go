@@ -156,7 +156,7 @@ func (a *app) run(ctx context.Context, args []string) int {
 		fmt.Fprintf(a.stderr, "idemq %s %s: %v\n", args[0], args[1], err)
 		return exitError
 	}
-	fmt.Fprintf(a.stderr, "idemq %s: unknown command %q (want one of %s)\n", args[0], args[1], strings.Join(names, ", "))
+	fmt.Fprintf(a.stderr, "idemq %s: unknown command %q\n\nusage: idemq %s <%s> [flags]\n", args[0], args[1], args[0], strings.Join(names, "|"))
 	return exitUsage
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"strconv"
 	"strings"
 
@@ -30,11 +31,25 @@ var deadLetterHeaders = []string{
 	natsjs.HeaderOriginalMsgID, headerReplayedFrom, jetstream.MsgIDHeader,
 }
 
+// stripped reports the headers replay does not copy: the dead-letter
+// headers, and the headers that direct the server on publish. The latter
+// never come from the original message (the dead-letter publisher drops
+// them) but can from the dead-letter publish itself: its expected-stream
+// check is stored with the dead letter as Nats-Expected-Stream, and would
+// make the replay fail against any other stream.
 func stripped(k string) bool {
 	for _, h := range deadLetterHeaders {
 		if strings.EqualFold(k, h) {
 			return true
 		}
+	}
+	c := http.CanonicalHeaderKey(k)
+	switch {
+	case strings.HasPrefix(c, "Nats-Expected-"),
+		strings.HasPrefix(c, "Nats-Schedule"),
+		strings.HasPrefix(c, "Nats-Batch-"),
+		c == "Nats-Rollup", c == "Nats-Ttl", c == "Nats-Incr", c == "Nats-Required-Api-Level":
+		return true
 	}
 	return false
 }
