@@ -92,7 +92,7 @@ func dedupeGet(ctx context.Context, store *sqlstore.Store, g *dedupe.Guard, raw 
 }
 
 func (a *app) dedupeGet(ctx context.Context, args []string) error {
-	fs := a.flagSet("dedupe get", "-db URL [-table idemq_dedupe] [-namespace NS] [-json] KEY",
+	fs := a.flagSet("dedupe get", "-db URL [-table idemq_dedupe] [-namespace NS] [-max-key-len 200] [-json] KEY",
 		"Shows the dedupe record of idempotency key KEY in a SQL store (dedupe/sqlstore): state,\n"+
 			"fingerprint, fencing token, lease, creation, expiry and stored result size. KEY is\n"+
 			"namespaced and hashed as the consumer's dedupe.Guard does (-namespace, -max-key-len).\n"+

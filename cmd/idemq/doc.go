@@ -11,13 +11,16 @@
 //	idemq outbox stats  -db URL [-table idemq_outbox]
 //	idemq outbox failed -db URL [-table idemq_outbox] [-limit N]
 //	idemq outbox retry  -db URL [-table idemq_outbox] (-id ID ... | -all-failed)
-//	idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] [-json] KEY
+//	idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] [-max-key-len 200] [-json] KEY
 //
 // Every command takes -h. The dlq commands connect to -nats URL (default
 // nats://127.0.0.1:4222); -db is postgres://… or sqlite:PATH. The exit status
 // is 0 on success, 1 on an error, 2 on a usage error (including purge
 // without -yes). SIGINT and SIGTERM cancel the command's context: a replay
-// stops after the message in flight and says how many it replayed.
+// stops at once, says how many it replayed and exits 1. A publish cut short
+// may or may not have been stored; its dead letter is kept either way (it is
+// deleted only after a PubAck), and running the replay again within the
+// duplicate window does not store it twice.
 //
 // # Dead letters
 //

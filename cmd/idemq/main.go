@@ -37,7 +37,7 @@ Usage:
   idemq outbox stats  -db URL [-table idemq_outbox]
   idemq outbox failed -db URL [-table idemq_outbox] [-limit N]
   idemq outbox retry  -db URL [-table idemq_outbox] (-id ID ... | -all-failed)
-  idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] KEY
+  idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] [-max-key-len 200] [-json] KEY
 
 The dlq commands take -nats URL (default nats://127.0.0.1:4222); -db is
 postgres://… or sqlite:PATH. Run "idemq <group> <command> -h" for details.
