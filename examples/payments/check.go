@@ -124,44 +124,45 @@ func (d *demo) readStream(ctx context.Context, stream string, fn func(jetstream.
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
-	for {
-		// FetchNoWait returns what is stored now without holding a pull
-		// request open, and its batch is always read to the end so that no
-		// fetch goroutine outlives the call.
-		batch, err := cons.FetchNoWait(500)
+	// Ask for exactly the messages up to last, so each Fetch completes as
+	// soon as they are delivered; every batch is read to the end so that no
+	// fetch goroutine outlives the call.
+	next, empty := first, 0
+	for next <= last {
+		batch, err := cons.Fetch(int(min(500, last-next+1)), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
-		got, done := 0, false
+		got := 0
 		var mdErr error
 		for m := range batch.Messages() {
-			if done {
-				continue
-			}
-			got++
-			fn(m)
 			md, err := m.Metadata()
 			if err != nil {
 				mdErr = err
-				done = true
 				continue
 			}
-			if md.Sequence.Stream >= last {
-				done = true
+			if md.Sequence.Stream > last || mdErr != nil {
+				continue
 			}
+			got++
+			next = md.Sequence.Stream + 1
+			fn(m)
 		}
 		if mdErr != nil {
-			return mdErr
+			return fmt.Errorf("read %s: %w", stream, mdErr)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
-		if done || got == 0 {
-			// At the last sequence, or nothing left up to it (purged or
-			// aged out).
-			return nil
+		if got == 0 {
+			// Messages up to last may have been removed (purged, aged
+			// out); give the consumer a few chances before calling it done.
+			if empty++; empty == 3 {
+				return nil
+			}
 		}
 	}
+	return nil
 }
 
 // invariant is one checked statement.

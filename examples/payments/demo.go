@@ -197,10 +197,13 @@ func runDemo(ctx context.Context, cfg demoConfig) (*report, error) {
 		return nil, err
 	}
 	drained := d.drain(ctx)
+	t0 := time.Now()
 	if err := d.stopAll(); err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	rep, err := d.check(ctx, drained)
+	d.note("stopped the processes in %.1fs, checked in %.1fs", t1.Sub(t0).Seconds(), time.Since(t1).Seconds())
 	if err != nil {
 		return nil, err
 	}
@@ -292,7 +295,9 @@ func (d *demo) startProcesses(ctx context.Context) error {
 	}
 	d.api = &proc{
 		name: "api", exe: d.cfg.Exe, events: d.events, logw: d.logf,
-		args: []string{"api", "-addr", addr, "-nats", d.cfg.NATSURL, "-db", d.cfg.DBURL, "-log-format", "json"},
+		// A short lease: requests the killed API leaves in flight are taken
+		// over by the client's retries two seconds later.
+		args: []string{"api", "-addr", addr, "-nats", d.cfg.NATSURL, "-db", d.cfg.DBURL, "-lease", "2s", "-log-format", "json"},
 	}
 	if err := d.startAndWait(ctx, d.api, "api_ready"); err != nil {
 		return err
@@ -334,13 +339,16 @@ func (d *demo) startAndWait(ctx context.Context, p *proc, ready string) error {
 
 // stopAll stops every subprocess gracefully.
 func (d *demo) stopAll() error {
-	var errs []error
-	for _, w := range d.workers {
-		errs = append(errs, w.stop(shutdownTimeout))
-	}
+	procs := append([]*proc(nil), d.workers...)
 	if d.api != nil {
-		errs = append(errs, d.api.stop(shutdownTimeout))
+		procs = append(procs, d.api)
 	}
+	errs := make([]error, len(procs))
+	var wg sync.WaitGroup
+	for i, p := range procs {
+		wg.Go(func() { errs[i] = p.stop(shutdownTimeout) })
+	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// e2ePayments keeps each end-to-end run around ten seconds.
-const e2ePayments = 500
+// e2ePayments keeps each end-to-end run around ten seconds (twenty with -race).
+const e2ePayments = 400
 
 // runE2E runs the demo against natsURL and dbURL with the test binary as the
 // worker and api executable, and fails the test unless every invariant holds.

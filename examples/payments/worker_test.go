@@ -80,7 +80,8 @@ func TestWorkerContract(t *testing.T) {
 		info, err := c.Info(ctx)
 		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
 	})
-	waitFor(t, ctx, "outcome events", func() bool { return streamMsgs(t, ns.JS, streamPayments) >= 8 })
+	// 8 requests published above, then the 2 outcome events.
+	waitFor(t, ctx, "outcome events", func() bool { return streamMsgs(t, ns.JS, streamPayments) >= 10 })
 
 	var a, b int64
 	if err := w.db.QueryRowContext(ctx, `SELECT (SELECT balance FROM accounts WHERE id = 'acc-a'), (SELECT balance FROM accounts WHERE id = 'acc-b')`).Scan(&a, &b); err != nil {
