@@ -304,18 +304,18 @@ func (d *demo) check(ctx context.Context, drained bool) (*report, error) {
 		reasons[dl.reason]++
 	}
 	r.lines = []string{
-		fmt.Sprintf("sent              %d requests to PUT /payments (%d payments, %d reused keys with a changed amount, %d bodies that are not payments)",
+		fmt.Sprintf("sent                   %d requests to PUT /payments (%d payments, %d reused keys with a changed amount, %d bodies that are not payments)",
 			s.sent.Load(), d.cfg.Payments, s.conflicts.Load(), s.badRequests.Load()),
-		fmt.Sprintf("                  + %d messages straight to JetStream: %d malformed, %d conflicting, %d duplicates", malformed+conflicts+dups, malformed, conflicts, dups),
-		fmt.Sprintf("retried           %d client retries with backoff+jitter (%d responses lost on purpose, %d connection errors, %d in-flight 409s, %d 5xx); %d redeliveries to workers (messages a killed worker held, after AckWait)",
+		fmt.Sprintf("                       + %d messages straight to JetStream: %d malformed, %d conflicting, %d duplicates", malformed+conflicts+dups, malformed, conflicts, dups),
+		fmt.Sprintf("retried                %d client retries with backoff+jitter (%d responses lost on purpose, %d connection errors, %d in-flight 409s, %d 5xx); %d redeliveries to workers (messages a killed worker held, after AckWait)",
 			s.retries.Load(), s.lost.Load(), s.connErrors.Load(), s.inFlight409.Load(), s.serverErrors.Load(), d.events.get("redelivery")),
 		fmt.Sprintf("duplicates suppressed  %d by the API (stored response replayed), %d by the workers (%d producer duplicates, %d redeliveries of payments already applied)",
 			s.replayed.Load(), d.events.get("duplicate"), dups, max(d.events.get("duplicate")-dups, 0)),
-		fmt.Sprintf("conflicts         %d × 409 at the API (key reused with another amount), %d dead-lettered by the workers", s.conflicts.Load(), reasons["conflict"]),
-		fmt.Sprintf("accepted          %d payments (202): %d completed, %d rejected", len(accepted), completed, rejected),
-		fmt.Sprintf("rejected (402)    %d (%d planned overdrafts, %d when an account ran low); recorded once, replayed to duplicates", rejected, plannedOverdrafts, rejected-plannedOverdrafts),
-		fmt.Sprintf("dead-lettered     %d on %s (%s)", len(st.deadLetters), subjDLQ, formatReasons(reasons)),
-		fmt.Sprintf("crashes           %d worker SIGKILLs, %d API SIGKILL, each followed by a restart", d.crashes.workers.Load(), d.crashes.api.Load()),
+		fmt.Sprintf("conflicts              %d × 409 at the API (key reused with another amount), %d dead-lettered by the workers", s.conflicts.Load(), reasons["conflict"]),
+		fmt.Sprintf("accepted               %d payments (202): %d completed, %d rejected", len(accepted), completed, rejected),
+		fmt.Sprintf("rejected (402)         %d (%d planned overdrafts, %d when an account ran low); recorded once, replayed to duplicates", rejected, plannedOverdrafts, rejected-plannedOverdrafts),
+		fmt.Sprintf("dead-lettered          %d on %s (%s)", len(st.deadLetters), subjDLQ, formatReasons(reasons)),
+		fmt.Sprintf("crashes                %d worker SIGKILLs, %d API SIGKILL, each followed by a restart", d.crashes.workers.Load(), d.crashes.api.Load()),
 	}
 
 	// 1. Money conserved.

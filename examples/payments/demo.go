@@ -96,6 +96,7 @@ type demo struct {
 	start  time.Time
 	events *eventCounter
 	logf   *os.File
+	outMu  sync.Mutex // serialises progress lines
 
 	accounts []string
 	initial  int64 // sum of the initial balances
@@ -375,12 +376,10 @@ func (d *demo) crashAPI(ctx context.Context) error {
 	return d.startAndWait(ctx, d.api, "api_ready")
 }
 
-var outMu sync.Mutex
-
 // note prints a line prefixed with the elapsed time.
 func (d *demo) note(format string, args ...any) {
-	outMu.Lock()
-	defer outMu.Unlock()
+	d.outMu.Lock()
+	defer d.outMu.Unlock()
 	fmt.Fprintf(d.cfg.Out, "[%5.1fs] %s\n", time.Since(d.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
@@ -513,14 +512,12 @@ func (d *demo) load(ctx context.Context) error {
 	default:
 	}
 	// One more worker crash while the backlog drains.
-	if err := d.crashWorker(ctx, victimLast(len(d.workers))); err != nil {
+	if err := d.crashWorker(ctx, len(d.workers)-1); err != nil {
 		return err
 	}
 	d.progress(ctx)
 	return ctx.Err()
 }
-
-func victimLast(n int) int { return n - 1 }
 
 // progress prints one progress line.
 func (d *demo) progress(ctx context.Context) {

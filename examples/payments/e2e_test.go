@@ -121,21 +121,25 @@ func TestE2EPostgresRealNATS(t *testing.T) {
 	}
 	pg := harness.Postgres(t)
 	ns := harness.NATS(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	for _, name := range []string{streamPayments, streamDLQ} {
-		s, err := ns.JS.Stream(ctx, name)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Purge(ctx); err != nil {
-			t.Fatalf("purge %s: %v", name, err)
+	purge := func() {
+		for _, name := range []string{streamPayments, streamDLQ} {
+			s, err := ns.JS.Stream(ctx, name)
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Purge(ctx); err != nil {
+				t.Fatalf("purge %s: %v", name, err)
+			}
 		}
 	}
+	purge()
 	runE2E(t, ns.URL, pg.URL)
+	purge() // leave no payments behind on the shared server
 }
 
 // TestE2ESQLiteEmbedded runs the zero-set-up configuration of the demo.

@@ -123,7 +123,7 @@ func (p *producer) run(ctx context.Context, done <-chan struct{}) error {
 		}
 	}
 	// Spread the messages over the expected sending time.
-	gap := 40 * time.Millisecond
+	gap := 120 * time.Millisecond
 	for i, kind := range plan {
 		select {
 		case <-ctx.Done():
