@@ -190,7 +190,11 @@ func runDemo(ctx context.Context, cfg demoConfig) (*report, error) {
 	if err := d.startProcesses(ctx); err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(out, "  processes api (%s) and %d workers, logs in %s\n", d.apiAddr(), len(d.workers), d.logf.Name())
+	logs := "(-keep keeps them)"
+	if cfg.KeepDir {
+		logs = d.logf.Name()
+	}
+	fmt.Fprintf(out, "  processes api on %s and %d workers, re-executing this program; their logs: %s\n", d.apiAddr(), len(d.workers), logs)
 	fmt.Fprintf(out, "  accounts  %d × £%s, %d payments to send, %.0f%% of responses lost on purpose\n\n",
 		len(d.accounts), pounds(demoInitialBalance), cfg.Payments, cfg.DropRate*100)
 
@@ -209,8 +213,11 @@ func runDemo(ctx context.Context, cfg demoConfig) (*report, error) {
 		return nil, err
 	}
 	rep.print(out)
-	if !rep.ok() && cfg.KeepDir {
-		fmt.Fprintf(out, "\nsubprocess logs kept in %s\n", d.logf.Name())
+	switch {
+	case cfg.KeepDir:
+		fmt.Fprintf(out, "\nsubprocess logs and database kept in %s\n", dir)
+	case !rep.ok():
+		fmt.Fprintln(out, "\nrun again with -keep to keep the subprocess logs and the database")
 	}
 	return rep, nil
 }
