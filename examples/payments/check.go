@@ -35,15 +35,14 @@ type streamState struct {
 
 // deadLetter is one message of this run on dlq.payments.
 type deadLetter struct {
-	demoMsg         string // the producer's message number
-	reason          string
-	origSubject     string
-	origStream      string
-	msgID           string
-	data            []byte
-	subjectOK       bool
-	idempotencyKey  string
-	hasDemoRunTagOK bool
+	demoMsg        string // the producer's message number
+	reason         string
+	origSubject    string
+	origStream     string
+	msgID          string
+	data           []byte
+	subjectOK      bool
+	idempotencyKey string
 }
 
 // settled reports whether the streams hold every outcome event the ledger

@@ -50,7 +50,8 @@ func TestDecodeRequest(t *testing.T) {
 }
 
 func TestPaymentIDForIsStable(t *testing.T) {
-	if paymentIDFor("456") != paymentIDFor("456") {
+	first, again := paymentIDFor("456"), paymentIDFor("456")
+	if first != again {
 		t.Fatal("paymentIDFor is not a function of the key")
 	}
 	if paymentIDFor("456") == paymentIDFor("457") {

@@ -2,12 +2,10 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -122,26 +120,6 @@ func (p *proc) running() bool {
 	}
 }
 
-// restartIfDead restarts a process that exited by itself (it should not).
-// It reports whether it had to.
-func (p *proc) restartIfDead() (bool, error) {
-	p.mu.Lock()
-	dead := false
-	if p.cmd != nil {
-		select {
-		case <-p.exited:
-			dead = true
-			p.cmd = nil
-		default:
-		}
-	}
-	p.mu.Unlock()
-	if !dead {
-		return false, nil
-	}
-	return true, p.start()
-}
-
 // lineWriter calls fn with every complete line written to it.
 type lineWriter struct {
 	mu  sync.Mutex
@@ -182,20 +160,4 @@ func (c *eventCounter) get(ev string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n[ev]
-}
-
-// waitTCP waits until addr accepts connections or ctx is done.
-func waitTCP(ctx context.Context, addr string) error {
-	var d net.Dialer
-	for {
-		if c, err := d.DialContext(ctx, "tcp", addr); err == nil {
-			_ = c.Close()
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w", addr, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
