@@ -8,11 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/consumer/natsjs"
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/sqlstore"
+	"github.com/idemq/idemq/retry"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -81,13 +84,32 @@ type BatchConfig struct {
 
 // Batch consumes a JetStream stream in exactly-once batches: it fetches up
 // to BatchSize messages, runs each through the inbox (claim, handler,
-// complete) under its own SAVEPOINT inside ONE database transaction,
-// commits once, and only then acknowledges them. A message whose handler
-// fails is rolled back to its savepoint alone and then retried or
-// dead-lettered by the pipeline's rules; the others commit. A crash between
-// commit and ack redelivers messages whose records are committed: they are
-// acknowledged as duplicates, their effects stay applied once. If the
-// commit fails, every message of the batch is handed back for redelivery.
+// complete) inside ONE database transaction, commits once, and only then
+// acknowledges them. A crash between commit and ack redelivers messages
+// whose records are committed: they are acknowledged as duplicates, their
+// effects stay applied once. If the commit fails, every message of the
+// batch is handed back for redelivery.
+//
+// A batch first runs optimistically, without savepoints: the keys of all
+// its messages are claimed with one statement (sqlstore's ClaimManyTx),
+// the handlers run for the Acquired ones, the records are completed with
+// one statement (CompleteManyTx) and the outgoing messages the handlers
+// added with Outbox.AddTx on the batch transaction are written with one
+// multi-row insert just before the commit. If any handler returns an error
+// (other than a consumer.Reject) or panics, the whole transaction is rolled
+// back and the batch runs again with a SAVEPOINT per message, so that the
+// failing message is rolled back alone and then retried or dead-lettered by
+// the pipeline's rules while the others commit. Consequences for handlers:
+//
+//   - A handler must do all its work in the transaction it is given: in the
+//     batch attempt where another message fails, it runs twice, and only
+//     the effects of its first run on the transaction are rolled back.
+//   - Messages added with AddTx on the batch transaction are inserted at the
+//     end of the optimistic pass, so the handler cannot read them back from
+//     the table in that pass (in the savepoint pass they are written at once).
+//   - A message whose key was already claimed by an earlier message of the
+//     same batch is answered Busy and redelivered after SameBatchBusyDelay,
+//     when the earlier one's record is committed.
 type Batch struct {
 	in   *Inbox
 	js   jetstream.JetStream
@@ -323,38 +345,28 @@ func drain(batch jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 	return msgs, nil
 }
 
+// SameBatchBusyDelay is the redelivery delay of a message whose key an
+// earlier message of the same batch claimed: by then that batch has
+// committed (or rolled back), so the redelivery is a duplicate (or runs).
+const SameBatchBusyDelay = 100 * time.Millisecond
+
 // process runs one batch in one transaction and applies the outcomes after
-// the commit.
+// the commit: optimistically without savepoints, and again with a savepoint
+// per message when a handler fails.
 func (b *Batch) process(ctx context.Context, msgs []jetstream.Msg) error {
 	outs := make([]consumer.Outcome, len(msgs))
-	handBack := func(err error) error {
-		for _, m := range msgs {
-			_ = m.NakWithDelay(b.cfg.DeadLetter.RetryDelay / 5)
-		}
-		return err
-	}
-	tx, err := b.in.db.BeginTx(ctx, b.in.txo)
+	conv := b.convert(msgs, outs)
+	ok, err := b.processFast(ctx, msgs, conv, outs)
 	if err != nil {
-		return handBack(fmt.Errorf("outbox: batch begin: %w", err))
+		return b.handBack(msgs, err)
 	}
-	defer func() { _ = tx.Rollback() }()
-	run := &batchRun{tx: tx}
-	ctx = context.WithValue(ctx, batchRunKey{}, run)
-	conv := make([]*consumer.Message, len(msgs))
-	for i, msg := range msgs {
-		m, err := natsjs.Convert(msg)
-		if err != nil {
-			outs[i] = consumer.Outcome{Action: consumer.Retry, Delay: b.cfg.DeadLetter.RetryDelay, Err: err}
-			continue
+	if !ok {
+		// Fresh messages: the first pass may have recorded results on them.
+		outs = make([]consumer.Outcome, len(msgs))
+		conv = b.convert(msgs, outs)
+		if err := b.processSavepoints(ctx, conv, outs); err != nil {
+			return b.handBack(msgs, err)
 		}
-		conv[i] = m
-		outs[i] = b.pipe.Process(ctx, m)
-		if run.broken != nil {
-			return handBack(run.broken)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return handBack(fmt.Errorf("outbox: batch commit: %w", err))
 	}
 	if b.afterCommit != nil {
 		if err := b.afterCommit(); err != nil {
@@ -367,12 +379,205 @@ func (b *Batch) process(ctx context.Context, msgs []jetstream.Msg) error {
 	return nil
 }
 
-// batchRun is the state of one batch transaction, carried in the context
-// the pipeline hands to handle.
+// handBack redelivers every message of a batch that did not commit.
+func (b *Batch) handBack(msgs []jetstream.Msg, err error) error {
+	for _, m := range msgs {
+		_ = m.NakWithDelay(b.cfg.DeadLetter.RetryDelay / 5)
+	}
+	return err
+}
+
+// convert translates msgs; one that cannot be translated gets a Retry
+// outcome in outs and a nil entry.
+func (b *Batch) convert(msgs []jetstream.Msg, outs []consumer.Outcome) []*consumer.Message {
+	conv := make([]*consumer.Message, len(msgs))
+	for i, msg := range msgs {
+		m, err := natsjs.Convert(msg)
+		if err != nil {
+			outs[i] = consumer.Outcome{Action: consumer.Retry, Delay: b.cfg.DeadLetter.RetryDelay, Err: err}
+			continue
+		}
+		conv[i] = m
+	}
+	return conv
+}
+
+// fastItem is one message of the optimistic pass.
+type fastItem struct {
+	m     *consumer.Message
+	skip  bool   // past the attempt limit: the pipeline dead-letters it unrun
+	claim int    // index into the claim requests, -1 for none
+	key   string // stored key
+	err   error  // what the handler answers the pipeline
+}
+
+// processFast is the optimistic pass: claim every key with one statement,
+// run the handlers of the Acquired messages without savepoints, complete
+// with one statement, write the buffered outbox rows, commit, and fill
+// outs. ok is false when the pass gave up before committing (a handler
+// failed, or a batch statement did) and rolled back: run the savepoint
+// pass. err is a failure that hands the batch back (begin or commit).
+func (b *Batch) processFast(ctx context.Context, msgs []jetstream.Msg, conv []*consumer.Message, outs []consumer.Outcome) (ok bool, err error) {
+	guard := b.in.guard
+	lease, retention := guard.LeaseDuration(), guard.RetentionDuration()
+	attempts := b.pipe.Policy().Attempts()
+	items := make([]fastItem, len(msgs))
+	reqs := make([]sqlstore.ClaimRequest, 0, len(msgs))
+	for i, m := range conv {
+		it := &items[i]
+		it.m, it.claim = m, -1
+		if m == nil {
+			continue
+		}
+		if max(m.Attempt, 1) > attempts {
+			it.skip = true
+			continue
+		}
+		key, fp, err := guard.Resolve(dedupe.Input{Header: m.Header, Data: m.Data, MessageID: m.ID})
+		if err != nil {
+			it.err = retry.Permanent(err)
+			continue
+		}
+		it.key, it.claim = key, len(reqs)
+		reqs = append(reqs, sqlstore.ClaimRequest{Key: key, Fingerprint: fp, Lease: lease, Retention: retention})
+	}
+
+	tx, err := b.in.db.BeginTx(ctx, b.in.txo)
+	if err != nil {
+		return false, fmt.Errorf("outbox: batch begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	giveUp := func(reason string, err error) (bool, error) {
+		b.log.Debug("optimistic batch pass failed; rerunning with a savepoint per message", "reason", reason, "err", err)
+		return false, nil
+	}
+	var claims []dedupe.Claim
+	if len(reqs) > 0 {
+		if claims, err = b.in.store.ClaimManyTx(ctx, tx, reqs); err != nil {
+			return giveUp("claim", err)
+		}
+	}
+	buf := &addBuffer{tx: tx}
+	hctx := context.WithValue(ctx, addBufferKey{}, buf)
+	var done []sqlstore.CompleteRequest
+	claimed := make(map[string]bool, len(reqs))
+	for i := range items {
+		it := &items[i]
+		if it.claim < 0 {
+			continue
+		}
+		c := claims[it.claim]
+		switch c.Status {
+		case dedupe.Duplicate:
+			if c.Result.Failed {
+				it.err = consumer.Reject(c.Result.Data, errDuplicateRejection)
+			} else {
+				it.m.SetResult(c.Result.Data)
+			}
+		case dedupe.Conflict:
+			it.err = retry.Permanent(ErrConflict)
+		case dedupe.Busy:
+			d := c.RetryAfter + consumer.BusyMargin
+			if claimed[it.key] {
+				d = SameBatchBusyDelay
+			}
+			it.err = retry.After(d, ErrBusy)
+		case dedupe.Acquired:
+			claimed[it.key] = true
+			res, rejected, err := b.runFast(hctx, tx, it.m)
+			if err != nil {
+				return giveUp("handler", err)
+			}
+			it.err = rejected
+			done = append(done, sqlstore.CompleteRequest{Key: it.key, Token: c.Token, Result: res, Retention: retention})
+		default:
+			return giveUp("claim", fmt.Errorf("unexpected status %v", c.Status))
+		}
+	}
+	if len(done) > 0 {
+		errs, err := b.in.store.CompleteManyTx(ctx, tx, done)
+		if err != nil {
+			return giveUp("complete", err)
+		}
+		for _, err := range errs {
+			if err != nil {
+				return giveUp("complete", err)
+			}
+		}
+	}
+	if err := buf.flush(ctx); err != nil {
+		return giveUp("outbox insert", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("outbox: batch commit: %w", err)
+	}
+	for i := range items {
+		it := &items[i]
+		if it.m == nil {
+			continue
+		}
+		outs[i] = b.pipe.Process(context.WithValue(ctx, recordedKey{}, it), it.m)
+	}
+	return true, nil
+}
+
+// runFast runs the handler for an Acquired message in the optimistic pass.
+// It returns the result to store, the consumer.Reject the handler returned
+// (nil on success), and err for any other error or a panic.
+func (b *Batch) runFast(ctx context.Context, tx *sql.Tx, m *consumer.Message) (res dedupe.Result, rejected, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &consumer.PanicError{Value: r}
+		}
+	}()
+	err = b.fn(WithCause(ctx, m.ID, m.Header), tx, m)
+	var rej *consumer.RejectError
+	switch {
+	case errors.As(err, &rej):
+		return dedupe.Result{Failed: true, Data: rej.Data}, err, nil
+	case err != nil:
+		return dedupe.Result{}, nil, err
+	}
+	data, _ := m.Result()
+	return dedupe.Result{Data: data}, nil, nil
+}
+
+// recordedKey carries the *fastItem whose recorded answer handle returns
+// when the pipeline classifies a message of a committed optimistic pass.
+type recordedKey struct{}
+
+// processSavepoints runs the batch with a SAVEPOINT per message (each
+// through Inbox.handleTx), commits and fills outs.
+func (b *Batch) processSavepoints(ctx context.Context, conv []*consumer.Message, outs []consumer.Outcome) error {
+	tx, err := b.in.db.BeginTx(ctx, b.in.txo)
+	if err != nil {
+		return fmt.Errorf("outbox: batch begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	run := &batchRun{tx: tx, claimed: make(map[string]bool, len(conv))}
+	ctx = context.WithValue(ctx, batchRunKey{}, run)
+	for i, m := range conv {
+		if m == nil {
+			continue
+		}
+		outs[i] = b.pipe.Process(ctx, m)
+		if run.broken != nil {
+			return run.broken
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("outbox: batch commit: %w", err)
+	}
+	return nil
+}
+
+// batchRun is the state of one savepoint-pass transaction, carried in the
+// context the pipeline hands to handle.
 type batchRun struct {
-	tx     *sql.Tx
-	spOpen bool  // savepoint idemq_msg is defined
-	broken error // the transaction can no longer commit
+	tx      *sql.Tx
+	spOpen  bool            // savepoint idemq_msg is defined
+	broken  error           // the transaction can no longer commit
+	claimed map[string]bool // keys Acquired (and kept) in this transaction
 }
 
 type batchRunKey struct{}
@@ -387,9 +592,13 @@ const (
 	spRollback = "ROLLBACK TO SAVEPOINT idemq_msg"
 )
 
-// handle is the pipeline's handler: the message's inbox work under its own
-// savepoint in the batch transaction.
+// handle is the pipeline's handler. After a committed optimistic pass it
+// returns the answer recorded there; in the savepoint pass it does the
+// message's inbox work under its own savepoint in the batch transaction.
 func (b *Batch) handle(ctx context.Context, m *consumer.Message) (err error) {
+	if it, ok := ctx.Value(recordedKey{}).(*fastItem); ok {
+		return it.err
+	}
 	run := ctx.Value(batchRunKey{}).(*batchRun)
 	tx := run.tx
 	stmt := spFirst
@@ -410,12 +619,115 @@ func (b *Batch) handle(ctx context.Context, m *consumer.Message) (err error) {
 			run.broken = fmt.Errorf("outbox: batch rollback to savepoint: %w", xerr)
 		}
 	}()
-	err = b.in.handleMessage(ctx, m, b.fn, func(ctx context.Context, key, fp string, fn TxFunc) (InboxOutcome, error) {
-		return b.in.handleTx(ctx, tx, key, fp, fn)
+	var key string
+	var status dedupe.Status
+	err = b.in.handleMessage(ctx, m, b.fn, func(ctx context.Context, k, fp string, fn TxFunc) (InboxOutcome, error) {
+		out, err := b.in.handleTx(ctx, tx, k, fp, fn)
+		key, status = k, out.Status
+		if out.Status == dedupe.Busy && run.claimed[k] {
+			err = retry.After(SameBatchBusyDelay, ErrBusy)
+		}
+		return out, err
 	})
 	var rej *consumer.RejectError
 	undo = err != nil && !errors.As(err, &rej)
+	if !undo && status == dedupe.Acquired {
+		run.claimed[key] = true
+	}
 	return err
+}
+
+// addBuffer collects the rows that AddTx adds on the batch transaction
+// during the optimistic pass, in order, for one insert before the commit.
+type addBuffer struct {
+	tx   *sql.Tx
+	mu   sync.Mutex // handlers may call AddTx from several goroutines
+	outs []*Outbox  // outs[i] added rows[i]
+	rows []row
+}
+
+type addBufferKey struct{}
+
+// bufferFor returns the buffer of the batch whose transaction is tx, or nil
+// when ctx is not in an optimistic batch pass or tx is another Querier.
+func bufferFor(ctx context.Context, tx Querier) *addBuffer {
+	buf, _ := ctx.Value(addBufferKey{}).(*addBuffer)
+	if buf == nil {
+		return nil
+	}
+	if t, ok := tx.(*sql.Tx); !ok || t != buf.tx {
+		return nil
+	}
+	return buf
+}
+
+func (b *addBuffer) add(o *Outbox, rows []row) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for range rows {
+		b.outs = append(b.outs, o)
+	}
+	b.rows = append(b.rows, rows...)
+}
+
+// flush inserts the buffered rows in the order they were added: one
+// statement per run of rows of the same Outbox (normally one in all).
+func (b *addBuffer) flush(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for start := 0; start < len(b.rows); {
+		o := b.outs[start]
+		end := start + 1
+		for end < len(b.rows) && b.outs[end] == o {
+			end++
+		}
+		if err := o.insertRows(ctx, b.tx, b.rows[start:end]); err != nil {
+			return err
+		}
+		start = end
+	}
+	b.outs, b.rows = nil, nil
+	return nil
+}
+
+// insertRows writes rows with as few statements as the dialect allows: on
+// Postgres one INSERT ... SELECT FROM unnest (the same statement text for
+// any number of rows, so it stays prepared) that also signals the NOTIFY
+// channel; on SQLite AddTx's multi-row inserts.
+func (o *Outbox) insertRows(ctx context.Context, tx Querier, rows []row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	now := o.now()
+	if o.d.kind != Postgres {
+		for start := 0; start < len(rows); start += insertChunk {
+			end := min(start+insertChunk, len(rows))
+			q, args := o.d.insertSQL(o.table, rows[start:end], now, false, "")
+			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+				return fmt.Errorf("outbox: insert into %s: %w", o.table, err)
+			}
+		}
+		return nil
+	}
+	n := len(rows)
+	ids, subjects, keys := make([]string, n), make([]string, n), make([]string, n)
+	headers, data := make([][]byte, n), make([][]byte, n)
+	for i, r := range rows {
+		ids[i], subjects[i], keys[i], headers[i], data[i] = r.ID, r.Subject, r.OrderingKey, r.Header, r.Data
+	}
+	q := "INSERT INTO " + o.table + " (id, subject, headers, data, ordering_key, created_at) " +
+		"SELECT u.id, u.subject, u.headers, u.data, u.ordering_key, $6 " +
+		"FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[]) AS u(id, subject, headers, data, ordering_key) " +
+		"ON CONFLICT (id) DO NOTHING"
+	args := []any{ids, subjects, headers, data, keys, o.d.ts(now)}
+	if o.notify {
+		q = "WITH ins AS (" + q + " RETURNING 1) SELECT pg_notify($7, '')"
+		args = append(args, o.channel)
+	}
+	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("outbox: insert into %s: %w", o.table, err)
+	}
+	return nil
 }
 
 // apply translates an outcome into broker actions, as consumer/natsjs does.

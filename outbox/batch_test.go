@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"sort"
@@ -16,6 +17,8 @@ import (
 	"github.com/idemq/idemq/integration/harness"
 	"github.com/idemq/idemq/outbox"
 	"github.com/idemq/idemq/retry"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -48,6 +51,13 @@ func (e *batchEnv) handler(ctx context.Context, tx *sql.Tx, m *consumer.Message)
 	case "flaky":
 		if m.Attempt == 1 {
 			return errors.New("first attempt fails")
+		}
+	case "panic":
+		if m.Attempt == 1 {
+			if err := e.effect(ctx, tx, m.Header["Idempotency-Key"][0], "before the panic"); err != nil {
+				return err
+			}
+			panic("handler bug")
 		}
 	}
 	if err := e.effect(ctx, tx, m.Header["Idempotency-Key"][0], string(m.Data)); err != nil {
@@ -205,5 +215,193 @@ func TestBatchCrashBetweenCommitAndAck(t *testing.T) {
 	}
 	if c := counts(t, ctx, pg.DB, e.ob); c[outbox.StatePending] != n {
 		t.Fatalf("outbox = %v, want %d rows", c, n)
+	}
+}
+
+// countingDB opens pg's database through a driver wrapper that counts the
+// statements (Exec, Query, Begin, Commit, Rollback: one round trip each, a
+// first-time prepare aside) sent on its connections, and the transactions
+// begun. Dialect detection still sees the pgx driver.
+func countingDB(t testing.TB, pg *harness.PostgresEnv) (*sql.DB, *roundTrips) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &roundTrips{}
+	db := sql.OpenDB(countingConnector{Connector: stdlib.GetConnector(*cfg), rt: rt})
+	t.Cleanup(func() { _ = db.Close() })
+	return db, rt
+}
+
+// roundTrips counts statements and transactions.
+type roundTrips struct{ stmts, begins atomic.Int64 }
+
+func (r *roundTrips) snapshot() (stmts, begins int64) { return r.stmts.Load(), r.begins.Load() }
+
+type countingConnector struct {
+	driver.Connector
+	rt *roundTrips
+}
+
+// pgxConn is what database/sql uses of a pgx stdlib connection.
+type pgxConn interface {
+	driver.Conn
+	driver.ConnPrepareContext
+	driver.ConnBeginTx
+	driver.ExecerContext
+	driver.QueryerContext
+	driver.Pinger
+	driver.NamedValueChecker
+	driver.SessionResetter
+}
+
+func (c countingConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.Connector.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{pgxConn: conn.(pgxConn), rt: c.rt}, nil
+}
+
+type countingConn struct {
+	pgxConn
+	rt *roundTrips
+}
+
+func (c *countingConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	c.rt.stmts.Add(1)
+	return c.pgxConn.ExecContext(ctx, q, args)
+}
+
+func (c *countingConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
+	c.rt.stmts.Add(1)
+	return c.pgxConn.QueryContext(ctx, q, args)
+}
+
+func (c *countingConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	c.rt.stmts.Add(1)
+	c.rt.begins.Add(1)
+	tx, err := c.pgxConn.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	return countingTx{Tx: tx, rt: c.rt}, nil
+}
+
+type countingTx struct {
+	driver.Tx
+	rt *roundTrips
+}
+
+func (t countingTx) Commit() error   { t.rt.stmts.Add(1); return t.Tx.Commit() }
+func (t countingTx) Rollback() error { t.rt.stmts.Add(1); return t.Tx.Rollback() }
+
+// TestBatchRoundTrips: a batch without failures costs the handler's own
+// statement per message plus at most five per transaction (begin, claim,
+// complete, outbox insert, commit), not five per message.
+func TestBatchRoundTrips(t *testing.T) {
+	pg := harness.Postgres(t)
+	ctx := ctxT(t)
+	db, rt := countingDB(t, pg)
+	e := newBatchEnv(t, db, harness.NATS(t))
+	const n = 50
+	for i := range n {
+		e.publish(t, ctx, fmt.Sprint("m", i), fmt.Sprint("k", i), fmt.Sprint("body", i))
+	}
+	stmts0, begins0 := rt.snapshot()
+	stop := runBatch(t, e.batch(t, n))
+	eventually(t, 20*time.Second, "all messages settled", func() (bool, error) { return e.settled(ctx) })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	stmts, begins := rt.snapshot()
+	stmts, begins = stmts-stmts0, begins-begins0
+	if eff := e.effects(t, ctx); len(eff) != n {
+		t.Fatalf("%d keys with effects, want %d", len(eff), n)
+	}
+	if c := counts(t, ctx, pg.DB, e.ob); c[outbox.StatePending] != n {
+		t.Fatalf("outbox = %v, want %d pending", c, n)
+	}
+	if begins == 0 || stmts > n+5*begins {
+		t.Fatalf("%d statements in %d transactions for %d messages, want at most %d", stmts, begins, n, n+5*begins)
+	}
+	t.Logf("%d statements in %d transactions for %d messages", stmts, begins, n)
+}
+
+// TestBatchFallbackToSavepoints: one failing message in a batch of 50 makes
+// the optimistic pass roll back; the batch runs again with a savepoint per
+// message, so the 49 others commit once (their first-pass effects are
+// gone), and the failing one is dead-lettered (poison) or retried and then
+// committed (a panic on the first attempt).
+func TestBatchFallbackToSavepoints(t *testing.T) {
+	for _, bad := range []string{"poison", "panic"} {
+		t.Run(bad, func(t *testing.T) {
+			pg := harness.Postgres(t)
+			ctx := ctxT(t)
+			e := newBatchEnv(t, pg.DB, harness.NATS(t))
+			const n = 50
+			for i := range n {
+				body := fmt.Sprint("body", i)
+				if i == 25 {
+					body = bad
+				}
+				e.publish(t, ctx, fmt.Sprint("m", i), fmt.Sprint("k", i), body)
+			}
+			stop := runBatch(t, e.batch(t, n))
+			eventually(t, 20*time.Second, "all messages settled", func() (bool, error) { return e.settled(ctx) })
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			eff := e.effects(t, ctx)
+			want := n - 1
+			if bad == "panic" {
+				want = n
+			}
+			if len(eff) != want {
+				t.Fatalf("%d keys with effects, want %d", len(eff), want)
+			}
+			for k, c := range eff {
+				if c != 1 {
+					t.Errorf("key %s applied %d times", k, c)
+				}
+			}
+			if c := counts(t, ctx, pg.DB, e.ob); c[outbox.StatePending] != int64(want) {
+				t.Fatalf("outbox = %v, want %d pending", c, want)
+			}
+			if calls := int(e.calls.Load()); calls <= n {
+				t.Fatalf("handler ran %d times: the optimistic pass did not run before the savepoint pass", calls)
+			}
+			dead := streamMsgs(t, ctx, e.dlq)
+			switch {
+			case bad == "poison" && (len(dead) != 1 || dead[0].Header.Get(natsjs.HeaderReason) != "permanent" || string(dead[0].Data) != "poison"):
+				t.Fatalf("dead letters = %d, want the poison message with reason permanent", len(dead))
+			case bad == "panic" && len(dead) != 0:
+				t.Fatalf("%d dead letters, want none", len(dead))
+			}
+		})
+	}
+}
+
+// TestBatchSameKeyTwice: a key claimed by an earlier message of the same
+// batch is answered Busy and redelivered soon; the redelivery is then a
+// duplicate. The effect is applied once.
+func TestBatchSameKeyTwice(t *testing.T) {
+	pg := harness.Postgres(t)
+	ctx := ctxT(t)
+	e := newBatchEnv(t, pg.DB, harness.NATS(t))
+	e.publish(t, ctx, "m1", "k", "same")
+	e.publish(t, ctx, "m2", "k", "same")
+	e.publish(t, ctx, "m3", "other", "x")
+	stop := runBatch(t, e.batch(t, 10))
+	eventually(t, 20*time.Second, "all messages settled", func() (bool, error) { return e.settled(ctx) })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if eff := e.effects(t, ctx); eff["k"] != 1 || eff["other"] != 1 || len(eff) != 2 {
+		t.Fatalf("effects = %v, want k and other once", eff)
+	}
+	if n := len(streamMsgs(t, ctx, e.dlq)); n != 0 {
+		t.Fatalf("%d dead letters, want none", n)
 	}
 }

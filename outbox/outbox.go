@@ -174,6 +174,11 @@ func (o *Outbox) Channel() string {
 // that already exists is a no-op, so a handler that runs again adds nothing
 // twice. On Postgres AddTx also signals the relays' NOTIFY channel, which is
 // delivered at commit.
+//
+// Called from a Batch handler on the batch transaction, AddTx checks msgs
+// and derives their ids and headers at once but defers the insert: the
+// batch writes every message of its messages' handlers with one statement
+// just before it commits (see Batch).
 func (o *Outbox) AddTx(ctx context.Context, tx Querier, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -204,6 +209,10 @@ func (o *Outbox) AddTx(ctx context.Context, tx Querier, msgs ...Message) error {
 			data = []byte{}
 		}
 		rows[i] = row{ID: id, Subject: m.Subject, Header: hb, Data: data, OrderingKey: m.OrderingKey}
+	}
+	if buf := bufferFor(ctx, tx); buf != nil {
+		buf.add(o, rows)
+		return nil
 	}
 	// One statement per up to insertChunk rows keeps the parameter count
 	// within both engines' limits.
