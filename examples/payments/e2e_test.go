@@ -21,7 +21,7 @@ const e2ePayments = 400
 // The demo itself SIGKILLs workers mid-run and the API once, and checks the
 // invariants from the database and the streams; the test then checks again
 // directly, with its own queries.
-func runE2E(t *testing.T, natsURL, dbURL string) {
+func runE2E(t *testing.T, natsURL, dbURL string, payments int) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -31,7 +31,7 @@ func runE2E(t *testing.T, natsURL, dbURL string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	rep, err := runDemo(ctx, demoConfig{
-		Payments:    e2ePayments,
+		Payments:    payments,
 		Workers:     2,
 		Concurrency: 4,
 		Clients:     8,
@@ -58,12 +58,12 @@ func runE2E(t *testing.T, natsURL, dbURL string) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
-	verifyIndependently(t, ctx, dbURL, natsURL, rep)
+	verifyIndependently(t, ctx, dbURL, payments, rep)
 }
 
 // verifyIndependently re-checks the main invariants with fresh connections
 // and plain queries, not through the demo's own checking code.
-func verifyIndependently(t *testing.T, ctx context.Context, dbURL, natsURL string, rep *report) {
+func verifyIndependently(t *testing.T, ctx context.Context, dbURL string, payments int, rep *report) {
 	t.Helper()
 	db, err := openDB(ctx, dbURL)
 	if err != nil {
@@ -89,8 +89,8 @@ func verifyIndependently(t *testing.T, ctx context.Context, dbURL, natsURL strin
 	if err := db.QueryRowContext(ctx, db.q(`SELECT count(*) FROM transfers WHERE idempotency_key LIKE ? AND outcome = ?`), rep.run+"-%", outcomeCompleted).Scan(&completed); err != nil {
 		t.Fatal(err)
 	}
-	if completed < e2ePayments/2 {
-		t.Errorf("only %d of %d payments completed", completed, e2ePayments)
+	if completed < int64(payments)/2 {
+		t.Errorf("only %d of %d payments completed", completed, payments)
 	}
 	if int(completed) != rep.completedEvents {
 		t.Errorf("%d completed transfers, %d completed events", completed, rep.completedEvents)
@@ -106,7 +106,7 @@ func TestE2EPostgresEmbeddedNATS(t *testing.T) {
 	}
 	pg := harness.Postgres(t)
 	ns := harness.EmbeddedNATS(t)
-	runE2E(t, ns.URL, pg.URL)
+	runE2E(t, ns.URL, pg.URL, e2ePayments)
 }
 
 // TestE2EPostgresRealNATS runs the example against the real Postgres and
@@ -138,15 +138,16 @@ func TestE2EPostgresRealNATS(t *testing.T) {
 		}
 	}
 	purge()
-	runE2E(t, ns.URL, pg.URL)
+	runE2E(t, ns.URL, pg.URL, e2ePayments)
 	purge() // leave no payments behind on the shared server
 }
 
-// TestE2ESQLiteEmbedded runs the zero-set-up configuration of the demo.
+// TestE2ESQLiteEmbedded runs the zero-set-up configuration of the demo
+// (SQLite, embedded NATS), smaller: the real-service variants are the point.
 func TestE2ESQLiteEmbedded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test: skipped with -short")
 	}
 	ns := harness.EmbeddedNATS(t)
-	runE2E(t, ns.URL, "sqlite:"+t.TempDir()+"/payments.db")
+	runE2E(t, ns.URL, "sqlite:"+t.TempDir()+"/payments.db", e2ePayments/2)
 }
