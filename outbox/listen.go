@@ -22,18 +22,18 @@ func pgxConnect(ctx context.Context, url string) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// waitNotifications LISTENs on channel, signals wake once (rows committed
+// waitNotifications LISTENs on channel, calls wake once (rows committed
 // while no one listened), then on every notification until an error.
-func waitNotifications(ctx context.Context, conn *pgx.Conn, channel string, wake chan<- struct{}, connected func()) error {
+func waitNotifications(ctx context.Context, conn *pgx.Conn, channel string, wake func(), connected func()) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		return fmt.Errorf("outbox: LISTEN %s: %w", channel, err)
 	}
 	connected()
-	signal(wake)
+	wake()
 	for {
 		if _, err := conn.WaitForNotification(ctx); err != nil {
 			return fmt.Errorf("outbox: wait for notification: %w", err)
 		}
-		signal(wake)
+		wake()
 	}
 }

@@ -250,3 +250,94 @@ func (s *slowJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jet
 	time.Sleep(s.delay)
 	return s.JetStream.PublishMsgAsync(m, opts...)
 }
+
+// With DeleteSent, acknowledged rows are deleted instead of marked sent;
+// rejected and retried rows stay, and a row killed between publish and
+// delete is published again and dropped by the broker.
+func TestRelayDeleteSent(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, db *sql.DB) {
+		ctx := ctxT(t)
+		e := newRelayEnv(t, db, harness.EmbeddedNATS(t))
+		var msgs []outbox.Message
+		for i := range 30 {
+			msgs = append(msgs, outbox.Message{ID: fmt.Sprint("del-", i), Subject: e.subj("x"), Data: []byte(strconv.Itoa(i)), OrderingKey: fmt.Sprint("k", i%3)})
+		}
+		msgs = append(msgs,
+			outbox.Message{ID: "nostream", Subject: e.nats.Subject("nowhere.x")},
+			outbox.Message{ID: "flaky", Subject: e.subj("x"), Data: []byte("flaky")})
+		add(t, ctx, db, e.ob, msgs...)
+
+		js := &flakyJS{JetStream: e.nats.JS, fail: map[string]bool{"flaky": true}}
+		killed := errors.New("kill -9")
+		first := e.relay(t, js, &outbox.RelayOptions{DeleteSent: true})
+		outbox.SetAfterPublish(first, func([]string) error { return killed })
+		if _, _, err := outbox.Round(ctx, first); !errors.Is(err, killed) {
+			t.Fatalf("first round = %v, want the kill", err)
+		}
+		if c := counts(t, ctx, db, e.ob); c[outbox.StatePending] != 32 {
+			t.Fatalf("after the kill: %v, want all 32 pending", c)
+		}
+
+		r := e.relay(t, js, &outbox.RelayOptions{DeleteSent: true, BatchSize: 7})
+		for range 10 {
+			if _, _, err := outbox.Round(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := counts(t, ctx, db, e.ob)
+		if c[outbox.StateSent] != 0 || c[outbox.StateFailed] != 1 || c[outbox.StatePending] != 1 {
+			t.Fatalf("counts = %v, want 1 failed, 1 pending, none kept as sent", c)
+		}
+		got := streamMsgs(t, ctx, e.stream)
+		if len(got) != 30 {
+			t.Fatalf("stream holds %d messages, want 30", len(got))
+		}
+		last := map[string]int{}
+		for _, m := range got {
+			i, err := strconv.Atoi(string(m.Data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := fmt.Sprint("k", i%3)
+			if prev, ok := last[k]; ok && prev > i {
+				t.Fatalf("key %s: %d published after %d", k, i, prev)
+			}
+			last[k] = i
+		}
+		if st := r.Stats(); st.Published != 30 || st.Duplicates != 30 || st.Failed != 1 || st.Retried == 0 {
+			t.Fatalf("stats = %+v, want 30 published (all duplicates of the killed round), 1 failed, retries", st)
+		}
+	})
+}
+
+// A backlog of many batches is drained with polling practically off: the
+// notification at LISTEN time wakes one worker, and each full batch hands
+// the rest on (to another worker, or to itself), so no wake-up is lost.
+func TestRelayBacklogDrainedByWakeHandOff(t *testing.T) {
+	pg := harness.Postgres(t)
+	ctx := ctxT(t)
+	e := newRelayEnv(t, pg.DB, harness.NATS(t))
+	const n = 400
+	var msgs []outbox.Message
+	for i := range n {
+		msgs = append(msgs, outbox.Message{ID: fmt.Sprint("bl-", i), Subject: e.subj("x"), Data: []byte(strconv.Itoa(i))})
+	}
+	add(t, ctx, pg.DB, e.ob, msgs...)
+	// Each publish is slowed down, so rounds overlap when several workers
+	// take part; PollInterval is long, so only LISTEN and the full-batch
+	// hand-off can start rounds.
+	r := e.relay(t, &slowJS{JetStream: e.nats.JS, delay: 200 * time.Microsecond}, &outbox.RelayOptions{Workers: 4, BatchSize: 20, PollInterval: time.Hour})
+	stop := runRelay(t, r)
+	eventually(t, 20*time.Second, "backlog sent", func() (bool, error) {
+		return counts(t, ctx, pg.DB, e.ob)[outbox.StateSent] == n, nil
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Stats(); st.Published != n || st.Duplicates != 0 || st.Rounds < n/20 {
+		t.Fatalf("stats = %+v", st)
+	}
+	if got := len(streamMsgs(t, ctx, e.stream)); got != n {
+		t.Fatalf("stream holds %d messages, want %d", got, n)
+	}
+}
