@@ -50,8 +50,10 @@ const idemqConcurrency = 64
 // EnvConcurrency names the variable that overrides idemqConcurrency.
 const EnvConcurrency = "IDEMQ_BENCH_CONCURRENCY"
 
-// idemqVariant is consumer/natsjs with its defaults except the names, and
-// a dedupe.Guard keyed by the Idempotency-Key header on the given store.
+// idemqVariant is consumer/natsjs with its defaults except the names and
+// Concurrency/FetchBatch (idemqConcurrency), and a dedupe.Guard keyed by the
+// Idempotency-Key header (no fingerprint, like Watermill's Deduplicator) on
+// the given store.
 func idemqVariant(name string, kind storeKind) variant {
 	return idemqVariantConc(name, kind, 0)
 }
@@ -66,6 +68,7 @@ func idemqVariantConc(name string, kind storeKind, conc int) variant {
 		prepare: func(tb testing.TB, r *round) session {
 			tb.Helper()
 			s := &idemqSession{r: r}
+			conc := conc
 			if conc == 0 {
 				conc = envInt(tb, EnvConcurrency, idemqConcurrency)
 			}
