@@ -76,8 +76,7 @@ type RelayOptions struct {
 	// Workers is the number of rounds (claim, publish, mark) run at once,
 	// each in its own transaction, so one round publishes while another
 	// marks. Concurrent rounds never share a row, and ordering keys are kept
-	// as between relays. A notification wakes one idle worker; the others
-	// join when a round finds a full batch (a backlog). Default 2 on
+	// as between relays. Default 2 on
 	// Postgres; always 1 on SQLite, whose rounds serialise on the write
 	// lock. 4 drains a backlog faster (BenchmarkRelayVsRawPublish) but, on a
 	// busy machine, adds concurrent small rounds that raise
@@ -265,7 +264,18 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.checkStreams(ctx); err != nil {
 		return err
 	}
-	w := newWakers(r.o.Workers)
+	wakes := make([]chan struct{}, r.o.Workers)
+	for i := range wakes {
+		wakes[i] = make(chan struct{}, 1)
+	}
+	// A notification wakes every worker: under load, whichever is
+	// scheduled first claims the new rows, which measured lower
+	// commit-to-publish latency than waking one.
+	wakeAll := func() {
+		for _, w := range wakes {
+			signal(w)
+		}
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -273,12 +283,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	if r.d.kind == Postgres && !r.o.NoListen {
-		wg.Go(func() { r.listen(lctx, w.wakeOne) })
+		wg.Go(func() { r.listen(lctx, wakeAll) })
 	}
 	errs := make(chan error, r.o.Workers)
 	for i := range r.o.Workers {
 		wg.Go(func() {
-			err := r.work(lctx, w, i)
+			err := r.work(lctx, wakes[i], i == 0)
 			if err != nil {
 				cancel()
 			}
@@ -294,41 +304,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	return first
 }
 
-// wakers wakes the relay's workers one at a time: a notification needs one
-// round, not one per worker (each empty round costs the database three round
-// trips). An idle worker is preferred, so a row committed while one worker
-// is busy is claimed at once by another.
-type wakers struct {
-	ch   []chan struct{}
-	idle []atomic.Bool
-	next atomic.Uint32
-}
-
-func newWakers(n int) *wakers {
-	w := &wakers{ch: make([]chan struct{}, n), idle: make([]atomic.Bool, n)}
-	for i := range w.ch {
-		w.ch[i] = make(chan struct{}, 1)
-	}
-	return w
-}
-
-// wakeOne signals the next idle worker in turn, or, when all are busy, the
-// next worker, which then runs another round when its current one ends.
-func (w *wakers) wakeOne() {
-	n := uint32(len(w.ch))
-	start := w.next.Add(1)
-	for k := range n {
-		if i := (start + k) % n; w.idle[i].Load() {
-			signal(w.ch[i])
-			return
-		}
-	}
-	signal(w.ch[start%n])
-}
-
-// work runs rounds until ctx is done; worker 0 also runs cleanup.
-func (r *Relay) work(ctx context.Context, w *wakers, id int) error {
-	cleaner := id == 0
+// work runs rounds until ctx is done; the cleaner also runs cleanup.
+func (r *Relay) work(ctx context.Context, wake <-chan struct{}, cleaner bool) error {
 	timer := time.NewTimer(r.o.PollInterval)
 	defer timer.Stop()
 	nextCleanup := r.o.Now()
@@ -361,20 +338,15 @@ func (r *Relay) work(ctx context.Context, w *wakers, id int) error {
 			nextCleanup = r.o.Now().Add(r.o.CleanupInterval)
 		}
 		if claimed == r.o.BatchSize && done > 0 {
-			// More rows are waiting: bring in another worker to claim
-			// the next batch while this one goes on.
-			w.wakeOne()
-			continue
+			continue // more rows are waiting
 		}
 		timer.Reset(r.o.PollInterval)
-		w.idle[id].Store(true)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-w.ch[id]:
+		case <-wake:
 		case <-timer.C:
 		}
-		w.idle[id].Store(false)
 	}
 }
 

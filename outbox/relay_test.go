@@ -310,10 +310,10 @@ func TestRelayDeleteSent(t *testing.T) {
 	})
 }
 
-// A backlog of many batches is drained with polling practically off: the
-// notification at LISTEN time wakes one worker, and each full batch hands
-// the rest on (to another worker, or to itself), so no wake-up is lost.
-func TestRelayBacklogDrainedByWakeHandOff(t *testing.T) {
+// A backlog of many batches is drained by several workers with polling
+// practically off: the wake-up at LISTEN time starts them, and a worker
+// whose round claimed a full batch goes on without waiting.
+func TestRelayBacklogDrainedWithoutPolling(t *testing.T) {
 	pg := harness.Postgres(t)
 	ctx := ctxT(t)
 	e := newRelayEnv(t, pg.DB, harness.NATS(t))
@@ -323,9 +323,8 @@ func TestRelayBacklogDrainedByWakeHandOff(t *testing.T) {
 		msgs = append(msgs, outbox.Message{ID: fmt.Sprint("bl-", i), Subject: e.subj("x"), Data: []byte(strconv.Itoa(i))})
 	}
 	add(t, ctx, pg.DB, e.ob, msgs...)
-	// Each publish is slowed down, so rounds overlap when several workers
-	// take part; PollInterval is long, so only LISTEN and the full-batch
-	// hand-off can start rounds.
+	// Each publish is slowed down, so the workers' rounds overlap;
+	// PollInterval is long, so only LISTEN and full batches start rounds.
 	r := e.relay(t, &slowJS{JetStream: e.nats.JS, delay: 200 * time.Microsecond}, &outbox.RelayOptions{Workers: 4, BatchSize: 20, PollInterval: time.Hour})
 	stop := runRelay(t, r)
 	eventually(t, 20*time.Second, "backlog sent", func() (bool, error) {
