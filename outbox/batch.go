@@ -22,11 +22,11 @@ import (
 
 // Batch defaults.
 const (
-	// DefaultBatchMessages is BatchConfig.BatchSize when zero: 100 messages
+	// DefaultBatchMessages is BatchConfig.BatchSize when zero: 250 messages
 	// per transaction.
-	DefaultBatchMessages = 100
-	// DefaultBatchConcurrency is BatchConfig.Concurrency when zero: 2.
-	DefaultBatchConcurrency = 2
+	DefaultBatchMessages = 250
+	// DefaultBatchConcurrency is BatchConfig.Concurrency when zero: 4.
+	DefaultBatchConcurrency = 4
 	// DefaultBatchAckWait is BatchConfig.AckWait when zero: 30s.
 	DefaultBatchAckWait = 30 * time.Second
 	// DefaultBatchPullWait is BatchConfig.PullWait when zero: 1s.
@@ -48,12 +48,14 @@ type BatchConfig struct {
 	// one needs NATS server 2.10).
 	FilterSubjects []string
 	// Concurrency is the number of batches processed at once, each in its
-	// own transaction and connection. Default 2: while one batch waits for
-	// its commit, the next one runs.
+	// own transaction and connection. Default DefaultBatchConcurrency (4):
+	// while one batch waits for a database round trip, the others run.
 	Concurrency int
 	// BatchSize is the most messages fetched and processed in one database
-	// transaction. Default DefaultBatchMessages (100). The durable's
-	// MaxAckPending is set to at least twice this.
+	// transaction. Default DefaultBatchMessages (250). The durable's
+	// MaxAckPending is set to at least twice this times Concurrency, so
+	// that every worker can hold a full batch while the last batches' acks
+	// are on their way.
 	BatchSize int
 	// PullWait is how long an idle consumer waits for the first message of
 	// a batch; it bounds how long Run takes to return after ctx ends.
@@ -291,7 +293,7 @@ func (b *Batch) setup(ctx context.Context) (jetstream.Consumer, error) {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       b.cfg.AckWait,
 		MaxDeliver:    b.cfg.MaxDeliver,
-		MaxAckPending: max(2*b.cfg.BatchSize, 1000),
+		MaxAckPending: max(2*b.cfg.Concurrency*b.cfg.BatchSize, 1000),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
 	switch len(b.cfg.FilterSubjects) {

@@ -119,7 +119,7 @@ func BenchmarkInboxBatchVsPerMessage(b *testing.B) {
 		// Batches.
 		in = benchInput(b, env, "BATCH"+strconv.Itoa(i), batchN)
 		bc, err := outbox.NewBatch(e.in, env.JS, outbox.BatchConfig{
-			Stream: in, Durable: env.Name("batch"), BatchSize: 100,
+			Stream: in, Durable: env.Name("batch"), // BatchSize and Concurrency: the defaults
 			DeadLetter: natsjs.DeadLetterConfig{Subject: env.Subject("dlq.x")}, Logger: quiet,
 		}, benchHandler(e.ob))
 		if err != nil {
