@@ -44,9 +44,7 @@ func (p *proc) start() error {
 	cmd.Env = append(os.Environ(), envSubprocess+"=1")
 	cmd.Stdout = p.logw
 	cmd.Stderr = &lineWriter{fn: p.line}
-	// Own process group: a Ctrl-C in the terminal reaches the demo, which
-	// stops its children itself.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
