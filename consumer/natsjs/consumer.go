@@ -196,73 +196,131 @@ func (f *flight) handBack(delay time.Duration) int {
 	return len(f.msgs)
 }
 
+// fetchLinger is how long the pull loop waits for more idle workers before
+// it fetches for fewer than half of FetchBatch while handlers are running:
+// it turns one pull request per finished handler into one per batch under
+// load, and costs an idle worker at most this long.
+const fetchLinger = 2 * time.Millisecond
+
 // pull fetches messages while ctx lives, never more than there are idle
-// workers, and starts a handler goroutine for each.
+// workers, and starts a handler goroutine for each. Pulls overlap: each
+// batch is drained by its own goroutine, so the next pull does not wait for
+// the previous one to expire. It returns when ctx ends (after every pull has
+// ended and its late messages were handed back) or on a fatal error.
 func (c *Consumer) pull(ctx, hctx context.Context, cons jetstream.Consumer, fl *flight) error {
 	slots := make(chan struct{}, c.cfg.Concurrency)
+	pctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	var fetches sync.WaitGroup
+	defer fetches.Wait()
+	minBatch := max(1, c.cfg.FetchBatch/2)
+	linger := time.NewTimer(fetchLinger)
+	linger.Stop()
 	for {
 		select {
 		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return nil
+		case <-pctx.Done():
+			return fatalCause(ctx, pctx)
 		}
-		n := 1
-	fill:
-		for n < c.cfg.FetchBatch {
-			select {
-			case slots <- struct{}{}:
-				n++
-			default:
-				break fill
+		n := 1 + grab(slots, c.cfg.FetchBatch-1)
+		if n < minBatch && len(slots) > n {
+			// Handlers are running and will free workers soon: gather a
+			// few more before paying for a pull request.
+			linger.Reset(fetchLinger)
+		gather:
+			for n < minBatch {
+				select {
+				case slots <- struct{}{}:
+					n++
+				case <-linger.C:
+					break gather
+				case <-pctx.Done():
+					break gather
+				}
 			}
+			linger.Stop()
 		}
 		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(c.cfg.PullWait))
 		if err != nil {
-			for range n {
-				<-slots
-			}
+			release(slots, n)
 			if fatal(err) {
 				return fmt.Errorf("natsjs: fetch from %s: %w", c.cfg.Durable, err)
 			}
 			c.log.Warn("natsjs: fetch failed; retrying", "err", err)
-			if !sleep(ctx, c.cfg.PullWait) {
-				return nil
-			}
+			sleep(pctx, c.cfg.PullWait)
 			continue
 		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
-			if ctx.Err() != nil {
-				// Fetched after shutdown began: hand back, do not start.
-				_ = msg.NakWithDelay(c.cfg.ShutdownNakDelay)
-				<-slots
-				continue
+		fetches.Go(func() {
+			if err := c.drain(pctx, hctx, batch, n, slots, fl); err != nil {
+				stop(err)
 			}
-			fl.wg.Add(1)
-			fl.add(msg)
-			go func() {
-				defer func() {
-					fl.remove(msg)
-					<-slots
-					fl.wg.Done()
-				}()
-				c.handle(hctx, msg)
-			}()
-		}
-		for range n - got {
+		})
+	}
+}
+
+// drain dispatches the messages of one pull to handler goroutines; messages
+// arriving after shutdown began are handed back unstarted. It releases the
+// slots the pull did not use. A non-nil error is fatal for the consumer.
+func (c *Consumer) drain(ctx, hctx context.Context, batch jetstream.MessageBatch, n int, slots chan struct{}, fl *flight) error {
+	got := 0
+	for msg := range batch.Messages() {
+		got++
+		if ctx.Err() != nil {
+			_ = msg.NakWithDelay(c.cfg.ShutdownNakDelay)
 			<-slots
+			continue
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			if fatal(err) {
-				return fmt.Errorf("natsjs: fetch from %s: %w", c.cfg.Durable, err)
-			}
-			c.log.Warn("natsjs: fetch failed; retrying", "err", err)
-			if !sleep(ctx, c.cfg.PullWait) {
-				return nil
-			}
+		fl.wg.Add(1)
+		fl.add(msg)
+		go func() {
+			defer func() {
+				fl.remove(msg)
+				<-slots
+				fl.wg.Done()
+			}()
+			c.handle(hctx, msg)
+		}()
+	}
+	release(slots, n-got)
+	err := batch.Error()
+	if err == nil || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	if fatal(err) {
+		return fmt.Errorf("natsjs: fetch from %s: %w", c.cfg.Durable, err)
+	}
+	c.log.Warn("natsjs: pull failed", "err", err)
+	return nil
+}
+
+// grab takes up to n free slots without blocking and returns how many.
+func grab(slots chan struct{}, n int) int {
+	got := 0
+	for got < n {
+		select {
+		case slots <- struct{}{}:
+			got++
+		default:
+			return got
 		}
 	}
+	return got
+}
+
+// release frees n slots.
+func release(slots chan struct{}, n int) {
+	for range n {
+		<-slots
+	}
+}
+
+// fatalCause returns the fatal error that stopped the pull loop (the cause
+// of pctx), or nil when Run's ctx simply ended.
+func fatalCause(ctx, pctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return context.Cause(pctx)
 }
 
 // fatal reports fetch errors that retrying cannot fix.
