@@ -48,10 +48,16 @@
 // a retried handler emits the same ids; the causation id and W3C trace
 // context travel in headers.
 //
-// NewBatch fetches up to BatchSize messages and runs them in one
-// transaction with a SAVEPOINT per message: a failing message is rolled back
-// alone and retried or dead-lettered by the consumer pipeline's rules; the
-// commit happens once, and the acks only after it.
+// NewBatch fetches up to BatchSize messages (default 250) and runs them in
+// one transaction: one statement claims every key (sqlstore.ClaimManyTx),
+// handlers run for the keys acquired, one statement completes them, the
+// batch's outbox rows go in with one multi-row insert, the transaction
+// commits once, and the acks go out only after it. If any handler fails or
+// panics, the transaction is rolled back and the batch runs again with a
+// SAVEPOINT per message, so a failing message is rolled back alone and
+// retried or dead-lettered by the consumer pipeline's rules while the
+// others commit. A batch handler must therefore keep all its work inside
+// the transaction: it may run twice in one batch attempt.
 //
 // # The relay
 //
