@@ -18,7 +18,11 @@
 //	handler's error
 //	  nil                → Complete with the SetResult data, Ack
 //	  Reject(data, err)  → Complete as failed (stored and replayed), Ack; never retried
-//	  retry.Permanent    → Release, DeadLetter "permanent"
+//	  wraps ErrConflict  → Release, DeadLetter "conflict"
+//	  Invalid(err), or dedupe.IsInvalidInput(err)
+//	                     → Release, DeadLetter "invalid"
+//	  retry.Permanent    → Release, DeadLetter "permanent" (checked after the two
+//	                       above, so retry.Permanent(ErrConflict) is "conflict")
 //	  transient or panic → Release; DeadLetter "exhausted" when Attempt reached the
 //	                       policy's attempts, else Retry after Policy.Delay(Attempt) or
 //	                       the retry.After delay, raised to Config.BudgetDelay when the

@@ -61,6 +61,9 @@ func (m *Message) Result() ([]byte, bool) {
 //
 //	nil                   ack (with a guard: the result is stored first)
 //	Reject(data, err)     final business failure: stored, replayed, acked; never retried or dead-lettered
+//	wraps ErrConflict     dead-letter with reason "conflict" (e.g. a transactional inbox's key conflict)
+//	Invalid(err), or dedupe.IsInvalidInput(err)
+//	                      dead-letter with reason "invalid": the message is not valid as sent
 //	retry.Permanent(err)  dead-letter with reason "permanent"
 //	retry.After(d, err)   redeliver no sooner than d (attempts and budget still count)
 //	any other error       transient: redeliver after the policy's backoff, dead-letter "exhausted" at the limit
@@ -100,6 +103,47 @@ func Reject(data []byte, err error) error {
 		err = ErrRejected
 	}
 	return &RejectError{Data: data, Err: err}
+}
+
+// ErrInvalid is matched (errors.Is) by every error built with Invalid, and
+// is the cause of Invalid(nil).
+var ErrInvalid = errors.New("consumer: invalid message")
+
+// InvalidError says that a message cannot be processed as sent (a body that
+// does not decode, a field out of range): the pipeline dead-letters it with
+// reason "invalid" and never retries it. Build it with Invalid.
+type InvalidError struct {
+	// Err says what is wrong with the message; ErrInvalid when Invalid was
+	// given nil.
+	Err error
+}
+
+// Error returns "consumer: invalid message: " followed by Err's text.
+func (e *InvalidError) Error() string {
+	if e.Err == ErrInvalid {
+		return ErrInvalid.Error()
+	}
+	return ErrInvalid.Error() + ": " + e.Err.Error()
+}
+
+// Unwrap returns Err.
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrInvalid.
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// Invalid returns an error that tells the pipeline the message is not valid
+// as sent: it is dead-lettered with reason "invalid" (Outcome.Reason
+// ReasonInvalid), its dedupe claim released, and it is never retried,
+// whatever the attempt. err says what is wrong; nil means ErrInvalid. It is
+// never nil. A handler that decodes the body itself returns
+// Invalid(decodeErr); errors for which dedupe.IsInvalidInput is true are
+// treated the same way without the wrapper.
+func Invalid(err error) error {
+	if err == nil {
+		err = ErrInvalid
+	}
+	return &InvalidError{Err: err}
 }
 
 // ErrPanic is matched (errors.Is) by every *PanicError.

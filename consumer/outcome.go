@@ -51,11 +51,13 @@ const (
 	// "exhausted".
 	ReasonExhausted
 	// ReasonConflict: the idempotency key was already completed with a
-	// different fingerprint (a client bug). Wire value "conflict".
+	// different fingerprint (a client bug), found by the guard or reported
+	// by the handler with an error wrapping ErrConflict. Wire value
+	// "conflict".
 	ReasonConflict
 	// ReasonInvalid: the message cannot be processed as sent (no usable
-	// idempotency key, a body that is not the JSON the guard reads). Wire
-	// value "invalid".
+	// idempotency key, a body that is not the JSON the guard reads, or the
+	// handler returned Invalid). Wire value "invalid".
 	ReasonInvalid
 )
 

@@ -29,7 +29,9 @@ const BusyMargin = 25 * time.Millisecond
 var ErrInvalidConfig = errors.New("consumer: invalid config")
 
 // ErrConflict is Outcome.Err when the idempotency key was already completed
-// with a different fingerprint (Reason conflict).
+// with a different fingerprint (Reason conflict). A handler whose own dedupe
+// (a transactional inbox) finds such a conflict returns an error wrapping
+// ErrConflict, and the pipeline dead-letters it with reason conflict too.
 var ErrConflict = errors.New("consumer: idempotency key reused with a different fingerprint")
 
 // ErrExhausted is wrapped by Outcome.Err when a delivery arrives after the
@@ -224,6 +226,16 @@ func (p *Pipeline) classify(ctx context.Context, m *Message, err error, leaseLos
 		res := dedupe.Result{Failed: true, Data: rej.Data}
 		p.complete(ctx, m, t, res)
 		return Outcome{Action: Ack, Result: &res, Err: err}
+	case errors.Is(err, ErrConflict):
+		// Checked before Permanent: a transactional inbox reports its key
+		// conflict as retry.Permanent(...ErrConflict).
+		p.release(ctx, m, t)
+		p.log.Warn("consumer: idempotency key conflict, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", err)
+		return Outcome{Action: DeadLetter, Reason: ReasonConflict, Err: err}
+	case errors.Is(err, ErrInvalid) || dedupe.IsInvalidInput(err):
+		p.release(ctx, m, t)
+		p.log.Warn("consumer: invalid message, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", err)
+		return Outcome{Action: DeadLetter, Reason: ReasonInvalid, Err: err}
 	case retry.IsPermanent(err):
 		p.release(ctx, m, t)
 		p.log.Warn("consumer: permanent failure, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", err)

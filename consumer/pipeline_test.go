@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -72,6 +73,22 @@ func TestOutcomesWithoutGuard(t *testing.T) {
 			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonExhausted}, wantErr: errBoom},
 		{name: "permanent", attempt: 1, err: retry.Permanent(errBoom),
 			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonPermanent}, wantErr: errBoom},
+		{name: "conflict", attempt: 1, err: consumer.ErrConflict,
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonConflict}, wantErr: consumer.ErrConflict},
+		{name: "permanent wrapping conflict", attempt: 1, err: retry.Permanent(fmt.Errorf("inbox: %w", consumer.ErrConflict)),
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonConflict}, wantErr: consumer.ErrConflict},
+		{name: "invalid", attempt: 1, err: consumer.Invalid(errBoom),
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonInvalid}, wantErr: errBoom},
+		{name: "invalid nil", attempt: 2, err: consumer.Invalid(nil),
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonInvalid}, wantErr: consumer.ErrInvalid},
+		{name: "invalid on last attempt", attempt: 3, err: consumer.Invalid(errBoom),
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonInvalid}, wantErr: consumer.ErrInvalid},
+		{name: "permanent wrapping invalid", attempt: 1, err: retry.Permanent(consumer.Invalid(errBoom)),
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonInvalid}, wantErr: errBoom},
+		{name: "dedupe invalid input", attempt: 1, err: fmt.Errorf("decode: %w", dedupe.ErrNotJSON),
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonInvalid}, wantErr: dedupe.ErrNotJSON},
+		{name: "permanent wrapping key error", attempt: 1, err: retry.Permanent(&dedupe.KeyError{Source: "body", Err: errBoom}),
+			want: consumer.Outcome{Action: consumer.DeadLetter, Reason: consumer.ReasonInvalid}, wantErr: errBoom},
 		{name: "reject", attempt: 1, err: consumer.Reject([]byte("402"), errBoom),
 			want: consumer.Outcome{Action: consumer.Ack}, wantErr: errBoom},
 		{name: "reject on last attempt", attempt: 3, err: consumer.Reject(nil, nil),
@@ -281,6 +298,8 @@ func TestGuardFailuresReleaseTheClaim(t *testing.T) {
 	}{
 		{"transient", errBoom, consumer.Retry},
 		{"permanent", retry.Permanent(errBoom), consumer.DeadLetter},
+		{"conflict", retry.Permanent(consumer.ErrConflict), consumer.DeadLetter},
+		{"invalid", consumer.Invalid(errBoom), consumer.DeadLetter},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			calls := 0
@@ -526,5 +545,22 @@ func TestReasonWireValues(t *testing.T) {
 		if a.String() != s {
 			t.Errorf("Action %d = %q, want %q", a, a.String(), s)
 		}
+	}
+}
+
+func TestInvalidError(t *testing.T) {
+	err := consumer.Invalid(errBoom)
+	var ie *consumer.InvalidError
+	if !errors.As(err, &ie) || ie.Err != errBoom || !errors.Is(err, consumer.ErrInvalid) || !errors.Is(err, errBoom) {
+		t.Fatalf("Invalid(errBoom) = %#v", err)
+	}
+	if got, want := err.Error(), "consumer: invalid message: boom"; got != want {
+		t.Fatalf("Error() = %q, want %q", got, want)
+	}
+	if got, want := consumer.Invalid(nil).Error(), "consumer: invalid message"; got != want {
+		t.Fatalf("Invalid(nil).Error() = %q, want %q", got, want)
+	}
+	if errors.Is(errBoom, consumer.ErrInvalid) || retry.IsPermanent(err) {
+		t.Fatal("ErrInvalid matched an unrelated error, or Invalid is marked permanent")
 	}
 }

@@ -733,8 +733,8 @@ func (o *Outbox) insertRows(ctx context.Context, tx Querier, rows []row) error {
 }
 
 // apply translates an outcome into broker actions, as consumer/natsjs does.
-// The inbox reports key conflicts and invalid input as permanent handler
-// errors; they are dead-lettered with reason "conflict" and "invalid".
+// The pipeline gives key conflicts and invalid input, which the inbox
+// reports as permanent handler errors, the reasons "conflict" and "invalid".
 func (b *Batch) apply(ctx context.Context, msg jetstream.Msg, m *consumer.Message, out consumer.Outcome) {
 	id := ""
 	if m != nil {
@@ -758,14 +758,6 @@ func (b *Batch) apply(ctx context.Context, msg jetstream.Msg, m *consumer.Messag
 			b.log.Warn("nak failed; the server redelivers after AckWait", "id", id, "err", err)
 		}
 	case consumer.DeadLetter:
-		reason := out.Reason
-		switch {
-		case errors.Is(out.Err, consumer.ErrConflict):
-			reason = consumer.ReasonConflict
-		case dedupe.IsInvalidInput(out.Err):
-			reason = consumer.ReasonInvalid
-		}
-		out.Reason = reason
 		pctx, cancel := context.WithTimeout(ctx, b.cfg.DeadLetter.PublishTimeout)
 		defer cancel()
 		if err := b.dl.Publish(pctx, msg, out.Reason, out.Err); err != nil {

@@ -222,11 +222,10 @@ type outcomeEvent struct {
 // event to the outbox and complete the record in one transaction. A key seen
 // before is acknowledged with its stored result without running apply.
 //
-// The inbox reports a key conflict and a body that is not a payment as
-// retry.Permanent errors, which the pipeline would dead-letter with reason
-// "permanent"; the contract wants "conflict" and "invalid", so handle
-// dead-letters those two itself through the consumer's DeadLetterer (same
-// headers, same Nats-Msg-Id) and acknowledges.
+// The inbox reports a key conflict (outbox.ErrConflict, which wraps
+// consumer.ErrConflict) and a body that is not a payment (dedupe invalid
+// input from paymentKey) as errors the pipeline dead-letters on
+// dlq.payments with reasons "conflict" and "invalid".
 func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
 	if m.Attempt > 1 {
 		w.log.Info("payments worker: redelivery", "event", "redelivery", "id", m.ID, "attempt", m.Attempt)
@@ -239,9 +238,9 @@ func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
 	var rej *consumer.RejectError
 	switch {
 	case errors.Is(err, outbox.ErrConflict):
-		return w.deadLetter(ctx, m, consumer.ReasonConflict, err)
+		w.log.Warn("payments worker: dead-lettering", "event", "dead_letter", "reason", consumer.ReasonConflict.String(), "id", m.ID, "err", err)
 	case dedupe.IsInvalidInput(err):
-		return w.deadLetter(ctx, m, consumer.ReasonInvalid, err)
+		w.log.Warn("payments worker: dead-lettering", "event", "dead_letter", "reason", consumer.ReasonInvalid.String(), "id", m.ID, "err", err)
 	case ran && err == nil:
 		w.log.Info("payments worker: completed", "event", "completed", "id", m.ID, "key", keyOf(m))
 	case ran && errors.As(err, &rej):
@@ -254,22 +253,6 @@ func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
 		w.log.Info("payments worker: transient failure, redelivering", "event", "retry", "id", m.ID, "attempt", m.Attempt, "err", err)
 	}
 	return err
-}
-
-// deadLetter publishes m to dlq.payments with reason and acknowledges it.
-// When the publish fails the message is redelivered (never lost); a second
-// dead letter of the same delivery is dropped by the DLQ stream, whose
-// Nats-Msg-Id is "<stream>:<sequence>".
-func (w *worker) deadLetter(ctx context.Context, m *consumer.Message, reason consumer.Reason, cause error) error {
-	msg, ok := m.Native.(jetstream.Msg)
-	if !ok {
-		return fmt.Errorf("dead-letter %s: not a JetStream message", m.ID)
-	}
-	if err := w.cons.DeadLetterer().Publish(ctx, msg, reason, cause); err != nil {
-		return fmt.Errorf("dead-letter %s (%s): %w", m.ID, reason, err)
-	}
-	w.log.Warn("payments worker: dead-lettered", "event", "dead_letter", "reason", reason.String(), "id", m.ID, "err", cause)
-	return nil
 }
 
 // keyOf returns the Idempotency-Key of m.
