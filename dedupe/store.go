@@ -3,9 +3,12 @@ package dedupe
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -180,12 +183,37 @@ func ValidateLease(lease, retention time.Duration) error {
 	return nil
 }
 
-// NewToken returns a fresh random fencing token (128 bits, hex).
+// NewToken returns a fresh fencing token: 32 lower-case hex digits, a
+// 64-bit prefix drawn from crypto/rand once per process (on the first call)
+// followed by a 64-bit counter that the process increments atomically.
+//
+// A fencing token needs uniqueness, not secrecy: it tells a lease's holder
+// from the attempt that took over after it, and every store compares it
+// only for equality. Tokens of one process never repeat (2^64 calls); tokens
+// of two processes collide only if their random prefixes do, which for a
+// thousand processes sharing one store has a probability below 10^-13.
+// Tokens are predictable within a process, so never use one as a secret.
+// The call costs an atomic increment and a hex encoding, with no system
+// call after the first.
 func NewToken() string {
+	tokenOnce.Do(func() {
+		_, _ = rand.Read(tokenPrefix[:]) // crypto/rand.Read never returns an error (Go 1.24+).
+	})
 	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never returns an error (Go 1.24+).
-	return hex.EncodeToString(b[:])
+	copy(b[:8], tokenPrefix[:])
+	binary.BigEndian.PutUint64(b[8:], tokenCounter.Add(1))
+	var h [32]byte
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
+
+// The per-process state of NewToken: a random prefix drawn on first use
+// (sync.Once, so importing the package has no side effect) and a counter.
+var (
+	tokenOnce    sync.Once
+	tokenPrefix  [8]byte
+	tokenCounter atomic.Uint64
+)
 
 // Decide is the dedupe state machine. Given the current record for key (nil
 // when absent) it returns the claim answer and the record to store, or nil
