@@ -2,11 +2,8 @@ package redisstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/idemq/idemq/dedupe"
 )
@@ -63,7 +60,8 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []ClaimRequest) ([]ClaimResu
 	}
 	out := make([]ClaimResult, len(reqs))
 	tokens := make([]string, len(reqs))
-	calls := make([]call, 0, len(reqs))
+	ops := make([]*op, len(reqs))
+	sent := make([]*op, 0, len(reqs))
 	for i, r := range reqs {
 		args, token, err := s.claimArgs(r.Fingerprint, r.Lease, r.Retention)
 		if err != nil {
@@ -71,21 +69,24 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []ClaimRequest) ([]ClaimResu
 			continue
 		}
 		tokens[i] = token
-		calls = append(calls, call{i: i, key: s.Key(r.Key), args: args})
+		ops[i] = &op{script: s.claim, key: s.Key(r.Key), args: args}
+		sent = append(sent, ops[i])
 	}
-	if err := s.runMany(ctx, s.claim, calls); err != nil {
+	if err := s.sendMany(ctx, sent); err != nil {
 		return nil, err
 	}
-	for _, c := range calls {
-		if err := c.cmd.Err(); err != nil {
-			out[c.i].Err = fmt.Errorf("redisstore: claim %q: %w", reqs[c.i].Key, err)
+	for i, o := range ops {
+		if o == nil {
 			continue
 		}
-		v, err := c.cmd.Slice()
+		v, err := o.cmd.Slice()
 		if err == nil {
-			out[c.i].Claim, err = parseClaim(v, tokens[c.i])
+			out[i].Claim, err = parseClaim(v, tokens[i])
 		}
-		out[c.i].Err = err
+		if err != nil {
+			err = fmt.Errorf("redisstore: claim %q: %w", reqs[i].Key, err)
+		}
+		out[i].Err = err
 	}
 	return out, nil
 }
@@ -101,7 +102,8 @@ func (s *Store) CompleteMany(ctx context.Context, reqs []CompleteRequest) ([]err
 		return nil, err
 	}
 	out := make([]error, len(reqs))
-	calls := make([]call, 0, len(reqs))
+	ops := make([]*op, len(reqs))
+	sent := make([]*op, 0, len(reqs))
 	now := s.now().UnixMilli()
 	for i, r := range reqs {
 		rest, err := s.completeArgs(r.Result, r.Retention)
@@ -113,75 +115,34 @@ func (s *Store) CompleteMany(ctx context.Context, reqs []CompleteRequest) ([]err
 			out[i] = dedupe.ErrLeaseLost
 			continue
 		}
-		calls = append(calls, call{i: i, key: s.Key(r.Key), args: append([]any{now, r.Token}, rest...)})
+		ops[i] = &op{script: s.complete, key: s.Key(r.Key), args: append([]any{now, r.Token}, rest...)}
+		sent = append(sent, ops[i])
 	}
-	if err := s.runMany(ctx, s.complete, calls); err != nil {
+	if err := s.sendMany(ctx, sent); err != nil {
 		return nil, err
 	}
-	for _, c := range calls {
-		n, err := c.cmd.Int64()
+	for i, o := range ops {
+		if o == nil {
+			continue
+		}
+		n, err := o.cmd.Int64()
 		switch {
 		case err != nil:
-			out[c.i] = fmt.Errorf("redisstore: complete %q: %w", reqs[c.i].Key, err)
+			out[i] = fmt.Errorf("redisstore: complete %q: %w", reqs[i].Key, err)
 		case n != 1:
-			out[c.i] = dedupe.ErrLeaseLost
+			out[i] = dedupe.ErrLeaseLost
 		}
 	}
 	return out, nil
 }
 
-// call is one script invocation of a batch.
-type call struct {
-	i    int // index in the request slice
-	key  string
-	args []any
-	cmd  *redis.Cmd
-}
-
-// runMany sends every call as EVALSHA in one pipeline. Calls answered
-// NOSCRIPT (the server restarted or flushed its script cache) did not run;
-// the script is loaded and they are sent again in a second pipeline. It
-// returns an error only for a failure of the whole batch; per-call error
-// replies stay in each call's cmd.
-func (s *Store) runMany(ctx context.Context, sc *redis.Script, calls []call) error {
-	if len(calls) == 0 {
+// sendMany sends ops in one pipeline of their own (an explicit batch does
+// not join the queue of single calls) and returns the failure of the whole
+// round trip, if any.
+func (s *Store) sendMany(ctx context.Context, ops []*op) error {
+	if len(ops) == 0 {
 		return nil
 	}
-	send := func(which []int) error {
-		pipe := s.c.Pipeline()
-		for _, j := range which {
-			calls[j].cmd = sc.EvalSha(ctx, pipe, []string{calls[j].key}, calls[j].args...)
-		}
-		_, err := pipe.Exec(ctx)
-		if err == nil {
-			return nil
-		}
-		for _, j := range which {
-			var rerr redis.Error
-			if cerr := calls[j].cmd.Err(); cerr != nil && !errors.As(cerr, &rerr) {
-				return fmt.Errorf("redisstore: pipeline of %d scripts: %w", len(which), cerr)
-			}
-		}
-		return nil
-	}
-	all := make([]int, len(calls))
-	for j := range all {
-		all[j] = j
-	}
-	if err := send(all); err != nil {
-		return err
-	}
-	var missing []int
-	for j := range calls {
-		if redis.HasErrorPrefix(calls[j].cmd.Err(), "NOSCRIPT") {
-			missing = append(missing, j)
-		}
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	if err := sc.Load(ctx, s.c).Err(); err != nil {
-		return fmt.Errorf("redisstore: load script: %w", err)
-	}
-	return send(missing)
+	s.send(ctx, ops)
+	return ops[0].err
 }

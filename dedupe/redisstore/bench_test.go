@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,4 +106,50 @@ func BenchmarkClaimManyCompleteMany(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(rt.n.Load()-before)/float64(b.N), "roundtrips/op")
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+// BenchmarkClaimCompleteConcurrent is BenchmarkClaimComplete from 64
+// goroutines (a consumer's worker pool) on a client with the default pool,
+// with batching on (the default) and off; it reports round trips per
+// message and messages per second.
+func BenchmarkClaimCompleteConcurrent(b *testing.B) {
+	for _, mode := range []struct {
+		name     string
+		maxBatch int
+	}{{"batched", 0}, {"unbatched", 1}} {
+		b.Run(mode.name, func(b *testing.B) {
+			env := harness.Redis(b)
+			rt := &roundTrips{}
+			env.Client.AddHook(rt)
+			s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, MaxBatch: mode.maxBatch})
+			ctx := context.Background()
+			res := dedupe.Result{Data: []byte("ok")}
+			if _, err := s.Claim(ctx, "warm", "", time.Second, time.Minute); err != nil {
+				b.Fatal(err)
+			}
+			var next atomic.Int64
+			b.SetParallelism(32) // 64 goroutines on 2 CPUs
+			b.ReportAllocs()
+			b.ResetTimer()
+			before := rt.n.Load()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					key := strconv.FormatInt(next.Add(1), 10)
+					c, err := s.Claim(ctx, key, "fp", 30*time.Second, time.Hour)
+					if err != nil || c.Status != dedupe.Acquired {
+						b.Errorf("claim: %v %v", c.Status, err)
+						return
+					}
+					if err := s.Complete(ctx, key, c.Token, res, time.Hour); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(rt.n.Load()-before)/float64(b.N), "roundtrips/op")
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+		})
+	}
 }

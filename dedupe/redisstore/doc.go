@@ -5,7 +5,8 @@
 // # Guarantee
 //
 // Every operation — Claim, Complete, Release, Extend — is one Lua script on
-// one key, so it is atomic and takes one round trip (the first call after a
+// one key, so it is atomic and takes one round trip (or a share of one, see
+// Batching) (the first call after a
 // server start or SCRIPT FLUSH takes two: EVALSHA answers NOSCRIPT and the
 // script is sent with EVAL). Touching a single key per script keeps the store
 // correct on Redis Cluster. The scripts mirror dedupe.Decide and its
@@ -26,10 +27,44 @@
 // remaining logical lifetime plus GCMargin: garbage collection, never the
 // authority.
 //
-// # Batches
+// # Batching
 //
-// ClaimMany and CompleteMany send many operations in one pipeline (one round
-// trip per server), for consumers that fetch messages in batches.
+// By default the store coalesces concurrent calls: while one pipeline is in
+// flight, Claim, Complete, Release and Extend calls from other goroutines
+// queue, and the first of them, once the pipeline returns, sends everything
+// queued (up to Options.MaxBatch operations) as the next pipeline: one round
+// trip for the batch instead of one per call. There is no timer and no
+// background goroutine: a lone caller sends its call at once, and a busy
+// consumer's 64 workers share a few round trips and one connection instead
+// of queueing for the client's pool. Each operation stays atomic on its own
+// and answers exactly as it would alone; operations of a batch are not
+// atomic together. Per-operation error replies stay per operation; a failed
+// round trip fails every call it carried; scripts the server forgot
+// (NOSCRIPT) are resent with EVAL in a second pipeline.
+//
+// A caller whose context ends returns ctx.Err() at once if its operation is
+// still queued, and the operation is never sent. If the operation is already
+// on the wire it may still take effect: an abandoned Claim leaves an
+// in-progress record that answers Busy until its lease expires and a
+// redelivery takes it over; an abandoned Complete, Release or Extend either
+// happened or did not, exactly as when a single command's reply is lost.
+// The caller that sends a batch returns when its round trip does; the
+// round trip is cancelled only once every caller in it has given up.
+//
+// Options.MaxBatch 1 turns batching off: every call is its own command on
+// its own pool connection.
+//
+// ClaimMany and CompleteMany send an explicit batch in one pipeline (one
+// round trip per server), for consumers that fetch messages in batches.
+//
+// # Connection pool
+//
+// Without batching, each concurrent call holds one of the go-redis client's
+// pool connections for its round trip: set the client's PoolSize (default
+// 10 per CPU) at least to the consumer's concurrency (its worker count), or
+// workers wait for connections instead of for Redis. With batching on (the
+// default) one store uses one connection at a time for its calls, and the
+// default PoolSize is ample.
 //
 // # Limits
 //

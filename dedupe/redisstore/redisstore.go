@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,7 +31,19 @@ type Options struct {
 	// the scripts. The Redis server's clock is never consulted. Default
 	// time.Now.
 	Now func() time.Time
+	// MaxBatch caps how many concurrent calls are coalesced into one
+	// pipeline (one round trip). While a pipeline is in flight, calls from
+	// other goroutines queue; the first of them then sends everything queued
+	// in the next pipeline, up to MaxBatch operations. A lone caller still
+	// pays one round trip per call. Default DefaultMaxBatch (128); 1 turns
+	// batching off, so that every call is its own round trip on its own pool
+	// connection (then size the client's PoolSize to the concurrency).
+	MaxBatch int
 }
+
+// DefaultMaxBatch is Options.MaxBatch when zero: 128 operations per
+// pipeline.
+const DefaultMaxBatch = 128
 
 // Store is a dedupe.Store on Redis. It is safe for concurrent use and holds
 // no resources of its own: close the client when done.
@@ -42,6 +55,13 @@ type Store struct {
 	complete *redis.Script
 	release  *redis.Script
 	extend   *redis.Script
+
+	// maxBatch is Options.MaxBatch; the queue of calls waiting for a
+	// pipeline, and whether a caller is flushing it, are guarded by mu.
+	maxBatch int
+	mu       sync.Mutex
+	queue    []*op
+	flushing bool
 }
 
 // New returns a Store that keeps its records in c. c may be a *redis.Client,
@@ -59,6 +79,9 @@ func New(c redis.UniversalClient, opts *Options) *Store {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
 	return &Store{
 		c:        c,
 		prefix:   o.Prefix,
@@ -67,6 +90,7 @@ func New(c redis.UniversalClient, opts *Options) *Store {
 		complete: redis.NewScript(completeLua),
 		release:  redis.NewScript(releaseLua),
 		extend:   redis.NewScript(extendLua),
+		maxBatch: o.MaxBatch,
 	}
 }
 
@@ -94,7 +118,15 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	if err != nil {
 		return dedupe.Claim{}, err
 	}
-	v, err := s.claim.Run(ctx, s.c, []string{s.Key(key)}, args...).Slice()
+	o := &op{script: s.claim, key: s.Key(key), args: args}
+	if err := s.exec(ctx, o); err != nil {
+		return dedupe.Claim{}, err
+	}
+	cmd, err := o.result()
+	if err != nil {
+		return dedupe.Claim{}, fmt.Errorf("redisstore: claim %q: %w", key, err)
+	}
+	v, err := cmd.Slice()
 	if err != nil {
 		return dedupe.Claim{}, fmt.Errorf("redisstore: claim %q: %w", key, err)
 	}
@@ -192,14 +224,21 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 }
 
 // owned runs one of the token-checked scripts with ARGV now, token, rest...
-func (s *Store) owned(ctx context.Context, sc *redis.Script, op, key, token string, rest ...any) error {
+func (s *Store) owned(ctx context.Context, sc *redis.Script, name, key, token string, rest ...any) error {
 	if token == "" {
 		return dedupe.ErrLeaseLost
 	}
-	args := append([]any{s.now().UnixMilli(), token}, rest...)
-	n, err := sc.Run(ctx, s.c, []string{s.Key(key)}, args...).Int64()
+	o := &op{script: sc, key: s.Key(key), args: append([]any{s.now().UnixMilli(), token}, rest...)}
+	if err := s.exec(ctx, o); err != nil {
+		return err
+	}
+	cmd, err := o.result()
+	var n int64
+	if err == nil {
+		n, err = cmd.Int64()
+	}
 	if err != nil {
-		return fmt.Errorf("redisstore: %s %q: %w", op, key, err)
+		return fmt.Errorf("redisstore: %s %q: %w", name, key, err)
 	}
 	if n != 1 {
 		return dedupe.ErrLeaseLost

@@ -21,11 +21,20 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// TestConformance runs the suite with the default options (batching on)
+// and with batching off.
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
-		env := harness.Redis(t)
-		return redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: now})
-	})
+	for _, mode := range []struct {
+		name     string
+		maxBatch int
+	}{{"batched", 0}, {"unbatched", 1}} {
+		t.Run(mode.name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
+				env := harness.Redis(t)
+				return redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: now, MaxBatch: mode.maxBatch})
+			})
+		})
+	}
 }
 
 // roundTrips counts the round trips a client makes: one per command sent

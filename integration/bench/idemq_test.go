@@ -36,9 +36,10 @@ const (
 	noStore storeKind = iota
 	memStore
 	redisStore
-	// batchedRedisStore is redisstore behind the batchingStore prototype
-	// (see batch_test.go): evidence for a proposed change, not a shipped
-	// configuration.
+	// batchedRedisStore is redisstore with Options.MaxBatch set to the
+	// consumer's concurrency, the cap the group-commit prototype used;
+	// redisStore uses redisstore's defaults, which batch too
+	// (DefaultMaxBatch).
 	batchedRedisStore
 )
 
@@ -80,11 +81,11 @@ func idemqVariantConc(name string, kind storeKind, conc int) variant {
 				env := r.fx.redis(tb)
 				s.redis = env
 				s.redisPrefix = env.Prefix + r.id + ":"
-				rs := redisstore.New(env.Client, &redisstore.Options{Prefix: s.redisPrefix})
-				guard = &dedupe.Guard{Store: rs}
+				opts := &redisstore.Options{Prefix: s.redisPrefix}
 				if kind == batchedRedisStore {
-					guard.Store = newBatchingStore(rs, conc)
+					opts.MaxBatch = conc
 				}
+				guard = &dedupe.Guard{Store: redisstore.New(env.Client, opts)}
 			}
 			if guard != nil {
 				guard.Key = dedupe.HeaderKey(KeyHeader)

@@ -1,0 +1,9 @@
+package redisstore
+
+// Queued returns how many calls wait for a pipeline, for tests that must
+// know a batch has formed before letting the one in flight finish.
+func (s *Store) Queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue)
+}
