@@ -59,34 +59,30 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []ClaimRequest) ([]ClaimResu
 		return nil, err
 	}
 	out := make([]ClaimResult, len(reqs))
-	tokens := make([]string, len(reqs))
-	ops := make([]*op, len(reqs))
+	pending := make([]*pendingClaim, len(reqs))
 	sent := make([]*op, 0, len(reqs))
 	for i, r := range reqs {
-		args, token, err := s.claimArgs(r.Fingerprint, r.Lease, r.Retention)
-		if err != nil {
+		if err := dedupe.ValidateLease(r.Lease, r.Retention); err != nil {
 			out[i].Err = err
 			continue
 		}
-		tokens[i] = token
-		ops[i] = &op{script: s.claim, key: s.Key(r.Key), args: args}
-		sent = append(sent, ops[i])
+		pending[i] = s.newClaim(r.Key, r.Fingerprint, r.Lease, r.Retention)
+		sent = append(sent, pending[i].op)
 	}
 	if err := s.sendMany(ctx, sent); err != nil {
 		return nil, err
 	}
-	for i, o := range ops {
-		if o == nil {
+	for i, p := range pending {
+		if p == nil {
 			continue
 		}
-		v, err := o.cmd.Slice()
-		if err == nil {
-			out[i].Claim, err = parseClaim(v, tokens[i])
+		c, swap, err := s.settle(p)
+		if swap != nil {
+			// A takeover or an expired record: rare, and decided again
+			// from scratch by the two-step Claim.
+			c, err = s.Claim(ctx, reqs[i].Key, reqs[i].Fingerprint, reqs[i].Lease, reqs[i].Retention)
 		}
-		if err != nil {
-			err = fmt.Errorf("redisstore: claim %q: %w", reqs[i].Key, err)
-		}
-		out[i].Err = err
+		out[i] = ClaimResult{Claim: c, Err: err}
 	}
 	return out, nil
 }
@@ -104,9 +100,8 @@ func (s *Store) CompleteMany(ctx context.Context, reqs []CompleteRequest) ([]err
 	out := make([]error, len(reqs))
 	ops := make([]*op, len(reqs))
 	sent := make([]*op, 0, len(reqs))
-	now := s.now().UnixMilli()
 	for i, r := range reqs {
-		rest, err := s.completeArgs(r.Result, r.Retention)
+		now, rest, err := s.completeArgs(r.Result, r.Retention)
 		if err != nil {
 			out[i] = err
 			continue
@@ -115,7 +110,7 @@ func (s *Store) CompleteMany(ctx context.Context, reqs []CompleteRequest) ([]err
 			out[i] = dedupe.ErrLeaseLost
 			continue
 		}
-		ops[i] = &op{script: s.complete, key: s.Key(r.Key), args: append([]any{now, r.Token}, rest...)}
+		ops[i] = s.ownedOp(s.complete, r.Key, r.Token, now, rest...)
 		sent = append(sent, ops[i])
 	}
 	if err := s.sendMany(ctx, sent); err != nil {

@@ -4,13 +4,21 @@
 //
 // # Guarantee
 //
-// Every operation — Claim, Complete, Release, Extend — is one Lua script on
-// one key, so it is atomic and takes one round trip (or a share of one, see
-// Batching) (the first call after a
-// server start or SCRIPT FLUSH takes two: EVALSHA answers NOSCRIPT and the
-// script is sent with EVAL). Touching a single key per script keeps the store
-// correct on Redis Cluster. The scripts mirror dedupe.Decide and its
-// companions exactly and are held to them by the dedupe/storetest suite.
+// Every operation is atomic on one key and takes one round trip (or a share
+// of one, see Batching). Claim is a plain SET NX GET: it creates the record
+// of an absent key, or returns the existing record, from which Claim answers
+// Busy, Duplicate or Conflict with dedupe.Decide itself, in Go; only a
+// takeover after an expired lease, or a record past its retention that
+// Redis has not yet collected, takes a second round trip: a Lua script that
+// swaps the record only if it is still the version decided on (else the
+// claim is decided again). Complete, Release and Extend are one Lua script
+// each, which checks the token and rewrites the record (the first call of
+// a script after a server start or SCRIPT FLUSH takes one more round trip:
+// EVALSHA answers NOSCRIPT and the script is sent with EVAL). Touching a
+// single key per operation keeps the store correct on Redis Cluster. The
+// scripts mirror dedupe's CompleteRecord, ReleaseRecord and ExtendRecord
+// and are held to them by the dedupe/storetest suite. Redis 7.0 or later
+// (or Valkey) is required, for SET with both NX and GET.
 //
 // Duplicates are suppressed as long as the record is kept: for its retention
 // after completion. A crash inside the handler leaves an in-progress record
@@ -72,7 +80,24 @@
 // promoted after a failover, a completed record can be lost and the message
 // processed again. Use it for idempotent or re-runnable effects; use the SQL
 // store inside the handler's transaction for exactly-once database effects.
-// A record's result is a Redis string value (at most 512 MB; keep results
-// small). Records are hashes at Options.Prefix + key with the fields listed
-// in scripts.go, readable with HGETALL for inspection.
+// A record is a Redis string (at most 512 MB; keep results small).
+//
+// # Record format
+//
+// A record is one string at Options.Prefix + key, readable with GET:
+//
+//	byte 1        state: 'i' in progress, 'd' done, 'f' failed
+//	bytes 2-14    retention end, Unix milliseconds, 13 digits, zero-padded;
+//	              from then on the record counts as absent
+//	bytes 15-27   lease end, Unix milliseconds, 13 digits (zeros once completed)
+//	bytes 28-40   creation time, Unix milliseconds, 13 digits
+//	then          fencing token, ":", fingerprint length in decimal, ":",
+//	              fingerprint, and the stored result (binary, to the end)
+//
+// For example, a claim at 2030-01-01T00:00:00Z with a 30s lease, 1h
+// retention and fingerprint "fp" stores
+// "i189345960000018934560300001893456000000" + token + ":2:fp". Fixed-width times let the scripts compare them as strings and
+// cut fields at fixed offsets: no parsing, no number formatting, one GET
+// and one SET (or DEL) per script. Times are clamped to 13 digits (year
+// 2286).
 package redisstore

@@ -51,7 +51,7 @@ type Store struct {
 	c        redis.UniversalClient
 	prefix   string
 	now      func() time.Time
-	claim    *redis.Script
+	swap     *redis.Script
 	complete *redis.Script
 	release  *redis.Script
 	extend   *redis.Script
@@ -86,7 +86,7 @@ func New(c redis.UniversalClient, opts *Options) *Store {
 		c:        c,
 		prefix:   o.Prefix,
 		now:      o.Now,
-		claim:    redis.NewScript(claimLua),
+		swap:     redis.NewScript(swapLua),
 		complete: redis.NewScript(completeLua),
 		release:  redis.NewScript(releaseLua),
 		extend:   redis.NewScript(extendLua),
@@ -106,102 +106,142 @@ func ms(d time.Duration) int64 {
 
 var gcMargin = ms(GCMargin)
 
-// Claim implements dedupe.Store in one round trip. Times are kept in whole
-// milliseconds: the injected now is truncated, lease and retention are
-// rounded up, so RetryAfter may differ from the exact remainder by less than
-// a millisecond.
+// Claim implements dedupe.Store in one round trip: SET NX GET creates the
+// record of an absent key, or returns the existing one, from which
+// dedupe.Decide answers Busy, Duplicate or Conflict. Only a takeover (the
+// lease expired) or a record past its retention but not yet collected
+// takes a second round trip, a script that swaps the record if it is still
+// the one decided on. Times are kept in whole milliseconds: the injected now
+// is truncated, lease and retention are rounded up, so RetryAfter may differ
+// from the exact remainder by less than a millisecond.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
-	args, token, err := s.claimArgs(fingerprint, lease, retention)
-	if err != nil {
-		return dedupe.Claim{}, err
-	}
-	o := &op{script: s.claim, key: s.Key(key), args: args}
-	if err := s.exec(ctx, o); err != nil {
-		return dedupe.Claim{}, err
-	}
-	cmd, err := o.result()
-	if err != nil {
-		return dedupe.Claim{}, fmt.Errorf("redisstore: claim %q: %w", key, err)
-	}
-	v, err := cmd.Slice()
-	if err != nil {
-		return dedupe.Claim{}, fmt.Errorf("redisstore: claim %q: %w", key, err)
-	}
-	return parseClaim(v, token)
-}
-
-func (s *Store) claimArgs(fingerprint string, lease, retention time.Duration) ([]any, string, error) {
 	if err := dedupe.ValidateLease(lease, retention); err != nil {
-		return nil, "", err
+		return dedupe.Claim{}, err
 	}
-	token := dedupe.NewToken()
-	return []any{s.now().UnixMilli(), ms(lease), ms(retention), fingerprint, token, gcMargin}, token, nil
+	for range maxSwaps {
+		p := s.newClaim(key, fingerprint, lease, retention)
+		if err := s.exec(ctx, p.op); err != nil {
+			return dedupe.Claim{}, err
+		}
+		c, swap, err := s.settle(p)
+		if err != nil || swap == nil {
+			return c, err
+		}
+		if err := s.exec(ctx, swap); err != nil {
+			return dedupe.Claim{}, err
+		}
+		cmd, err := swap.result()
+		var n int64
+		if err == nil {
+			n, err = cmd.Int64()
+		}
+		if err != nil {
+			return dedupe.Claim{}, fmt.Errorf("redisstore: claim %q: %w", key, err)
+		}
+		if n == 1 {
+			return c, nil
+		}
+		// The record changed between the two round trips: decide again.
+	}
+	return dedupe.Claim{}, fmt.Errorf("redisstore: claim %q: %w", key, errContention)
 }
 
-// errReply reports a script reply of an unexpected shape.
-var errReply = errors.New("redisstore: unexpected script reply")
+// maxSwaps bounds Claim's attempts when the record keeps changing under it.
+const maxSwaps = 16
 
-func parseClaim(v []any, token string) (dedupe.Claim, error) {
-	if len(v) != 5 {
-		return dedupe.Claim{}, fmt.Errorf("%w: %v", errReply, v)
-	}
-	code, ok1 := v[0].(int64)
-	retry, ok2 := v[1].(int64)
-	fp, ok3 := v[2].(string)
-	failed, ok4 := v[3].(int64)
-	data, ok5 := v[4].(string)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
-		return dedupe.Claim{}, fmt.Errorf("%w: %T %T %T %T %T", errReply, v[0], v[1], v[2], v[3], v[4])
-	}
-	switch code {
-	case 1:
-		return dedupe.Claim{Status: dedupe.Acquired, Token: token}, nil
-	case 5:
-		return dedupe.Claim{Status: dedupe.Acquired, Token: token, Takeover: true}, nil
-	case 2:
-		return dedupe.Claim{Status: dedupe.Busy, RetryAfter: time.Duration(retry) * time.Millisecond, Fingerprint: fp}, nil
-	case 3:
-		return dedupe.Claim{
-			Status:      dedupe.Duplicate,
-			Result:      dedupe.Result{Failed: failed == 1, Data: []byte(data)},
-			Fingerprint: fp,
-		}, nil
-	case 4:
-		return dedupe.Claim{Status: dedupe.Conflict, Fingerprint: fp}, nil
-	}
-	return dedupe.Claim{}, fmt.Errorf("%w: code %d", errReply, code)
+// errContention reports a key whose record changed under every attempt of
+// a Claim.
+var errContention = errors.New("record changed under every attempt")
+
+// pendingClaim is a claim's first round trip: SET NX GET of a fresh
+// in-progress record.
+type pendingClaim struct {
+	op                        *op
+	key, fingerprint, token   string
+	now, leaseMs, retentionMs int64
 }
+
+func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration) *pendingClaim {
+	p := &pendingClaim{
+		key: key, fingerprint: fingerprint, token: dedupe.NewToken(),
+		now: s.now().UnixMilli(), leaseMs: ms(lease), retentionMs: ms(retention),
+	}
+	leaseEnd := p.now + p.leaseMs
+	expires := max(p.now+p.retentionMs, leaseEnd)
+	val := encode(stateInProgress, expires, leaseEnd, p.now, p.token, fingerprint, nil)
+	k := s.Key(key)
+	p.op = &op{key: k, args: []any{"set", k, val, "px", expires - p.now + gcMargin, "nx", "get"}}
+	return p
+}
+
+// settle turns the reply of p into the answer, or into the swap script to
+// run when the state machine must replace the existing record.
+func (s *Store) settle(p *pendingClaim) (dedupe.Claim, *op, error) {
+	cmd, err := p.op.result()
+	if errors.Is(err, redis.Nil) {
+		return dedupe.Claim{Status: dedupe.Acquired, Token: p.token}, nil, nil
+	}
+	if err != nil {
+		return dedupe.Claim{}, nil, fmt.Errorf("redisstore: claim %q: %w", p.key, err)
+	}
+	old, ok := cmd.Val().(string)
+	if !ok {
+		return dedupe.Claim{}, nil, fmt.Errorf("%w: %T", errReply, cmd.Val())
+	}
+	cur, version, err := decode(p.key, old)
+	if err != nil {
+		return dedupe.Claim{}, nil, err
+	}
+	now := time.UnixMilli(p.now)
+	c, next := dedupe.Decide(cur, p.key, p.fingerprint, now,
+		time.Duration(p.leaseMs)*time.Millisecond, time.Duration(p.retentionMs)*time.Millisecond)
+	if next == nil {
+		return c, nil, nil
+	}
+	px := next.ExpiresAt.UnixMilli() - p.now + gcMargin
+	return c, &op{script: s.swap, key: p.op.key, args: []any{version, encodeRecord(next), px}}, nil
+}
+
+// errReply reports a reply of an unexpected shape.
+var errReply = errors.New("redisstore: unexpected reply")
 
 // Complete implements dedupe.Store in one round trip.
 func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	args, err := s.completeArgs(res, retention)
+	now, rest, err := s.completeArgs(res, retention)
 	if err != nil {
 		return err
 	}
-	return s.owned(ctx, s.complete, "complete", key, token, args...)
+	return s.owned(ctx, s.complete, "complete", key, token, now, rest...)
 }
 
-func (s *Store) completeArgs(res dedupe.Result, retention time.Duration) ([]any, error) {
+// completeArgs returns now and the complete script's arguments after the
+// token: the new header (state, retention end, no lease), the result and
+// the PX.
+func (s *Store) completeArgs(res dedupe.Result, retention time.Duration) (int64, []any, error) {
 	if retention <= 0 {
-		return nil, fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
+		return 0, nil, fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
 	}
-	state := dedupe.StateDone
+	state := byte(stateDone)
 	if res.Failed {
-		state = dedupe.StateFailed
+		state = stateFailed
 	}
+	now := s.now().UnixMilli()
+	retMs := ms(retention)
+	head := appendMillis(append(make([]byte, 0, 1+2*digits), state), now+retMs)
+	head = appendMillis(head, 0)
 	// res.Data goes out as a binary-safe bulk string; go-redis writes a
 	// []byte argument as is.
 	data := res.Data
 	if data == nil {
 		data = []byte{}
 	}
-	return []any{state.String(), data, ms(retention), gcMargin}, nil
+	return now, []any{head, data, retMs + gcMargin}, nil
 }
 
 // Release implements dedupe.Store in one round trip.
@@ -209,7 +249,7 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.owned(ctx, s.release, "release", key, token)
+	return s.owned(ctx, s.release, "release", key, token, s.now().UnixMilli())
 }
 
 // Extend implements dedupe.Store in one round trip.
@@ -220,15 +260,25 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 	if lease <= 0 {
 		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
 	}
-	return s.owned(ctx, s.extend, "extend", key, token, ms(lease), gcMargin)
+	now := s.now().UnixMilli()
+	return s.owned(ctx, s.extend, "extend", key, token, now, appendMillis(nil, now+ms(lease)), gcMargin)
 }
 
-// owned runs one of the token-checked scripts with ARGV now, token, rest...
-func (s *Store) owned(ctx context.Context, sc *redis.Script, name, key, token string, rest ...any) error {
+// ownedOp is one of the token-checked scripts with ARGV now (13 digits),
+// token + ":", rest...
+func (s *Store) ownedOp(sc *redis.Script, key, token string, now int64, rest ...any) *op {
+	args := make([]any, 0, 2+len(rest))
+	args = append(args, string(appendMillis(nil, now)), token+":")
+	return &op{script: sc, key: s.Key(key), args: append(args, rest...)}
+}
+
+// owned runs a token-checked script for key; rest starts with now (Unix
+// ms), followed by the script's own arguments.
+func (s *Store) owned(ctx context.Context, sc *redis.Script, name, key, token string, now int64, rest ...any) error {
 	if token == "" {
 		return dedupe.ErrLeaseLost
 	}
-	o := &op{script: sc, key: s.Key(key), args: append([]any{s.now().UnixMilli(), token}, rest...)}
+	o := s.ownedOp(sc, key, token, now, rest...)
 	if err := s.exec(ctx, o); err != nil {
 		return err
 	}

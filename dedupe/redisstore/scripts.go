@@ -1,108 +1,190 @@
 package redisstore
 
-// The Lua scripts below mirror dedupe.Decide, dedupe.CompleteRecord,
-// dedupe.ReleaseRecord and dedupe.ExtendRecord exactly: the state machine has
-// to run inside Redis so that each operation is one atomic round trip. Any
-// change to those functions must be made here too; the conformance suite in
-// dedupe/storetest (run by redisstore_test.go against a real server) holds
-// the scripts to the same behaviour as the Go code.
-//
-// A record is a hash with the fields
-//
-//	s  state: "in_progress", "done" or "failed" (dedupe.State.String)
-//	f  fingerprint
-//	t  fencing token of the current (or last) lease
-//	l  lease end, Unix milliseconds (0 once completed)
-//	c  creation time, Unix milliseconds
-//	e  retention end, Unix milliseconds; from then on the record is absent
-//	r  the stored result (binary-safe), only once completed
-//
-// Times come from the caller's clock (ARGV), never from the Redis server's.
-// Lua numbers are doubles, exact for Unix milliseconds; they are written back
-// with string.format('%.0f') so that no exponent notation reaches Redis. The
-// key's PEXPIRE is garbage collection only: the logical expiry e minus the
-// caller's now, plus a margin (ARGV "gc"), so it never cuts a live record
-// short.
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
 
-// claimLua: KEYS[1] key; ARGV now, lease, retention (ms), fingerprint, new
-// token, gc margin (ms). Returns {code, retry_ms, fingerprint, failed, result}
-// with code 1 acquired, 2 busy, 3 duplicate, 4 conflict, 5 acquired by
-// takeover.
-const claimLua = `
-local now = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
-local retention = tonumber(ARGV[3])
-local fp = ARGV[4]
-local token = ARGV[5]
-local gc = tonumber(ARGV[6])
-local cur = redis.call('HMGET', KEYS[1], 's', 'f', 'l', 'e')
-local state, cfp, lu, exp = cur[1], cur[2], tonumber(cur[3]), tonumber(cur[4])
-local nlu = now + lease
-local nexp = now + retention
-if nexp < nlu then nexp = nlu end
-if state and exp and now < exp then
-  if state == 'in_progress' then
-    if lu and now < lu then
-      return {2, lu - now, cfp or '', 0, ''}
-    end
-    redis.call('HSET', KEYS[1], 'f', fp, 't', token,
-      'l', string.format('%.0f', nlu), 'e', string.format('%.0f', nexp))
-    redis.call('PEXPIRE', KEYS[1], string.format('%.0f', nexp - now + gc))
-    return {5, 0, '', 0, ''}
-  end
-  if state == 'done' or state == 'failed' then
-    cfp = cfp or ''
-    if fp ~= '' and cfp ~= '' and fp ~= cfp then
-      return {4, 0, cfp, 0, ''}
-    end
-    local failed = 0
-    if state == 'failed' then failed = 1 end
-    return {3, 0, cfp, failed, redis.call('HGET', KEYS[1], 'r') or ''}
-  end
-end
-if state then
-  redis.call('DEL', KEYS[1]) -- drop the expired record's result
-end
-redis.call('HSET', KEYS[1], 's', 'in_progress', 'f', fp, 't', token,
-  'l', string.format('%.0f', nlu), 'c', string.format('%.0f', now), 'e', string.format('%.0f', nexp))
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', nexp - now + gc))
-return {1, 0, '', 0, ''}
+	"github.com/idemq/idemq/dedupe"
+)
+
+// A record is one Redis string (see "Record format" in doc.go):
+//
+//	byte 1        state: 'i' in progress, 'd' done, 'f' failed
+//	bytes 2-14    retention end, Unix ms, 13 digits, zero-padded
+//	bytes 15-27   lease end, Unix ms, 13 digits (all zeros once completed)
+//	bytes 28-40   creation time, Unix ms, 13 digits
+//	then          token ":" len(fingerprint) ":" fingerprint result
+//
+// Fixed-width times let the scripts compare them as strings and cut fields
+// at fixed offsets, with no parsing and no string formatting in Lua. The
+// header plus the token (headerLen + len(token) + 1 bytes) identifies a
+// record's version: every change of state, lease or retention rewrites the
+// header, and every new lease has a new token.
+
+const (
+	headerLen = 40
+	digits    = 13
+	maxMillis = 9_999_999_999_999 // the largest 13-digit time: year 2286
+)
+
+const (
+	stateInProgress = 'i'
+	stateDone       = 'd'
+	stateFailed     = 'f'
+)
+
+// errRecord reports a stored value that is not a record of this format.
+var errRecord = errors.New("redisstore: malformed record")
+
+// appendMillis appends v as 13 zero-padded digits, clamped to what 13
+// digits hold.
+func appendMillis(b []byte, v int64) []byte {
+	v = min(max(v, 0), maxMillis)
+	var d [digits]byte
+	for i := digits - 1; i >= 0; i-- {
+		d[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return append(b, d[:]...)
+}
+
+// encode returns the stored form of a record.
+func encode(state byte, expires, leaseEnd, created int64, token, fp string, result []byte) string {
+	var sb strings.Builder
+	sb.Grow(headerLen + len(token) + len(fp) + len(result) + 24)
+	b := make([]byte, 0, headerLen+len(token)+24)
+	b = append(b, state)
+	b = appendMillis(b, expires)
+	b = appendMillis(b, leaseEnd)
+	b = appendMillis(b, created)
+	b = append(b, token...)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(len(fp)), 10)
+	b = append(b, ':')
+	sb.Write(b)
+	sb.WriteString(fp)
+	sb.Write(result)
+	return sb.String()
+}
+
+// encodeRecord is encode for a dedupe.Record.
+func encodeRecord(r *dedupe.Record) string {
+	state := byte(stateInProgress)
+	switch r.State {
+	case dedupe.StateDone:
+		state = stateDone
+	case dedupe.StateFailed:
+		state = stateFailed
+	}
+	var lease int64
+	if !r.LeaseUntil.IsZero() {
+		lease = r.LeaseUntil.UnixMilli()
+	}
+	return encode(state, r.ExpiresAt.UnixMilli(), lease, r.CreatedAt.UnixMilli(), r.Token, r.Fingerprint, r.Result)
+}
+
+// decode parses a stored value. version is the part that identifies the
+// record's version (header and token), for the swap script.
+func decode(key, v string) (rec *dedupe.Record, version string, err error) {
+	bad := func(what string) (*dedupe.Record, string, error) {
+		return nil, "", fmt.Errorf("%w at %q: %s", errRecord, key, what)
+	}
+	if len(v) < headerLen+3 {
+		return bad("too short")
+	}
+	r := &dedupe.Record{Key: key}
+	switch v[0] {
+	case stateInProgress:
+		r.State = dedupe.StateInProgress
+	case stateDone:
+		r.State = dedupe.StateDone
+	case stateFailed:
+		r.State = dedupe.StateFailed
+	default:
+		return bad("unknown state")
+	}
+	var t [3]int64
+	for i := range t {
+		n, err := strconv.ParseInt(v[1+i*digits:1+(i+1)*digits], 10, 64)
+		if err != nil {
+			return bad("time")
+		}
+		t[i] = n
+	}
+	r.ExpiresAt = time.UnixMilli(t[0])
+	if t[1] != 0 {
+		r.LeaseUntil = time.UnixMilli(t[1])
+	}
+	r.CreatedAt = time.UnixMilli(t[2])
+	rest := v[headerLen:]
+	tok, rest, ok := strings.Cut(rest, ":")
+	if !ok {
+		return bad("token")
+	}
+	r.Token = tok
+	version = v[:headerLen+len(tok)+1]
+	n, rest, ok := strings.Cut(rest, ":")
+	fpLen, err := strconv.Atoi(n)
+	if !ok || err != nil || fpLen < 0 || fpLen > len(rest) {
+		return bad("fingerprint length")
+	}
+	r.Fingerprint = rest[:fpLen]
+	if res := rest[fpLen:]; res != "" {
+		r.Result = []byte(res)
+	}
+	return r, version, nil
+}
+
+// The scripts hold the state machine's writes that must check the record
+// first; Claim of an absent key needs none (SET NX GET), and Claim of an
+// existing one runs dedupe.Decide in Go on the value SET NX GET returned.
+
+// swapLua: KEYS[1] key; ARGV version, new value, PX (ms). Replaces the
+// record if it is still the version the caller decided on. Returns 1, or 0
+// when the record changed meanwhile.
+const swapLua = `
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 `
 
-// ownedLua is the prologue shared by complete, release and extend: the
-// caller's token must be the current token of a live in-progress record
-// (dedupe's owned). An expired lease nobody took over is still owned.
+// ownedLua is the prologue of complete, release and extend: ARGV[1] is now
+// (13 digits), ARGV[2] the token followed by ":". The record must be live
+// (now before its retention end), in progress, with that token (dedupe's
+// owned). An expired lease nobody took over is still owned.
 const ownedLua = `
-local now = tonumber(ARGV[1])
-local token = ARGV[2]
-local cur = redis.call('HMGET', KEYS[1], 's', 't', 'e')
-local exp = tonumber(cur[3])
-if not exp or now >= exp or cur[1] ~= 'in_progress' or token == '' or cur[2] ~= token then
+local v = redis.call('GET', KEYS[1])
+if not v or string.byte(v, 1) ~= 105 or ARGV[1] >= string.sub(v, 2, 14)
+  or string.sub(v, 41, 40 + #ARGV[2]) ~= ARGV[2] then
   return 0
 end
 `
 
-// completeLua: KEYS[1] key; ARGV now, token, state ("done"/"failed"),
-// result, retention (ms), gc margin (ms). Returns 1, or 0 for a lost lease.
+// completeLua: ARGV now, token ":", new state and times (27 bytes), result,
+// PX (ms). Keeps creation time, token and fingerprint. Returns 1, or 0 for a
+// lost lease.
 const completeLua = ownedLua + `
-local nexp = now + tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 's', ARGV[3], 'r', ARGV[4], 'l', '0', 'e', string.format('%.0f', nexp))
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', nexp - now + tonumber(ARGV[6])))
+redis.call('SET', KEYS[1], ARGV[3] .. string.sub(v, 28) .. ARGV[4], 'PX', ARGV[5])
 return 1
 `
 
-// releaseLua: KEYS[1] key; ARGV now, token. Returns 1, or 0 for a lost lease.
+// releaseLua: ARGV now, token ":". Returns 1, or 0 for a lost lease.
 const releaseLua = ownedLua + `
 redis.call('DEL', KEYS[1])
 return 1
 `
 
-// extendLua: KEYS[1] key; ARGV now, token, lease (ms), gc margin (ms).
+// extendLua: ARGV now, token ":", new lease end (13 digits), GC margin
+// (ms). The retention end becomes the later of itself and the lease end.
 // Returns 1, or 0 for a lost lease.
 const extendLua = ownedLua + `
-local nlu = now + tonumber(ARGV[3])
-if exp < nlu then exp = nlu end
-redis.call('HSET', KEYS[1], 'l', string.format('%.0f', nlu), 'e', string.format('%.0f', exp))
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', exp - now + tonumber(ARGV[4])))
+local e = string.sub(v, 2, 14)
+if ARGV[3] > e then e = ARGV[3] end
+redis.call('SET', KEYS[1], 'i' .. e .. ARGV[3] .. string.sub(v, 28), 'PX',
+  tonumber(e) - tonumber(ARGV[1]) + tonumber(ARGV[4]))
 return 1
 `
