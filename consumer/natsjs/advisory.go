@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -87,34 +88,55 @@ func (c *Consumer) setupAdvisories(ctx context.Context) (jetstream.Consumer, err
 	return cons, nil
 }
 
+// advisoryBatch is how many captured advisories the watcher buffers.
+const advisoryBatch = 16
+
 // watchAdvisories dead-letters, with reason exhausted, every message named
 // by a captured MAX_DELIVERIES advisory, until ctx ends. An advisory is
 // acknowledged only once its message is dead-lettered (or gone from the
 // stream); otherwise it is redelivered after DeadLetter.RetryDelay.
+// Advisories still buffered at shutdown are redelivered to the next Run
+// after the advisory consumer's AckWait.
 func (c *Consumer) watchAdvisories(ctx context.Context, adv jetstream.Consumer) {
 	var stream jetstream.Stream
-	for ctx.Err() == nil {
-		batch, err := adv.Fetch(c.cfg.FetchBatch, jetstream.FetchMaxWait(c.cfg.PullWait))
-		if err != nil {
-			if fatal(err) {
+	stopped := make(chan struct{})
+	var once sync.Once
+	stop := func() { once.Do(func() { close(stopped) }) }
+	cc, err := adv.Consume(func(msg jetstream.Msg) {
+		if ctx.Err() != nil {
+			return // redelivered after AckWait
+		}
+		if stream == nil {
+			var err error
+			if stream, err = c.js.Stream(ctx, c.cfg.Stream); err != nil {
+				stream = nil
+				c.log.Warn("natsjs: stream lookup for a MAX_DELIVERIES advisory failed; retrying", "err", err)
+				_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
 				return
 			}
-			c.log.Warn("natsjs: fetch advisories failed; retrying", "err", err)
-			sleep(ctx, c.cfg.PullWait)
-			continue
 		}
-		for msg := range batch.Messages() {
-			if stream == nil {
-				if stream, err = c.js.Stream(ctx, c.cfg.Stream); err != nil {
-					stream = nil
-					c.log.Warn("natsjs: stream lookup for a MAX_DELIVERIES advisory failed; retrying", "err", err)
-					_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
-					continue
-				}
+		c.deadLetterAdvised(ctx, stream, msg)
+	},
+		jetstream.PullMaxMessages(advisoryBatch),
+		jetstream.PullExpiry(c.cfg.PullWait),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if fatal(err) {
+				stop()
+				return
 			}
-			c.deadLetterAdvised(ctx, stream, msg)
-		}
+			c.log.Warn("natsjs: pulling advisories failed; nats.go retries", "err", err)
+		}),
+	)
+	if err != nil {
+		c.log.Error("natsjs: cannot consume MAX_DELIVERIES advisories", "err", err)
+		return
 	}
+	select {
+	case <-ctx.Done():
+	case <-stopped:
+	}
+	cc.Stop()
+	<-cc.Closed()
 }
 
 // deadLetterAdvised handles one MAX_DELIVERIES advisory.

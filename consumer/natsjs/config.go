@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"runtime"
 	"strings"
 	"time"
 
@@ -17,10 +16,13 @@ import (
 const (
 	// DefaultAckWait is Config.AckWait when zero: 30s.
 	DefaultAckWait = 30 * time.Second
-	// DefaultMaxFetchBatch caps the default Config.FetchBatch: 16.
-	DefaultMaxFetchBatch = 16
-	// DefaultPullWait is Config.PullWait when zero: 1s.
-	DefaultPullWait = time.Second
+	// DefaultConcurrency is Config.Concurrency when zero: 64 workers.
+	DefaultConcurrency = 64
+	// DefaultPullWait is Config.PullWait when zero: 5s.
+	DefaultPullWait = 5 * time.Second
+	// MinPullWait is the shortest Config.PullWait; shorter values are
+	// raised to it (nats.go's minimum pull expiry): 1s.
+	MinPullWait = time.Second
 	// DefaultMaxDeliverSlack is added to the retry policy's attempts when
 	// Config.MaxDeliver is zero: 10 deliveries of room for Busy answers and
 	// failed dead-letter publishes before the server gives up.
@@ -59,16 +61,23 @@ type Config struct {
 	// whole stream. One subject works on every server; more than one needs
 	// NATS server 2.10 or later (Run fails clearly on older servers).
 	FilterSubjects []string
-	// Concurrency bounds the handlers running at once. Default
-	// 2×GOMAXPROCS.
+	// Concurrency is the number of worker goroutines, the most handlers
+	// running at once. Default DefaultConcurrency (64).
 	Concurrency int
-	// FetchBatch caps the messages asked for in one pull. A pull never asks
-	// for more messages than there are idle workers, so fetched messages
-	// never wait in a buffer while AckWait runs. Default
-	// min(Concurrency, DefaultMaxFetchBatch).
+	// FetchBatch is how many messages the adapter keeps buffered ahead of
+	// the workers (nats.go PullMaxMessages): when half of them were handed
+	// to workers it asks the server for more in one pull request, so pulls
+	// stay few whatever the handlers' speed. A buffered message's AckWait
+	// is already running: it waits about FetchBatch/Concurrency handler
+	// durations before a worker takes it, so keep FetchBatch near
+	// Concurrency when handlers are slow relative to AckWait. Messages
+	// still buffered at shutdown are handed back unstarted. Default
+	// Concurrency.
 	FetchBatch int
-	// PullWait is how long one pull request waits for messages; it bounds
-	// how long shutdown waits for the pull in flight. Default 1s.
+	// PullWait is how long one pull request waits at the server for
+	// messages (nats.go PullExpiry); idle heartbeats arrive every half of
+	// it. It does not delay shutdown. Values below MinPullWait (1s) are
+	// raised to it. Default 5s.
 	PullWait time.Duration
 	// AckWait is how long the server waits for an acknowledgement before
 	// redelivering. Heartbeats (InProgress) keep a running handler's message
@@ -159,15 +168,15 @@ func (cfg Config) resolve() (Config, error) {
 		return bad("DeadLetter.Subject is required: dead letters must go somewhere")
 	}
 	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 2 * runtime.GOMAXPROCS(0)
+		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.FetchBatch <= 0 {
-		cfg.FetchBatch = min(cfg.Concurrency, DefaultMaxFetchBatch)
+		cfg.FetchBatch = cfg.Concurrency
 	}
-	cfg.FetchBatch = min(cfg.FetchBatch, cfg.Concurrency)
 	if cfg.PullWait <= 0 {
 		cfg.PullWait = DefaultPullWait
 	}
+	cfg.PullWait = max(cfg.PullWait, MinPullWait)
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = DefaultAckWait
 	}

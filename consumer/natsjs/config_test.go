@@ -98,10 +98,21 @@ func TestDefaults(t *testing.T) {
 	got := c.Config()
 	if got.AckWait != natsjs.DefaultAckWait || got.HeartbeatInterval != natsjs.DefaultAckWait/2 ||
 		got.MaxDeliver != retry.DefaultMaxAttempts+natsjs.DefaultMaxDeliverSlack || got.Concurrency <= 0 ||
-		got.FetchBatch > got.Concurrency || got.DeadLetter.Stream != "DLQ" ||
+		got.Concurrency != natsjs.DefaultConcurrency || got.FetchBatch != got.Concurrency ||
+		got.PullWait != natsjs.DefaultPullWait || got.DeadLetter.Stream != "DLQ" ||
 		len(got.DeadLetter.StreamSubjects) != 1 || got.DeadLetter.StreamSubjects[0] != "dlq.>" ||
 		got.AdvisoryStream != natsjs.DefaultAdvisoryStream || got.Pipeline.HeartbeatInterval != got.HeartbeatInterval {
 		t.Fatalf("defaults not applied: %+v", got)
+	}
+
+	cfg := validConfig()
+	cfg.PullWait = 200 * time.Millisecond
+	cfg.Concurrency = 3
+	if c, err = natsjs.New(env.JS, cfg, nop); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Config(); got.PullWait != natsjs.MinPullWait || got.FetchBatch != 3 {
+		t.Fatalf("PullWait %v FetchBatch %d, want PullWait raised to %v and FetchBatch = Concurrency 3", got.PullWait, got.FetchBatch, natsjs.MinPullWait)
 	}
 }
 

@@ -109,16 +109,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if adv != nil {
 		bg.Go(func() { c.watchAdvisories(ctx, adv) })
 	}
-	fl := &flight{msgs: make(map[jetstream.Msg]struct{})}
-	err = c.pull(ctx, hctx, cons, fl)
+	p := newPool(c.cfg.Concurrency)
+	err = c.consume(ctx, hctx, cons, p)
 
 	done := make(chan struct{})
-	go func() { fl.wg.Wait(); close(done) }()
+	go func() { p.wg.Wait(); close(done) }()
 	timer := time.NewTimer(c.cfg.ShutdownTimeout)
 	select {
 	case <-done:
 	case <-timer.C:
-		n := fl.handBack(c.cfg.ShutdownNakDelay)
+		n := p.handBack(c.cfg.ShutdownNakDelay)
 		c.log.Warn("natsjs: shutdown timeout; cancelling running handlers and handing their messages back",
 			"timeout", c.cfg.ShutdownTimeout, "messages", n)
 		hcancel()
@@ -165,165 +165,127 @@ func (c *Consumer) setup(ctx context.Context) (jetstream.Consumer, error) {
 	return cons, nil
 }
 
-// flight tracks the messages whose handlers are running.
-type flight struct {
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	msgs map[jetstream.Msg]struct{}
+// pool is the fixed set of worker goroutines; each records the message it
+// is working on, so that a shutdown past its deadline can hand it back.
+type pool struct {
+	wg    sync.WaitGroup
+	slots []slot
 }
 
-func (f *flight) add(m jetstream.Msg) {
-	f.mu.Lock()
-	f.msgs[m] = struct{}{}
-	f.mu.Unlock()
+// slot is one worker's message in flight (nil when idle).
+type slot struct {
+	mu  sync.Mutex
+	msg jetstream.Msg
+	_   [40]byte // keep workers' slots on separate cache lines
 }
 
-func (f *flight) remove(m jetstream.Msg) {
-	f.mu.Lock()
-	delete(f.msgs, m)
-	f.mu.Unlock()
+func newPool(n int) *pool { return &pool{slots: make([]slot, n)} }
+
+func (s *slot) set(m jetstream.Msg) {
+	s.mu.Lock()
+	s.msg = m
+	s.mu.Unlock()
 }
 
 // handBack Naks every running message so that the server can redeliver it
 // without waiting for AckWait. The late Ack or Nak of a handler that
 // finishes afterwards is refused by the client (already acknowledged).
-func (f *flight) handBack(delay time.Duration) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for m := range f.msgs {
-		_ = m.NakWithDelay(delay)
+func (p *pool) handBack(delay time.Duration) int {
+	n := 0
+	for i := range p.slots {
+		s := &p.slots[i]
+		s.mu.Lock()
+		if s.msg != nil {
+			_ = s.msg.NakWithDelay(delay)
+			n++
+		}
+		s.mu.Unlock()
 	}
-	return len(f.msgs)
+	return n
 }
 
-// fetchLinger is how long the pull loop waits for more idle workers before
-// it fetches for fewer than half of FetchBatch while handlers are running:
-// it turns one pull request per finished handler into one per batch under
-// load, and costs an idle worker at most this long.
-const fetchLinger = 2 * time.Millisecond
-
-// pull fetches messages while ctx lives, never more than there are idle
-// workers, and starts a handler goroutine for each. Pulls overlap: each
-// batch is drained by its own goroutine, so the next pull does not wait for
-// the previous one to expire. It returns when ctx ends (after every pull has
-// ended and its late messages were handed back) or on a fatal error.
-func (c *Consumer) pull(ctx, hctx context.Context, cons jetstream.Consumer, fl *flight) error {
-	slots := make(chan struct{}, c.cfg.Concurrency)
-	pctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	var fetches sync.WaitGroup
-	defer fetches.Wait()
-	minBatch := max(1, c.cfg.FetchBatch/2)
-	linger := time.NewTimer(fetchLinger)
-	linger.Stop()
-	for {
-		select {
-		case slots <- struct{}{}:
-		case <-pctx.Done():
-			return fatalCause(ctx, pctx)
-		}
-		n := 1 + grab(slots, c.cfg.FetchBatch-1)
-		if n < minBatch && len(slots) > n {
-			// Handlers are running and will free workers soon: gather a
-			// few more before paying for a pull request.
-			linger.Reset(fetchLinger)
-		gather:
-			for n < minBatch {
+// consume runs the pool's workers on a nats.go Consume subscription until
+// ctx ends or a fatal error occurs. Consume keeps at most FetchBatch
+// messages buffered ahead of the workers and asks for more when half of
+// them were taken, so pull requests stay few (about one per FetchBatch/2
+// messages) whatever the handlers' speed; its callback hands each message
+// to an idle worker, waiting for one, so nothing is buffered beyond that.
+//
+// On shutdown it stops the workers from taking messages, drains the
+// subscription (messages still buffered are handed back with
+// NakWithDelay(ShutdownNakDelay), unstarted) and returns once the
+// subscription is closed; running handlers are left to Run.
+func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p *pool) error {
+	work := make(chan jetstream.Msg)
+	stopping := make(chan struct{})
+	fatalc := make(chan error, 1)
+	for i := range p.slots {
+		s := &p.slots[i]
+		p.wg.Go(func() {
+			for {
 				select {
-				case slots <- struct{}{}:
-					n++
-				case <-linger.C:
-					break gather
-				case <-pctx.Done():
-					break gather
+				case <-stopping:
+					return
+				case msg := <-work:
+					s.set(msg)
+					c.handle(hctx, msg)
+					s.set(nil)
 				}
-			}
-			linger.Stop()
-		}
-		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(c.cfg.PullWait))
-		if err != nil {
-			release(slots, n)
-			if fatal(err) {
-				return fmt.Errorf("natsjs: fetch from %s: %w", c.cfg.Durable, err)
-			}
-			c.log.Warn("natsjs: fetch failed; retrying", "err", err)
-			sleep(pctx, c.cfg.PullWait)
-			continue
-		}
-		fetches.Go(func() {
-			if err := c.drain(pctx, hctx, batch, n, slots, fl); err != nil {
-				stop(err)
 			}
 		})
 	}
-}
-
-// drain dispatches the messages of one pull to handler goroutines; messages
-// arriving after shutdown began are handed back unstarted. It releases the
-// slots the pull did not use. A non-nil error is fatal for the consumer.
-func (c *Consumer) drain(ctx, hctx context.Context, batch jetstream.MessageBatch, n int, slots chan struct{}, fl *flight) error {
-	got := 0
-	for msg := range batch.Messages() {
-		got++
-		if ctx.Err() != nil {
-			_ = msg.NakWithDelay(c.cfg.ShutdownNakDelay)
-			<-slots
-			continue
-		}
-		fl.wg.Add(1)
-		fl.add(msg)
-		go func() {
-			defer func() {
-				fl.remove(msg)
-				<-slots
-				fl.wg.Done()
-			}()
-			c.handle(hctx, msg)
-		}()
-	}
-	release(slots, n-got)
-	err := batch.Error()
-	if err == nil || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.Canceled) {
-		return nil
-	}
-	if fatal(err) {
-		return fmt.Errorf("natsjs: fetch from %s: %w", c.cfg.Durable, err)
-	}
-	c.log.Warn("natsjs: pull failed", "err", err)
-	return nil
-}
-
-// grab takes up to n free slots without blocking and returns how many.
-func grab(slots chan struct{}, n int) int {
-	got := 0
-	for got < n {
+	handBack := func(msg jetstream.Msg) { _ = msg.NakWithDelay(c.cfg.ShutdownNakDelay) }
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		select {
-		case slots <- struct{}{}:
-			got++
+		case <-stopping:
+			handBack(msg)
+			return
 		default:
-			return got
 		}
+		select {
+		case work <- msg:
+		case <-stopping:
+			handBack(msg)
+		}
+	},
+		jetstream.PullMaxMessages(c.cfg.FetchBatch),
+		jetstream.PullExpiry(c.cfg.PullWait),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if fatal(err) {
+				select {
+				case fatalc <- err:
+				default:
+				}
+				return
+			}
+			c.log.Warn("natsjs: pull failed; nats.go retries", "err", err)
+		}),
+	)
+	if err != nil {
+		close(stopping)
+		return fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, err)
 	}
-	return got
+	select {
+	case <-ctx.Done():
+	case ferr := <-fatalc:
+		err = fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, ferr)
+	}
+	close(stopping)
+	cc.Drain()
+	closeWait := time.NewTimer(c.cfg.ShutdownTimeout)
+	defer closeWait.Stop()
+	select {
+	case <-cc.Closed():
+	case <-closeWait.C:
+		// The drain could not complete (the connection is down): what was
+		// buffered is redelivered after AckWait.
+		cc.Stop()
+		c.log.Warn("natsjs: draining the subscription timed out; buffered messages are redelivered after AckWait", "timeout", c.cfg.ShutdownTimeout)
+	}
+	return err
 }
 
-// release frees n slots.
-func release(slots chan struct{}, n int) {
-	for range n {
-		<-slots
-	}
-}
-
-// fatalCause returns the fatal error that stopped the pull loop (the cause
-// of pctx), or nil when Run's ctx simply ended.
-func fatalCause(ctx, pctx context.Context) error {
-	if ctx.Err() != nil {
-		return nil
-	}
-	return context.Cause(pctx)
-}
-
-// fatal reports fetch errors that retrying cannot fix.
+// fatal reports pull errors that retrying cannot fix.
 func fatal(err error) bool {
 	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConsumerDeleted)
 }
@@ -388,24 +350,69 @@ func (c *Consumer) apply(hctx context.Context, msg jetstream.Msg, m *consumer.Me
 // Attempt is NumDelivered; Native is msg. It fails when msg carries no
 // JetStream metadata (it was not delivered by a consumer).
 func Convert(msg jetstream.Msg) (*consumer.Message, error) {
-	md, err := msg.Metadata()
-	if err != nil {
-		return nil, fmt.Errorf("natsjs: not a JetStream consumer message: %w", err)
+	// The ack subject holds the metadata; reading the three fields needed
+	// here from it directly spares msg.Metadata's allocation and its parsing
+	// of fields nobody reads, on every message.
+	stream, delivered, seq, ok := ackFields(msg.Reply())
+	if !ok {
+		md, err := msg.Metadata()
+		if err != nil {
+			return nil, fmt.Errorf("natsjs: not a JetStream consumer message: %w", err)
+		}
+		stream, delivered, seq = md.Stream, md.NumDelivered, md.Sequence.Stream
 	}
 	h := msg.Headers()
-	id := h.Get(jetstream.MsgIDHeader)
+	var id string
+	if v := h[jetstream.MsgIDHeader]; len(v) > 0 {
+		id = v[0]
+	}
 	if id == "" {
-		id = md.Stream + ":" + strconv.FormatUint(md.Sequence.Stream, 10)
+		id = stream + ":" + strconv.FormatUint(seq, 10)
 	}
 	return &consumer.Message{
 		ID:       id,
 		Subject:  msg.Subject(),
 		Header:   h,
 		Data:     msg.Data(),
-		Attempt:  max(clampInt(md.NumDelivered), 1),
+		Attempt:  max(clampInt(delivered), 1),
 		Received: time.Now(),
 		Native:   msg,
 	}, nil
+}
+
+// ackFields reads the stream name, the delivery count and the stream
+// sequence from a JetStream ack subject, without allocating. Servers send
+// "$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>"
+// or, since 2.9, "$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.…"
+// with 11 tokens or more. ok is false for anything else.
+func ackFields(reply string) (stream string, delivered, seq uint64, ok bool) {
+	rest, found := strings.CutPrefix(reply, "$JS.ACK.")
+	if !found {
+		return "", 0, 0, false
+	}
+	var first int // token index of the stream after "$JS.ACK."
+	switch n := strings.Count(rest, ".") + 1 + 2; {
+	case n == 9:
+		first = 0
+	case n >= 11:
+		first = 2
+	default:
+		return "", 0, 0, false
+	}
+	for range first {
+		_, rest, _ = strings.Cut(rest, ".")
+	}
+	var consumerTok, dtok, stok string
+	stream, rest, _ = strings.Cut(rest, ".")
+	consumerTok, rest, _ = strings.Cut(rest, ".")
+	dtok, rest, _ = strings.Cut(rest, ".")
+	stok, _, _ = strings.Cut(rest, ".")
+	d, err1 := strconv.ParseUint(dtok, 10, 64)
+	q, err2 := strconv.ParseUint(stok, 10, 64)
+	if stream == "" || consumerTok == "" || err1 != nil || err2 != nil {
+		return "", 0, 0, false
+	}
+	return stream, d, q, true
 }
 
 // ensureStream creates the stream when it does not exist. An existing
@@ -438,16 +445,4 @@ func serverAtLeast(version string, major, minor int) bool {
 		return false
 	}
 	return ma > major || ma == major && mi >= minor
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
