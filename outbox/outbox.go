@@ -107,7 +107,6 @@ type Outbox struct {
 	notify  bool
 	inject  func(ctx context.Context, h http.Header)
 	now     func() time.Time
-	insert1 string
 }
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)

@@ -50,7 +50,7 @@ type dlqFixture struct {
 	bodies map[uint64][]byte
 }
 
-var longError = errors.New(strings.Repeat("upstream said no; ", 120))
+var errLong = errors.New(strings.Repeat("upstream said no; ", 120))
 
 func newDLQFixture(t *testing.T, env *harness.NATSEnv) *dlqFixture {
 	t.Helper()
@@ -81,7 +81,7 @@ func newDLQFixture(t *testing.T, env *harness.NATSEnv) *dlqFixture {
 		{"dlq.other", natsjs.Letter{
 			Subject:  env.Subject("orders.shipped"),
 			Data:     []byte{0x00, 0x01, 0xfe, 0xff, 'x'},
-			Sequence: 13, Attempts: 5, Reason: consumer.ReasonExhausted, Err: longError,
+			Sequence: 13, Attempts: 5, Reason: consumer.ReasonExhausted, Err: errLong,
 		}},
 		{"dlq.other", natsjs.Letter{
 			Subject:  env.Subject("orders.created"),
@@ -210,7 +210,7 @@ func TestDLQList(t *testing.T) {
 		}
 		if e.Seq != 3 || e.Reason != "exhausted" || e.OriginalStream != f.orders || e.OriginalSequence != "13" ||
 			e.Attempts != "5" || e.Consumer != "worker" || e.Host != "test-host" || e.Size != 5 ||
-			e.Error != natsjs.ErrorText(longError) || e.FailedAt != t0.Format(time.RFC3339) {
+			e.Error != natsjs.ErrorText(errLong) || e.FailedAt != t0.Format(time.RFC3339) {
 			t.Errorf("-json entry %+v", e)
 		}
 
