@@ -68,7 +68,7 @@ func variants() []variant {
 		idemqVariant("idemq", noStore),
 		idemqVariant("idemq-mem", memStore),
 		idemqVariant("idemq-redis", redisStore),
-		idemqVariant("idemq-redis-batched", batchedRedisStore),
+		idemqVariant("idemq-redis-unbatched", unbatchedRedisStore),
 	}
 }
 

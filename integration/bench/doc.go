@@ -8,15 +8,15 @@
 //
 //	raw-ack              nats.go jetstream Consume (batch 500) + Ack, handler inline: the baseline
 //	raw-doubleack        nats.go jetstream Consume + DoubleAck from 64 workers
-//	raw-fetch            diagnostic: nats.go with the idemq adapter's loop (Fetch ≤ idle
+//	raw-fetch            diagnostic: nats.go with the adapter's former loop (Fetch ≤ idle
 //	                     workers, a goroutine per message) and no pipeline
 //	watermill-js         Watermill router over watermill-nats/v2 pkg/jetstream (pull)
 //	watermill-nats       Watermill router over watermill-nats/v2 pkg/nats (push, JetStream mode)
 //	idemq                consumer/natsjs, no dedupe
 //	idemq-mem            consumer/natsjs, dedupe.Guard on memstore
-//	idemq-redis          consumer/natsjs, dedupe.Guard on redisstore
-//	idemq-redis-batched  prototype: redisstore behind a group-commit decorator that turns
-//	                     concurrent Claims and Completes into ClaimMany/CompleteMany pipelines
+//	idemq-redis          consumer/natsjs, dedupe.Guard on redisstore (its defaults:
+//	                     concurrent calls batched into one pipeline)
+//	idemq-redis-unbatched  the same with redisstore's MaxBatch 1: a round trip per call
 //
 // The Watermill variants run Deduplicator (in-memory repository: Watermill
 // v1.5.1 ships no Redis one), PoisonQueue, Retry and Recoverer. The idemq
@@ -45,8 +45,8 @@
 //	  -cpuprofile=cpu.out ./integration/bench/
 //
 // IDEMQ_BENCH_N sets N (default 20000); IDEMQ_BENCH_CONCURRENCY sets the
-// idemq adapter's Concurrency and FetchBatch (default 64; the adapter's own
-// default is 2×GOMAXPROCS). TestBenchSmoke runs every variant on a small
+// idemq adapter's Concurrency and FetchBatch (default 64, the adapter's own
+// default). TestBenchSmoke runs every variant on a small
 // stream in an ordinary go test run, so the benchmark code keeps compiling
 // and stays correct.
 package bench

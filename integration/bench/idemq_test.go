@@ -36,16 +36,15 @@ const (
 	noStore storeKind = iota
 	memStore
 	redisStore
-	// batchedRedisStore is redisstore with Options.MaxBatch set to the
-	// consumer's concurrency, the cap the group-commit prototype used;
-	// redisStore uses redisstore's defaults, which batch too
-	// (DefaultMaxBatch).
-	batchedRedisStore
+	// unbatchedRedisStore is redisstore with Options.MaxBatch 1: one round
+	// trip per operation, to show what redisstore's batching (on by
+	// default, used by redisStore) is worth.
+	unbatchedRedisStore
 )
 
 // idemqConcurrency is natsjs.Config.Concurrency (and FetchBatch) in the
-// idemq variants; the adapter's default is 2×GOMAXPROCS (4 on this
-// machine). EnvConcurrency overrides it.
+// idemq variants, the adapter's default (natsjs.DefaultConcurrency).
+// EnvConcurrency overrides it.
 const idemqConcurrency = 64
 
 // EnvConcurrency names the variable that overrides idemqConcurrency.
@@ -77,13 +76,13 @@ func idemqVariantConc(name string, kind storeKind, conc int) variant {
 			switch kind {
 			case memStore:
 				guard = &dedupe.Guard{Store: memstore.New(nil)}
-			case redisStore, batchedRedisStore:
+			case redisStore, unbatchedRedisStore:
 				env := r.fx.redis(tb)
 				s.redis = env
 				s.redisPrefix = env.Prefix + r.id + ":"
 				opts := &redisstore.Options{Prefix: s.redisPrefix}
-				if kind == batchedRedisStore {
-					opts.MaxBatch = conc
+				if kind == unbatchedRedisStore {
+					opts.MaxBatch = 1
 				}
 				guard = &dedupe.Guard{Store: redisstore.New(env.Client, opts)}
 			}
