@@ -16,10 +16,7 @@ import (
 
 	"github.com/idemq/idemq/dedupe"
 	"github.com/idemq/idemq/dedupe/httpdedupe"
-	"github.com/idemq/idemq/dedupe/sqlstore"
 	"github.com/idemq/idemq/outbox"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // API defaults.
@@ -85,46 +82,18 @@ Flags:
 
 // api is the payments HTTP API and its outbox relay.
 type api struct {
-	db    *database
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	ob    *outbox.Outbox
-	relay *outbox.Relay
-	log   *slog.Logger
-	h     http.Handler
+	*node
+	h http.Handler
 }
 
-func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log *slog.Logger) (a *api, err error) {
-	a = &api{log: log}
-	defer func() {
-		if err != nil {
-			a.close()
-		}
-	}()
-	if a.db, err = openDB(ctx, dbURL); err != nil {
-		return nil, err
-	}
-	if a.nc, err = nats.Connect(natsURL, nats.Name("payments-api"), nats.MaxReconnects(-1)); err != nil {
-		return nil, fmt.Errorf("connect to nats at %s: %w", natsURL, err)
-	}
-	if a.js, err = jetstream.New(a.nc); err != nil {
-		return nil, err
-	}
-	if err = ensureStreams(ctx, a.js); err != nil {
-		return nil, err
-	}
-	store, err := sqlstore.New(ctx, a.db.DB, nil)
+func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log *slog.Logger) (*api, error) {
+	n, err := openNode(ctx, "payments-api", dbURL, natsURL, log)
 	if err != nil {
-		return nil, fmt.Errorf("dedupe store: %w", err)
+		return nil, err
 	}
-	if a.ob, err = outbox.New(ctx, a.db.DB, nil); err != nil {
-		return nil, fmt.Errorf("outbox: %w", err)
-	}
-	if a.relay, err = outbox.NewRelay(a.db.DB, a.js, &outbox.RelayOptions{Streams: []string{streamPayments}, Logger: log}); err != nil {
-		return nil, fmt.Errorf("outbox relay: %w", err)
-	}
+	a := &api{node: n}
 	guard := &dedupe.Guard{
-		Store:       store,
+		Store:       n.store,
 		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
 		Namespace:   apiNamespace,
 		Lease:       lease,
@@ -168,15 +137,6 @@ func (a *api) serve(ctx context.Context, ln net.Listener) error {
 		err = nil
 	}
 	return err
-}
-
-func (a *api) close() {
-	if a.nc != nil {
-		a.nc.Close()
-	}
-	if a.db != nil {
-		_ = a.db.Close()
-	}
 }
 
 // acceptedBody is the 202 answer to PUT /payments.

@@ -15,11 +15,8 @@ import (
 	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/consumer/natsjs"
 	"github.com/idemq/idemq/dedupe"
-	"github.com/idemq/idemq/dedupe/sqlstore"
 	"github.com/idemq/idemq/outbox"
 	"github.com/idemq/idemq/retry"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Worker defaults.
@@ -89,50 +86,27 @@ Flags:
 
 // worker is the payments consumer and its outbox relay.
 type worker struct {
-	db    *database
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	ob    *outbox.Outbox
-	relay *outbox.Relay
+	*node
 	inbox *outbox.Inbox
 	cons  *natsjs.Consumer
-	log   *slog.Logger
 }
 
 func newWorker(ctx context.Context, dbURL, natsURL string, concurrency int, ackWait time.Duration, log *slog.Logger) (w *worker, err error) {
-	w = &worker{log: log}
+	n, err := openNode(ctx, "payments-worker", dbURL, natsURL, log)
+	if err != nil {
+		return nil, err
+	}
+	w = &worker{node: n}
 	defer func() {
 		if err != nil {
 			w.close()
 		}
 	}()
-	if w.db, err = openDB(ctx, dbURL); err != nil {
-		return nil, err
-	}
 	if err = ensureSchema(ctx, w.db); err != nil {
 		return nil, err
 	}
-	if w.nc, err = nats.Connect(natsURL, nats.Name("payments-worker"), nats.MaxReconnects(-1)); err != nil {
-		return nil, fmt.Errorf("connect to nats at %s: %w", natsURL, err)
-	}
-	if w.js, err = jetstream.New(w.nc); err != nil {
-		return nil, err
-	}
-	if err = ensureStreams(ctx, w.js); err != nil {
-		return nil, err
-	}
-	store, err := sqlstore.New(ctx, w.db.DB, nil)
-	if err != nil {
-		return nil, fmt.Errorf("dedupe store: %w", err)
-	}
-	if w.ob, err = outbox.New(ctx, w.db.DB, nil); err != nil {
-		return nil, fmt.Errorf("outbox: %w", err)
-	}
-	if w.relay, err = outbox.NewRelay(w.db.DB, w.js, &outbox.RelayOptions{Streams: []string{streamPayments}, Logger: log}); err != nil {
-		return nil, fmt.Errorf("outbox relay: %w", err)
-	}
 	guard := &dedupe.Guard{
-		Store:       store,
+		Store:       n.store,
 		Key:         dedupe.KeyFunc(paymentKey),
 		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
 		Namespace:   workerNamespace,
@@ -198,15 +172,6 @@ func (w *worker) run(ctx context.Context) error {
 		all = append(all, err)
 	}
 	return errors.Join(all...)
-}
-
-func (w *worker) close() {
-	if w.nc != nil {
-		w.nc.Close()
-	}
-	if w.db != nil {
-		_ = w.db.Close()
-	}
 }
 
 // outcomeEvent is the body of payments.completed and payments.rejected, and

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/idemq/idemq/dedupe/sqlstore"
+	"github.com/idemq/idemq/outbox"
+)
+
+// node is what the api and the worker both stand on: the database with its
+// dedupe store and outbox, a NATS connection with the streams in place, and
+// the outbox relay that publishes committed rows.
+type node struct {
+	db    *database
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	store *sqlstore.Store
+	ob    *outbox.Outbox
+	relay *outbox.Relay
+	log   *slog.Logger
+}
+
+// openNode connects to the database and NATS as name, creates the streams
+// when they are missing, and prepares the dedupe store, the outbox and its
+// relay. On error everything it opened is closed again.
+func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger) (n *node, err error) {
+	n = &node{log: log}
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
+	if n.db, err = openDB(ctx, dbURL); err != nil {
+		return nil, err
+	}
+	if n.nc, err = nats.Connect(natsURL, nats.Name(name), nats.MaxReconnects(-1)); err != nil {
+		return nil, fmt.Errorf("connect to nats at %s: %w", natsURL, err)
+	}
+	if n.js, err = jetstream.New(n.nc); err != nil {
+		return nil, err
+	}
+	if err = ensureStreams(ctx, n.js); err != nil {
+		return nil, err
+	}
+	if n.store, err = sqlstore.New(ctx, n.db.DB, nil); err != nil {
+		return nil, fmt.Errorf("dedupe store: %w", err)
+	}
+	if n.ob, err = outbox.New(ctx, n.db.DB, nil); err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	if n.relay, err = outbox.NewRelay(n.db.DB, n.js, &outbox.RelayOptions{Streams: []string{streamPayments}, Logger: log}); err != nil {
+		return nil, fmt.Errorf("outbox relay: %w", err)
+	}
+	return n, nil
+}
+
+// close closes the NATS connection and the database.
+func (n *node) close() {
+	if n.nc != nil {
+		n.nc.Close()
+	}
+	if n.db != nil {
+		_ = n.db.Close()
+	}
+}
