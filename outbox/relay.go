@@ -19,8 +19,10 @@ import (
 
 // Relay defaults.
 const (
-	// DefaultBatchSize is RelayOptions.BatchSize when zero: 1000 rows.
-	DefaultBatchSize = 1000
+	// DefaultBatchSize is RelayOptions.BatchSize when zero: 2000 rows, so
+	// that DefaultRelayWorkers rounds together fill nats.go's default async
+	// publish window (4000) and a round's fixed costs weigh less per row.
+	DefaultBatchSize = 2000
 	// DefaultPostgresPoll is the Postgres polling interval when zero: 1s
 	// (a fallback; LISTEN/NOTIFY wakes the relay within milliseconds).
 	DefaultPostgresPoll = time.Second
@@ -65,9 +67,9 @@ type RelayOptions struct {
 	// without schema, as Outbox uses.
 	Channel string
 	// BatchSize is the most rows claimed and published per round.
-	// Default DefaultBatchSize (1000). Keep it below the JetStream context's
-	// async publish window (PublishAsyncMaxPending, default 4000); see
-	// Workers.
+	// Default DefaultBatchSize (2000). Keep it at most the JetStream
+	// context's async publish window (PublishAsyncMaxPending, default 4000);
+	// see Workers.
 	BatchSize int
 	// PollInterval is how often the relay looks for rows when nothing woke
 	// it. Default DefaultPostgresPoll (1s) on Postgres, DefaultSQLitePoll
@@ -161,6 +163,22 @@ type Relay struct {
 	published, duplicates, failed, retried, rounds, deleted atomic.Int64
 
 	checked sync.Map // stream name → struct{}
+
+	// floor is the lowest seq the next claim of a worker looks at, 0 for
+	// all: raised past each full batch so that, while a backlog drains,
+	// claims do not walk the index entries of the rows already sent (on
+	// Postgres those stay in the pending index until the old row versions
+	// are dead to every transaction, which a concurrent round or any long
+	// transaction delays, making each claim slower than the last). A claim
+	// that finds less than a batch above the floor resets it and is
+	// followed at once by a claim of all rows; so is a claim more than
+	// PollInterval after the last claim of all rows, so rows below the
+	// floor (committed late, left pending or due after a backoff) wait at
+	// most that long.
+	floor atomic.Int64
+	// lastFull is the time of the last claim without a floor, in Unix
+	// nanoseconds of RelayOptions.Now.
+	lastFull atomic.Int64
 
 	// afterPublish, set only by tests, runs after the PubAcks of a round and
 	// before the rows are marked; an error aborts the round like a crash.
@@ -314,7 +332,7 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}, cleaner bool) er
 		if ctx.Err() != nil {
 			return nil
 		}
-		claimed, done, err := r.round(ctx)
+		claimed, done, rescan, err := r.roundFrom(ctx, true)
 		if err != nil {
 			if errors.Is(err, errHook) {
 				return err
@@ -337,8 +355,8 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}, cleaner bool) er
 			}
 			nextCleanup = r.o.Now().Add(r.o.CleanupInterval)
 		}
-		if claimed == r.o.BatchSize && done > 0 {
-			continue // more rows are waiting
+		if rescan || (claimed == r.o.BatchSize && done > 0) {
+			continue // more rows are waiting, or may be below the floor
 		}
 		timer.Reset(r.o.PollInterval)
 		select {
@@ -372,19 +390,59 @@ type outcome struct {
 	stream    string
 }
 
-// round claims, publishes and marks one batch: claimed is the number of rows
-// claimed, done the number marked sent or failed.
+// round claims all due rows, publishes and marks one batch: claimed is the
+// number of rows claimed, done the number marked sent or failed.
 func (r *Relay) round(ctx context.Context) (claimed, done int, err error) {
+	claimed, done, _, err = r.roundFrom(ctx, false)
+	return claimed, done, err
+}
+
+// roundFrom is round; with useFloor it claims only rows from the relay's
+// floor on (see Relay.floor), and rescan reports that such a claim found
+// less than a batch, so that rows below the floor may be waiting.
+func (r *Relay) roundFrom(ctx context.Context, useFloor bool) (claimed, done int, rescan bool, err error) {
 	tx, err := r.begin(ctx)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, false, err
 	}
 	defer tx.rollback()
 	now := r.o.Now()
-	rows, err := r.claim(ctx, tx.q, now)
-	if err != nil {
-		return 0, 0, err
+	var floor int64
+	if useFloor {
+		floor = r.floor.Load()
+		if floor > 0 && now.Sub(time.Unix(0, r.lastFull.Load())) >= r.o.PollInterval {
+			floor = 0
+		}
 	}
+	rows, err := r.claim(ctx, tx.q, now, floor)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	if floor == 0 {
+		r.lastFull.Store(now.UnixNano())
+	}
+	if len(rows) == r.o.BatchSize {
+		r.raiseFloor(rows[len(rows)-1].Seq + 1)
+	} else {
+		r.floor.Store(0)
+		rescan = floor > 0
+	}
+	claimed, done, err = r.finishRound(ctx, tx, rows)
+	return claimed, done, rescan, err
+}
+
+// raiseFloor sets the floor to seq unless it is higher already.
+func (r *Relay) raiseFloor(seq int64) {
+	for {
+		cur := r.floor.Load()
+		if cur >= seq || r.floor.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
+}
+
+// finishRound publishes and marks the claimed rows in tx and commits it.
+func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claimed, done int, err error) {
 	if len(rows) == 0 {
 		return 0, 0, tx.commit() // read only: nothing to flush
 	}
@@ -509,16 +567,17 @@ func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
 	}, nil
 }
 
-// claim selects up to BatchSize due pending rows in sequence order; on
-// Postgres they are locked (FOR UPDATE SKIP LOCKED), so concurrent relays
-// take disjoint batches.
-func (r *Relay) claim(ctx context.Context, q Querier, now time.Time) ([]row, error) {
+// claim selects up to BatchSize due pending rows with seq at least floor in
+// sequence order; on Postgres they are locked (FOR UPDATE SKIP LOCKED), so
+// concurrent relays take disjoint batches.
+func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64) ([]row, error) {
 	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts FROM ` + r.o.Table +
-		` WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(1) + `) ORDER BY seq LIMIT ` + r.d.ph(2)
+		` WHERE state = 'pending' AND seq >= ` + r.d.ph(1) + ` AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(2) +
+		`) ORDER BY seq LIMIT ` + r.d.ph(3)
 	if r.d.kind == Postgres {
 		query += ` FOR UPDATE SKIP LOCKED`
 	}
-	rs, err := q.QueryContext(ctx, query, r.d.ts(now), r.o.BatchSize)
+	rs, err := q.QueryContext(ctx, query, floor, r.d.ts(now), r.o.BatchSize)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}

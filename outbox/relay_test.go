@@ -340,3 +340,47 @@ func TestRelayBacklogDrainedWithoutPolling(t *testing.T) {
 		t.Fatalf("stream holds %d messages, want %d", got, n)
 	}
 }
+
+// A row committed while a backlog drains, with a lower seq than the rows
+// already relayed (its transaction began first), is still relayed: claims
+// during the drain start above the last full batch, and a claim that finds
+// less than a batch there is followed by one over all rows. One worker,
+// no LISTEN and polling practically off: nothing else would find the row.
+func TestRelayLateCommitBelowBacklogIsRelayed(t *testing.T) {
+	pg := harness.Postgres(t)
+	ctx := ctxT(t)
+	e := newRelayEnv(t, pg.DB, harness.NATS(t))
+	late, err := pg.DB.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = late.Rollback() }()
+	if err := e.ob.AddTx(ctx, late, outbox.Message{ID: "late", Subject: e.subj("x"), Data: []byte("late")}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 1000
+	var msgs []outbox.Message
+	for i := range n {
+		msgs = append(msgs, outbox.Message{ID: fmt.Sprint("bl-", i), Subject: e.subj("x"), Data: []byte(strconv.Itoa(i))})
+	}
+	add(t, ctx, pg.DB, e.ob, msgs...)
+	r := e.relay(t, &slowJS{JetStream: e.nats.JS, delay: 200 * time.Microsecond}, &outbox.RelayOptions{Workers: 1, BatchSize: 20, PollInterval: time.Hour, NoListen: true})
+	stop := runRelay(t, r)
+	// Each publish takes at least 200µs, so the late row commits after the
+	// first batch and long before the backlog is drained.
+	eventually(t, 20*time.Second, "first batch sent", func() (bool, error) {
+		return r.Stats().Published > 0, nil
+	})
+	if err := late.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "backlog and late row sent", func() (bool, error) {
+		return counts(t, ctx, pg.DB, e.ob)[outbox.StateSent] == n+1, nil
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(streamMsgs(t, ctx, e.stream)); got != n+1 {
+		t.Fatalf("stream holds %d messages, want %d", got, n+1)
+	}
+}
