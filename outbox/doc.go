@@ -69,6 +69,16 @@
 // (reconnecting on failure) and also poll every PollInterval (1s). SQLite:
 // one round at a time under BEGIN IMMEDIATE, polling every 100ms.
 //
+// Draining a backlog: after a claim that fills a whole batch (BatchSize,
+// default 2000), the next claim starts just past it, so it does not walk
+// the index entries of rows already sent that Postgres has not cleaned up
+// yet. A claim above that floor that comes back short is followed at once
+// by a claim over all rows, and one runs at least every PollInterval, so a
+// row committed late below the floor waits at most PollInterval.
+// RelayOptions.DeleteSent deletes rows on their PubAck instead of marking
+// them sent: cheaper for Postgres, but sent rows are not kept for Retention
+// and a re-added id is then caught only by the stream's Duplicates window.
+//
 // Ordering: rows with the same OrderingKey are published in sequence order.
 // A claimed row is published only if every older pending row of its key is
 // in the same round (checked against committed state, so another relay's
