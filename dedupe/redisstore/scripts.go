@@ -108,8 +108,9 @@ func decode(key, v string) (rec *dedupe.Record, version string, err error) {
 	}
 	var t [3]int64
 	for i := range t {
-		n, err := strconv.ParseInt(v[1+i*digits:1+(i+1)*digits], 10, 64)
-		if err != nil {
+		f := v[1+i*digits : 1+(i+1)*digits]
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil || !decimal(f) {
 			return bad("time")
 		}
 		t[i] = n
@@ -128,7 +129,7 @@ func decode(key, v string) (rec *dedupe.Record, version string, err error) {
 	version = v[:headerLen+len(tok)+1]
 	n, rest, ok := strings.Cut(rest, ":")
 	fpLen, err := strconv.Atoi(n)
-	if !ok || err != nil || fpLen < 0 || fpLen > len(rest) {
+	if !ok || err != nil || !decimal(n) || n != "0" && n[0] == '0' || fpLen > len(rest) {
 		return bad("fingerprint length")
 	}
 	r.Fingerprint = rest[:fpLen]
@@ -136,6 +137,20 @@ func decode(key, v string) (rec *dedupe.Record, version string, err error) {
 		r.Result = []byte(res)
 	}
 	return r, version, nil
+}
+
+// decimal reports whether s is a non-empty run of ASCII digits: no sign,
+// no space (strconv.ParseInt alone accepts "+1" and "-1").
+func decimal(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // The scripts hold the state machine's writes that must check the record
