@@ -116,6 +116,9 @@ func decode(key string, b []byte) (*dedupe.Record, *chunks, error) {
 		return nil, nil, fmt.Errorf("%w: key %q: bad header", errCorrupt, key)
 	}
 	r := &dedupe.Record{Key: key, State: dedupe.State(b[1])}
+	if r.State < dedupe.StateInProgress || r.State > dedupe.StateFailed {
+		return nil, nil, fmt.Errorf("%w: key %q: unknown state %d", errCorrupt, key, b[1])
+	}
 	flags := b[2]
 	b = b[3:]
 	var err error
