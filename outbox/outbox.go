@@ -111,6 +111,29 @@ type Outbox struct {
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)
 
+// resolveTable fills the defaults that Options and RelayOptions share — the
+// dialect detected from db, DefaultTable, a channel named after the table —
+// validates the table name, and returns the dialect's SQL.
+func resolveTable(db *sql.DB, kind *Dialect, table, channel *string) (dialect, error) {
+	if *kind == 0 {
+		*kind = DetectDialect(db)
+	}
+	d, err := dialectFor(*kind)
+	if err != nil {
+		return dialect{}, err
+	}
+	if *table == "" {
+		*table = DefaultTable
+	}
+	if !identRE.MatchString(*table) {
+		return dialect{}, fmt.Errorf("outbox: table name %q is not a plain (optionally schema-qualified) identifier", *table)
+	}
+	if *channel == "" {
+		*channel = unqualified(*table)
+	}
+	return d, nil
+}
+
 // New returns an Outbox on db and, unless Options.SkipCreate, creates the
 // table and indexes if they are missing.
 func New(ctx context.Context, db *sql.DB, opts *Options) (*Outbox, error) {
@@ -118,21 +141,9 @@ func New(ctx context.Context, db *sql.DB, opts *Options) (*Outbox, error) {
 	if opts != nil {
 		o = *opts
 	}
-	if o.Dialect == 0 {
-		o.Dialect = DetectDialect(db)
-	}
-	d, err := dialectFor(o.Dialect)
+	d, err := resolveTable(db, &o.Dialect, &o.Table, &o.Channel)
 	if err != nil {
 		return nil, err
-	}
-	if o.Table == "" {
-		o.Table = DefaultTable
-	}
-	if !identRE.MatchString(o.Table) {
-		return nil, fmt.Errorf("outbox: table name %q is not a plain (optionally schema-qualified) identifier", o.Table)
-	}
-	if o.Channel == "" {
-		o.Channel = unqualified(o.Table)
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -192,21 +192,9 @@ func NewRelay(db *sql.DB, js jetstream.JetStream, opts *RelayOptions) (*Relay, e
 	if opts != nil {
 		o = *opts
 	}
-	if o.Dialect == 0 {
-		o.Dialect = DetectDialect(db)
-	}
-	d, err := dialectFor(o.Dialect)
+	d, err := resolveTable(db, &o.Dialect, &o.Table, &o.Channel)
 	if err != nil {
 		return nil, err
-	}
-	if o.Table == "" {
-		o.Table = DefaultTable
-	}
-	if !identRE.MatchString(o.Table) {
-		return nil, fmt.Errorf("outbox: table name %q is not a plain (optionally schema-qualified) identifier", o.Table)
-	}
-	if o.Channel == "" {
-		o.Channel = unqualified(o.Table)
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = DefaultBatchSize
