@@ -118,6 +118,24 @@ func (s *Store) Bucket() string { return s.kv.Bucket() }
 // MaxInlineKey for the encoding).
 func (s *Store) KVKey(key string) string { return kvKey(key) }
 
+// checkOwner validates the arguments of Complete and Extend: a live ctx, a
+// positive duration within the bucket's TTL, and a token.
+func (s *Store) checkOwner(ctx context.Context, what string, d time.Duration, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d <= 0 {
+		return fmt.Errorf("%w: %s %v must be positive", dedupe.ErrInvalidLease, what, d)
+	}
+	if err := s.checkTTL(what, d); err != nil {
+		return err
+	}
+	if token == "" {
+		return dedupe.ErrLeaseLost
+	}
+	return nil
+}
+
 func (s *Store) checkTTL(what string, d time.Duration) error {
 	if s.ttl > 0 && d > s.ttl {
 		return fmt.Errorf("%w: %s %v, bucket TTL %v", ErrRetentionTooLong, what, d, s.ttl)
@@ -207,17 +225,8 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 // payload less 4 KiB) is first written in chunks under keys of its own,
 // named by a fresh id, and the record refers to them.
 func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
-	if err := ctx.Err(); err != nil {
+	if err := s.checkOwner(ctx, "retention", retention, token); err != nil {
 		return err
-	}
-	if retention <= 0 {
-		return fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
-	}
-	if err := s.checkTTL("retention", retention); err != nil {
-		return err
-	}
-	if token == "" {
-		return dedupe.ErrLeaseLost
 	}
 	k := kvKey(key)
 	// One instant for every attempt, taken before any chunk is written, so
@@ -336,17 +345,8 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 // Extend implements dedupe.Store: Get, dedupe.ExtendRecord, Update with the
 // read revision.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
-	if err := ctx.Err(); err != nil {
+	if err := s.checkOwner(ctx, "lease", lease, token); err != nil {
 		return err
-	}
-	if lease <= 0 {
-		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
-	}
-	if err := s.checkTTL("lease", lease); err != nil {
-		return err
-	}
-	if token == "" {
-		return dedupe.ErrLeaseLost
 	}
 	k := kvKey(key)
 	for range MaxAttempts {
