@@ -37,7 +37,7 @@ const fingerprintKeyPrefix = "fp:"
 //	case err != nil: // store trouble: retry later
 //	case t.Status == dedupe.Acquired:
 //		res, err := run(ctx)
-//		if err != nil { g.Release(ctx, t); /* retry later */ }
+//		if err != nil { g.Release(ctx, t); /* retry later, as t.Attempt+1 */ }
 //		g.Complete(ctx, t, res)
 //	case t.Status == dedupe.Busy: // retry after t.RetryAfter
 //	case t.Status == dedupe.Duplicate: // ack; replay t.Result
@@ -58,9 +58,16 @@ type Guard struct {
 	FallbackToFingerprint bool
 	// Fingerprint computes the fingerprint stored with the key and compared
 	// on a repeat: same key, different fingerprint is a Conflict. Nil means
-	// no fingerprint is stored and conflicts are never detected (when the
-	// fingerprint is the key, the zero Fingerprinter is used to compute it).
+	// the zero Fingerprinter: the whole payload, in canonical form when it is
+	// JSON and as raw bytes otherwise, with no headers. Leave volatile
+	// fields out with Exclude (a timestamp set on every retry would make
+	// every retry a Conflict).
 	Fingerprint *Fingerprinter
+	// NoFingerprint stores no fingerprint, which turns conflict detection
+	// off: a key reused for another payload is answered as a Duplicate of
+	// the first. It is for keys that identify the operation by construction
+	// (a broker's message id) and payloads too large to hash. Default false.
+	NoFingerprint bool
 	// Namespace prefixes every key, e.g. the consumer name or tenant: stored
 	// keys are Namespace + ":" + key. Empty means no prefix.
 	Namespace string
@@ -117,7 +124,7 @@ func (g *Guard) maxKeyLen() int {
 // Resolve computes the stored key and the fingerprint of in without touching
 // the store. Errors are those of Claim for invalid input.
 func (g *Guard) Resolve(in Input) (key, fingerprint string, err error) {
-	if g.Fingerprint != nil {
+	if !g.NoFingerprint {
 		if fingerprint, err = g.Fingerprint.Fingerprint(in); err != nil {
 			return "", "", err
 		}
@@ -136,8 +143,8 @@ func (g *Guard) Resolve(in Input) (key, fingerprint string, err error) {
 	}
 	if g.Key == nil || err != nil {
 		fp := fingerprint
-		if g.Fingerprint == nil {
-			if fp, err = (*Fingerprinter)(nil).Fingerprint(in); err != nil {
+		if g.NoFingerprint {
+			if fp, err = g.Fingerprint.Fingerprint(in); err != nil {
 				return "", "", err
 			}
 		}
@@ -224,15 +231,30 @@ func (g *Guard) Complete(ctx context.Context, t Ticket, res Result) error {
 	return nil
 }
 
-// Release deletes the ticket's in-progress record after a transient failure,
-// so that the redelivery runs the operation again. ErrLeaseLost means
-// another attempt owns the key now (nothing to release).
+// Release ends the ticket's lease after a transient failure, so that the
+// redelivery runs the operation again at once, as the next Attempt; the
+// record keeps counting attempts. ErrLeaseLost means another attempt owns
+// the key now (nothing to release).
 func (g *Guard) Release(ctx context.Context, t Ticket) error {
 	if g.Store == nil {
 		return ErrNoStore
 	}
 	if err := g.Store.Release(ctx, t.Key, t.Token); err != nil {
 		return fmt.Errorf("dedupe: release %q: %w", t.Key, err)
+	}
+	return nil
+}
+
+// Delete removes the ticket's in-progress record, attempt count included:
+// call it once the message has been dead-lettered, so that a replay of the
+// dead letter starts again at Attempt 1. ErrLeaseLost means another attempt
+// owns the key now.
+func (g *Guard) Delete(ctx context.Context, t Ticket) error {
+	if g.Store == nil {
+		return ErrNoStore
+	}
+	if err := g.Store.Delete(ctx, t.Key, t.Token); err != nil {
+		return fmt.Errorf("dedupe: delete %q: %w", t.Key, err)
 	}
 	return nil
 }

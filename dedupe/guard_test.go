@@ -195,21 +195,44 @@ func TestGuardKeys(t *testing.T) {
 	t.Run("fingerprint as key", func(t *testing.T) {
 		g := &dedupe.Guard{Store: memstore.New(&memstore.Options{Now: clk.Now})}
 		t1 := mustClaim(t, g, data(`{"a":1}`), dedupe.Acquired)
-		if !strings.HasPrefix(t1.Key, "fp:") || t1.Fingerprint != "" {
-			t.Fatalf("ticket = %+v", t1)
+		if t1.Key != "fp:"+t1.Fingerprint || t1.Fingerprint == "" {
+			t.Fatalf("ticket = %+v, want the key fp:<fingerprint>", t1)
 		}
 		mustClaim(t, g, data(`{ "a" : 1.0 }`), dedupe.Busy)
 		mustClaim(t, g, data(`{"a":2}`), dedupe.Acquired)
 		mustClaim(t, g, data(`raw bytes`), dedupe.Acquired)
 	})
-	t.Run("no fingerprinter never conflicts", func(t *testing.T) {
+	t.Run("no fingerprinter fingerprints the whole payload", func(t *testing.T) {
 		g := newGuard(clk)
 		g.Fingerprint = nil
-		t1 := mustClaim(t, g, payment("k5", `{"amount":1}`), dedupe.Acquired)
+		t1 := mustClaim(t, g, payment("k5", `{"amount":1,"to":"b"}`), dedupe.Acquired)
 		if err := g.Complete(context.Background(), t1, dedupe.Result{}); err != nil {
 			t.Fatal(err)
 		}
-		mustClaim(t, g, payment("k5", `{"amount":2}`), dedupe.Duplicate)
+		// The same document re-encoded is the same operation.
+		mustClaim(t, g, payment("k5", `{ "to" : "b", "amount" : 1.0 }`), dedupe.Duplicate)
+		// Another payload under the key is a conflict, by default.
+		mustClaim(t, g, payment("k5", `{"amount":2,"to":"b"}`), dedupe.Conflict)
+		// So is another non-JSON payload.
+		t2 := mustClaim(t, g, payment("k5-raw", `raw one`), dedupe.Acquired)
+		if err := g.Complete(context.Background(), t2, dedupe.Result{}); err != nil {
+			t.Fatal(err)
+		}
+		mustClaim(t, g, payment("k5-raw", `raw one`), dedupe.Duplicate)
+		mustClaim(t, g, payment("k5-raw", `raw two`), dedupe.Conflict)
+	})
+	t.Run("NoFingerprint never conflicts", func(t *testing.T) {
+		g := newGuard(clk)
+		g.Fingerprint = nil
+		g.NoFingerprint = true
+		t1 := mustClaim(t, g, payment("k7", `{"amount":1}`), dedupe.Acquired)
+		if t1.Fingerprint != "" {
+			t.Fatalf("NoFingerprint stored fingerprint %q", t1.Fingerprint)
+		}
+		if err := g.Complete(context.Background(), t1, dedupe.Result{}); err != nil {
+			t.Fatal(err)
+		}
+		mustClaim(t, g, payment("k7", `{"amount":2}`), dedupe.Duplicate)
 	})
 	t.Run("namespaces separate keys", func(t *testing.T) {
 		a, b := newGuard(clk), newGuard(clk)

@@ -114,6 +114,12 @@ type Claim struct {
 	// Takeover is true when Acquired replaced an in-progress record whose
 	// lease had expired (the previous attempt crashed or stalled).
 	Takeover bool
+	// Attempt is the number of this attempt (Acquired only): 1 for the first
+	// claim of a key, one more for every later claim that is Acquired after
+	// a Release or a takeover. It counts runs of the operation, not
+	// deliveries: Busy, Duplicate and Conflict answers and failed Claim calls
+	// leave it as it is. Retry policies count attempts with it.
+	Attempt int
 	// RetryAfter is the remainder of the other attempt's lease (Busy only).
 	RetryAfter time.Duration
 	// Result is the stored result (Duplicate only).
@@ -139,13 +145,36 @@ type Store interface {
 	// res.Failed), kept for retention from now. ErrLeaseLost unless token is
 	// the current token of an in-progress record.
 	Complete(ctx context.Context, key, token string, res Result, retention time.Duration) error
-	// Release deletes the in-progress record so that a redelivery runs the
-	// operation again (the handler failed transiently). ErrLeaseLost unless
-	// token is current.
+	// Release ends the lease of an in-progress record after a transient
+	// failure, so that the next Claim is Acquired at once (no takeover)
+	// with the next Attempt. The record and its attempt count are kept; the
+	// token stops being current. ErrLeaseLost unless token is current.
 	Release(ctx context.Context, key, token string) error
+	// Delete removes the in-progress record, attempt count included, so that
+	// a later Claim starts again at Attempt 1 (the message was dead-lettered
+	// and may be replayed). ErrLeaseLost unless token is current.
+	Delete(ctx context.Context, key, token string) error
 	// Extend pushes the lease out to now+lease (a heartbeat for a long
 	// handler). ErrLeaseLost unless token is current.
 	Extend(ctx context.Context, key, token string, lease time.Duration) error
+}
+
+// Pinger is implemented by stores that can tell cheaply whether they
+// answer. A consumer paused by a store outage probes the store with Ping
+// (capped exponential interval) and resumes when it succeeds; a store
+// without Ping is probed by resuming. Every store in this module has it.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// DurabilityChecker is implemented by stores whose durability depends on
+// the server's configuration (redisstore). CheckDurability returns, best
+// effort, what a server restart or crash would forget ("" when completed
+// records survive one), so that a consumer can warn at start. An error
+// means the check could not be made (the server refused CONFIG, or did not
+// answer); it is not a reason to refuse to start.
+type DurabilityChecker interface {
+	CheckDurability(ctx context.Context) (warning string, err error)
 }
 
 // Record is a stored dedupe record, as stores that run the state machine in
@@ -154,8 +183,11 @@ type Record struct {
 	Key         string
 	Fingerprint string
 	State       State
-	// Token is the fencing token of the current (or last) lease.
+	// Token is the fencing token of the current lease; empty after Release.
 	Token string
+	// Attempts is the number of leases granted for the key: the attempt
+	// number of the current (or last) one.
+	Attempts int
 	// LeaseUntil is when the in-progress lease ends.
 	LeaseUntil time.Time
 	// Result is the stored result (done or failed).
@@ -220,24 +252,27 @@ var (
 // when the stored record must not change. A record whose retention is over
 // counts as absent.
 //
-//   - absent → new in-progress record with a fresh token: Acquired
+//   - absent → new in-progress record with a fresh token: Acquired, Attempt 1
+//   - in progress, released (no token) → new token: Acquired, Attempt + 1
 //   - in progress, lease alive → Busy with the lease remainder
-//   - in progress, lease expired → new token: Acquired with Takeover
+//   - in progress, lease expired → new token: Acquired with Takeover, Attempt + 1
 //   - done/failed, same fingerprint (or either empty) → Duplicate
 //   - done/failed, different fingerprint → Conflict
 func Decide(cur *Record, key, fingerprint string, now time.Time, lease, retention time.Duration) (Claim, *Record) {
 	if cur.Live(now) {
 		switch cur.State {
 		case StateInProgress:
-			if now.Before(cur.LeaseUntil) {
+			released := cur.Token == ""
+			if !released && now.Before(cur.LeaseUntil) {
 				return Claim{Status: Busy, RetryAfter: cur.LeaseUntil.Sub(now), Fingerprint: cur.Fingerprint}, nil
 			}
 			next := *cur
 			next.Fingerprint = fingerprint
 			next.Token = NewToken()
+			next.Attempts = max(cur.Attempts, 0) + 1
 			next.LeaseUntil = now.Add(lease)
 			next.ExpiresAt = laterOf(now.Add(retention), next.LeaseUntil)
-			return Claim{Status: Acquired, Token: next.Token, Takeover: true}, &next
+			return Claim{Status: Acquired, Token: next.Token, Takeover: !released, Attempt: next.Attempts}, &next
 		case StateDone, StateFailed:
 			if fingerprint != "" && cur.Fingerprint != "" && fingerprint != cur.Fingerprint {
 				return Claim{Status: Conflict, Fingerprint: cur.Fingerprint}, nil
@@ -254,11 +289,12 @@ func Decide(cur *Record, key, fingerprint string, now time.Time, lease, retentio
 		Fingerprint: fingerprint,
 		State:       StateInProgress,
 		Token:       NewToken(),
+		Attempts:    1,
 		LeaseUntil:  now.Add(lease),
 		CreatedAt:   now,
 	}
 	rec.ExpiresAt = laterOf(now.Add(retention), rec.LeaseUntil)
-	return Claim{Status: Acquired, Token: rec.Token}, rec
+	return Claim{Status: Acquired, Token: rec.Token, Attempt: 1}, rec
 }
 
 // CompleteRecord applies Complete to cur and returns the record to store.
@@ -277,8 +313,20 @@ func CompleteRecord(cur *Record, token string, res Result, now time.Time, retent
 	return &next, nil
 }
 
-// ReleaseRecord checks that Release may delete cur.
-func ReleaseRecord(cur *Record, token string, now time.Time) error {
+// ReleaseRecord applies Release to cur and returns the record to store: the
+// token cleared and the lease ended, the attempt count and retention kept.
+func ReleaseRecord(cur *Record, token string, now time.Time) (*Record, error) {
+	if err := owned(cur, token, now); err != nil {
+		return nil, err
+	}
+	next := *cur
+	next.Token = ""
+	next.LeaseUntil = time.Time{}
+	return &next, nil
+}
+
+// DeleteRecord checks that Delete may remove cur.
+func DeleteRecord(cur *Record, token string, now time.Time) error {
 	return owned(cur, token, now)
 }
 

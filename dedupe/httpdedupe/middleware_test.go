@@ -351,6 +351,7 @@ func (failingStore) Complete(context.Context, string, string, dedupe.Result, tim
 	return errDown
 }
 func (failingStore) Release(context.Context, string, string) error               { return errDown }
+func (failingStore) Delete(context.Context, string, string) error                { return errDown }
 func (failingStore) Extend(context.Context, string, string, time.Duration) error { return errDown }
 
 func TestStoreErrors(t *testing.T) {

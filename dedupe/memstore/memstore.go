@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,7 @@ type entry struct {
 	leaseUntil  int64
 	createdAt   int64
 	expiresAt   int64
+	attempts    int32
 	state       dedupe.State
 }
 
@@ -116,6 +118,7 @@ func toRecord(key string, e entry) *dedupe.Record {
 		Fingerprint: e.fingerprint,
 		State:       e.state,
 		Token:       e.token,
+		Attempts:    int(e.attempts),
 		LeaseUntil:  time.Unix(0, e.leaseUntil),
 		Result:      e.result,
 		CreatedAt:   time.Unix(0, e.createdAt),
@@ -127,6 +130,7 @@ func toEntry(r *dedupe.Record) entry {
 	e := entry{
 		fingerprint: r.Fingerprint,
 		token:       r.Token,
+		attempts:    int32(min(r.Attempts, math.MaxInt32)),
 		result:      r.Result,
 		createdAt:   r.CreatedAt.UnixNano(),
 		expiresAt:   r.ExpiresAt.UnixNano(),
@@ -263,13 +267,33 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if err := dedupe.ReleaseRecord(s.lookup(sh, key), token, now); err != nil {
+	next, err := dedupe.ReleaseRecord(s.lookup(sh, key), token, now)
+	if err != nil {
+		return err
+	}
+	sh.m[key] = toEntry(next)
+	return nil
+}
+
+// Delete implements dedupe.Store.
+func (s *Store) Delete(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.now()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if err := dedupe.DeleteRecord(s.lookup(sh, key), token, now); err != nil {
 		return err
 	}
 	delete(sh.m, key)
 	s.count.Add(-1)
 	return nil
 }
+
+// Ping implements dedupe.Pinger: a memory store is always reachable.
+func (s *Store) Ping(ctx context.Context) error { return ctx.Err() }
 
 // Extend implements dedupe.Store.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {

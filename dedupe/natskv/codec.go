@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -36,20 +37,22 @@ func chunkKey(id string, n int) string {
 	return "r_" + id + "_" + strconv.Itoa(n)
 }
 
-// Record value layout, version 1 (all integers varint-encoded):
+// Record value layout, version 2 (all integers varint-encoded):
 //
-//	byte     version (1)
+//	byte     version (2; version 1 lacks the attempts field, read as 0)
 //	byte     state (dedupe.State)
 //	byte     flags: 1 = result stored in chunks
 //	varint   lease end, Unix nanoseconds (0 = none)
 //	varint   created, Unix nanoseconds
 //	varint   retention end, Unix nanoseconds
+//	uvarint  attempts (version 2)
 //	uvarint  len, token
 //	uvarint  len, fingerprint
 //	then, inline:   the result bytes up to the end of the value
 //	or, chunked:    uvarint chunk count, uvarint total length, uvarint len, chunk id
 const (
-	codecVersion  = 1
+	codecVersion  = 2
+	codecV1       = 1
 	flagChunked   = 1
 	fixedOverhead = 3 + 3*binary.MaxVarintLen64
 )
@@ -96,6 +99,7 @@ func encode(r *dedupe.Record, ch *chunks) []byte {
 	b = binary.AppendVarint(b, unixNano(r.LeaseUntil))
 	b = binary.AppendVarint(b, unixNano(r.CreatedAt))
 	b = binary.AppendVarint(b, unixNano(r.ExpiresAt))
+	b = binary.AppendUvarint(b, uint64(max(r.Attempts, 0)))
 	b = binary.AppendUvarint(b, uint64(len(r.Token)))
 	b = append(b, r.Token...)
 	b = binary.AppendUvarint(b, uint64(len(r.Fingerprint)))
@@ -112,14 +116,14 @@ func encode(r *dedupe.Record, ch *chunks) []byte {
 // decode parses a value written by encode. The returned record's Result
 // aliases b; ch is non-nil when the result is in chunks.
 func decode(key string, b []byte) (*dedupe.Record, *chunks, error) {
-	if len(b) < 3 || b[0] != codecVersion {
+	if len(b) < 3 || b[0] != codecVersion && b[0] != codecV1 {
 		return nil, nil, fmt.Errorf("%w: key %q: bad header", errCorrupt, key)
 	}
 	r := &dedupe.Record{Key: key, State: dedupe.State(b[1])}
 	if r.State < dedupe.StateInProgress || r.State > dedupe.StateFailed {
 		return nil, nil, fmt.Errorf("%w: key %q: unknown state %d", errCorrupt, key, b[1])
 	}
-	flags := b[2]
+	version, flags := b[0], b[2]
 	b = b[3:]
 	var err error
 	next := func() int64 {
@@ -153,6 +157,13 @@ func decode(key string, b []byte) (*dedupe.Record, *chunks, error) {
 	r.LeaseUntil = fromUnixNano(next())
 	r.CreatedAt = fromUnixNano(next())
 	r.ExpiresAt = fromUnixNano(next())
+	if version >= codecVersion {
+		a := nextU()
+		if a > math.MaxInt32 {
+			err = errCorrupt
+		}
+		r.Attempts = int(a)
+	}
 	r.Token = str()
 	r.Fingerprint = str()
 	if err != nil {

@@ -309,9 +309,26 @@ func (s *Store) dropChunks(ctx context.Context, ch *chunks) {
 	}
 }
 
-// Release implements dedupe.Store: Get, dedupe.ReleaseRecord, then Delete
-// with the read revision as the expected last revision.
+// Release implements dedupe.Store: Get, dedupe.ReleaseRecord, then Update
+// with the read revision.
 func (s *Store) Release(ctx context.Context, key, token string) error {
+	return s.ownedWrite(ctx, "release", key, token, func(cur *dedupe.Record) (*dedupe.Record, error) {
+		return dedupe.ReleaseRecord(cur, token, s.now())
+	})
+}
+
+// Delete implements dedupe.Store: Get, dedupe.DeleteRecord, then Delete
+// with the read revision as the expected last revision.
+func (s *Store) Delete(ctx context.Context, key, token string) error {
+	return s.ownedWrite(ctx, "delete", key, token, func(cur *dedupe.Record) (*dedupe.Record, error) {
+		return nil, dedupe.DeleteRecord(cur, token, s.now())
+	})
+}
+
+// ownedWrite reads key's record, asks change for the record to store (nil:
+// delete it) and writes it if the record did not change meanwhile, trying
+// again up to MaxAttempts times when it did.
+func (s *Store) ownedWrite(ctx context.Context, op, key, token string, change func(*dedupe.Record) (*dedupe.Record, error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -327,19 +344,32 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 		if err != nil {
 			return err
 		}
-		if err := dedupe.ReleaseRecord(cur, token, s.now()); err != nil {
+		next, err := change(cur)
+		if err != nil {
 			return err
 		}
-		err = s.kv.Delete(ctx, k, jetstream.LastRevision(rev))
+		if next == nil {
+			err = s.kv.Delete(ctx, k, jetstream.LastRevision(rev))
+		} else {
+			_, err = s.kv.Update(ctx, k, encode(next, nil), rev)
+		}
 		if lostRace(err) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("natskv: release %q: %w", key, err)
+			return fmt.Errorf("natskv: %s %q: %w", op, key, err)
 		}
 		return nil
 	}
-	return fmt.Errorf("%w: release %q", ErrContention, key)
+	return fmt.Errorf("%w: %s %q", ErrContention, op, key)
+}
+
+// Ping implements dedupe.Pinger: it reads the bucket's status.
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.kv.Status(ctx); err != nil {
+		return fmt.Errorf("natskv: ping: %w", err)
+	}
+	return nil
 }
 
 // Extend implements dedupe.Store: Get, dedupe.ExtendRecord, Update with the

@@ -16,7 +16,7 @@
 // a script after a server start or SCRIPT FLUSH takes one more round trip:
 // EVALSHA answers NOSCRIPT and the script is sent with EVAL). Touching a
 // single key per operation keeps the store correct on Redis Cluster. The
-// scripts mirror dedupe's CompleteRecord, ReleaseRecord and ExtendRecord
+// scripts mirror dedupe's CompleteRecord, ReleaseRecord, DeleteRecord and ExtendRecord
 // and are held to them by the dedupe/storetest suite. Redis 7.0 or later
 // (or Valkey) is required, for SET with both NX and GET.
 //
@@ -89,15 +89,27 @@
 //	byte 1        state: 'i' in progress, 'd' done, 'f' failed
 //	bytes 2-14    retention end, Unix milliseconds, 13 digits, zero-padded;
 //	              from then on the record counts as absent
-//	bytes 15-27   lease end, Unix milliseconds, 13 digits (zeros once completed)
+//	bytes 15-27   lease end, Unix milliseconds, 13 digits (zeros once completed
+//	              or released)
 //	bytes 28-40   creation time, Unix milliseconds, 13 digits
-//	then          fencing token, ":", fingerprint length in decimal, ":",
-//	              fingerprint, and the stored result (binary, to the end)
+//	bytes 41-46   attempts: leases granted for the key, 6 digits
+//	then          fencing token (empty once released), ":", fingerprint
+//	              length in decimal, ":", fingerprint, and the stored result
+//	              (binary, to the end)
 //
-// For example, a claim at 2030-01-01T00:00:00Z with a 30s lease, 1h
+// For example, a first claim at 2030-01-01T00:00:00Z with a 30s lease, 1h
 // retention and fingerprint "fp" stores
-// "i189345960000018934560300001893456000000" + token + ":2:fp". Fixed-width times let the scripts compare them as strings and
-// cut fields at fixed offsets: no parsing, no number formatting, one GET
-// and one SET (or DEL) per script. Times are clamped to 13 digits (year
-// 2286).
+// "i189345960000018934560300001893456000000000001" + token + ":2:fp".
+// Fixed-width fields let the scripts compare them as strings and cut them
+// at fixed offsets: no parsing, no number formatting, one GET and one SET
+// (or DEL) per script. Times are clamped to 13 digits (year 2286), attempts
+// to 999999.
+//
+// # Durability
+//
+// CheckDurability reads the server's persistence settings (CONFIG GET
+// appendonly, appendfsync, save) and says what a restart would forget; a
+// consumer calls it at start and logs the answer as a warning. Redis
+// without AOF forgets every record on restart, and duplicates delivered
+// after that run again.
 package redisstore

@@ -13,20 +13,21 @@ import (
 // only values of the documented record format, and that what it accepts
 // re-encodes to the same value.
 func FuzzDecode(f *testing.F) {
-	f.Add("i189345960000018934560300001893456000000" + "tok:2:fp")
-	f.Add(encode(stateDone, 1893459600000, 0, 1893456000000, "0123456789abcdef", "sha256:ab", []byte(`{"ok":true}`)))
-	f.Add(encode(stateFailed, maxMillis, 0, 0, "", "", nil))
-	f.Add(encode(stateInProgress, 1, 2, 3, "t", "fp:with:colons", []byte("r:e:s\x00")))
+	f.Add("i189345960000018934560300001893456000000000001" + "tok:2:fp")
+	f.Add(encode(stateDone, 1893459600000, 0, 1893456000000, 3, "0123456789abcdef", "sha256:ab", []byte(`{"ok":true}`)))
+	f.Add(encode(stateFailed, maxMillis, 0, 0, 0, "", "", nil))
+	f.Add(encode(stateInProgress, 1, 2, 3, maxAttempts, "t", "fp:with:colons", []byte("r:e:s\x00")))
+	f.Add("i18934596000001893456030000189345600000000000a:0:") // non-digit attempts
 	f.Add("")
 	f.Add("i")
-	f.Add("x189345960000018934560300001893456000000t:0:")
-	f.Add("i-00000000000018934560300001893456000000t:0:")    // signed time
-	f.Add("i+18934596000018934560300001893456000000t:0:")    // signed time
-	f.Add("i189345960000018934560300001893456000000t:+2:fp") // signed length
-	f.Add("i189345960000018934560300001893456000000t:-0:")
-	f.Add("i189345960000018934560300001893456000000t:9:fp")
-	f.Add("i189345960000018934560300001893456000000notoken")
-	f.Add("i1893459600000189345603000018934560000002:")
+	f.Add("x189345960000018934560300001893456000000000001t:0:")
+	f.Add("i-00000000000018934560300001893456000000000001t:0:")    // signed time
+	f.Add("i+18934596000018934560300001893456000000000001t:0:")    // signed time
+	f.Add("i189345960000018934560300001893456000000000001t:+2:fp") // signed length
+	f.Add("i189345960000018934560300001893456000000000001t:-0:")
+	f.Add("i189345960000018934560300001893456000000000001t:9:fp")
+	f.Add("i189345960000018934560300001893456000000000001notoken")
+	f.Add("i1893459600000189345603000018934560000000000012:")
 	f.Fuzz(func(t *testing.T, v string) {
 		r, version, err := decode("k", v)
 		if err != nil {
@@ -42,7 +43,7 @@ func FuzzDecode(f *testing.F) {
 		if !r.LeaseUntil.IsZero() {
 			lease = r.LeaseUntil.UnixMilli()
 		}
-		if got := encode(v[0], r.ExpiresAt.UnixMilli(), lease, r.CreatedAt.UnixMilli(), r.Token, r.Fingerprint, r.Result); got != v {
+		if got := encode(v[0], r.ExpiresAt.UnixMilli(), lease, r.CreatedAt.UnixMilli(), r.Attempts, r.Token, r.Fingerprint, r.Result); got != v {
 			t.Fatalf("decode accepted %q, which re-encodes as %q", v, got)
 		}
 	})

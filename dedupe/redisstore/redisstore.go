@@ -54,6 +54,7 @@ type Store struct {
 	swap     *redis.Script
 	complete *redis.Script
 	release  *redis.Script
+	del      *redis.Script
 	extend   *redis.Script
 
 	// maxBatch is Options.MaxBatch; the queue of calls waiting for a
@@ -89,6 +90,7 @@ func New(c redis.UniversalClient, opts *Options) *Store {
 		swap:     redis.NewScript(swapLua),
 		complete: redis.NewScript(completeLua),
 		release:  redis.NewScript(releaseLua),
+		del:      redis.NewScript(deleteLua),
 		extend:   redis.NewScript(extendLua),
 		maxBatch: o.MaxBatch,
 	}
@@ -171,7 +173,7 @@ func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration
 	}
 	leaseEnd := p.now + p.leaseMs
 	expires := max(p.now+p.retentionMs, leaseEnd)
-	val := encode(stateInProgress, expires, leaseEnd, p.now, p.token, fingerprint, nil)
+	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.token, fingerprint, nil)
 	k := s.Key(key)
 	p.op = &op{key: k, args: []any{"set", k, val, "px", expires - p.now + gcMargin, "nx", "get"}}
 	return p
@@ -182,7 +184,7 @@ func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration
 func (s *Store) settle(p *pendingClaim) (dedupe.Claim, *op, error) {
 	cmd, err := p.op.result()
 	if errors.Is(err, redis.Nil) {
-		return dedupe.Claim{Status: dedupe.Acquired, Token: p.token}, nil, nil
+		return dedupe.Claim{Status: dedupe.Acquired, Token: p.token, Attempt: 1}, nil, nil
 	}
 	if err != nil {
 		return dedupe.Claim{}, nil, fmt.Errorf("redisstore: claim %q: %w", p.key, err)
@@ -252,6 +254,14 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	return s.owned(ctx, s.release, "release", key, token, s.now().UnixMilli())
 }
 
+// Delete implements dedupe.Store in one round trip.
+func (s *Store) Delete(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.owned(ctx, s.del, "delete", key, token, s.now().UnixMilli())
+}
+
 // Extend implements dedupe.Store in one round trip.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
 	if err := ctx.Err(); err != nil {
@@ -296,4 +306,57 @@ func (s *Store) owned(ctx context.Context, sc *redis.Script, name, key, token st
 	return nil
 }
 
-var _ dedupe.Store = (*Store)(nil)
+// Ping implements dedupe.Pinger with a PING.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.c.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redisstore: ping: %w", err)
+	}
+	return nil
+}
+
+// CheckDurability implements dedupe.DurabilityChecker: it reads the
+// server's appendonly, appendfsync and save settings with CONFIG GET and
+// says what a restart or crash would forget. With a cluster or failover
+// client the answer is one node's. Managed services that refuse CONFIG
+// give an error: the check could not be made.
+func (s *Store) CheckDurability(ctx context.Context) (string, error) {
+	get := func(name string) (string, error) {
+		m, err := s.c.ConfigGet(ctx, name).Result()
+		if err != nil {
+			return "", fmt.Errorf("redisstore: CONFIG GET %s: %w", name, err)
+		}
+		v, ok := m[name]
+		if !ok {
+			return "", fmt.Errorf("redisstore: CONFIG GET %s: no value", name)
+		}
+		return v, nil
+	}
+	aof, err := get("appendonly")
+	if err != nil {
+		return "", err
+	}
+	if aof == "yes" {
+		fsync, err := get("appendfsync")
+		if err != nil {
+			return "", err
+		}
+		if fsync == "no" {
+			return "Redis writes its append-only file without fsync (appendfsync no): a machine crash can forget records completed in the last 30 s or so, and duplicates of those messages would run again", nil
+		}
+		return "", nil
+	}
+	save, err := get("save")
+	if err != nil {
+		return "", err
+	}
+	if save == "" {
+		return `Redis persists nothing (appendonly no, save ""): a restart forgets every dedupe record, and duplicates of messages already processed would run again; enable appendonly yes`, nil
+	}
+	return fmt.Sprintf("Redis persists by snapshots only (appendonly no, save %q): a restart forgets the records completed since the last snapshot, and duplicates of those messages would run again; enable appendonly yes", save), nil
+}
+
+var (
+	_ dedupe.Store             = (*Store)(nil)
+	_ dedupe.Pinger            = (*Store)(nil)
+	_ dedupe.DurabilityChecker = (*Store)(nil)
+)

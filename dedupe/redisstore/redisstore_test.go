@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -282,4 +283,29 @@ func Example() {
 	case dedupe.Conflict:
 		fmt.Println("key reused for a different operation")
 	}
+}
+
+func TestCheckDurability(t *testing.T) {
+	env := harness.Redis(t)
+	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix})
+	ctx := context.Background()
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	aof, err := env.Client.ConfigGet(ctx, "appendonly").Result()
+	if err != nil {
+		t.Skipf("server refuses CONFIG GET: %v", err)
+	}
+	warning, err := s.CheckDurability(ctx)
+	if err != nil {
+		t.Fatalf("CheckDurability: %v", err)
+	}
+	// The machine's Redis (and CI's) runs with --save "" --appendonly no.
+	if aof["appendonly"] == "no" && warning == "" {
+		t.Fatalf("appendonly no, but no durability warning")
+	}
+	if aof["appendonly"] == "no" && !strings.Contains(warning, "appendonly yes") {
+		t.Errorf("warning %q does not say how to fix it", warning)
+	}
+	t.Logf("durability: %q", warning)
 }

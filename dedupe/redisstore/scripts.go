@@ -16,7 +16,10 @@ import (
 //	bytes 2-14    retention end, Unix ms, 13 digits, zero-padded
 //	bytes 15-27   lease end, Unix ms, 13 digits (all zeros once completed)
 //	bytes 28-40   creation time, Unix ms, 13 digits
+//	bytes 41-46   attempts, 6 digits, zero-padded
 //	then          token ":" len(fingerprint) ":" fingerprint result
+//
+// A released record has an empty token and lease end zero.
 //
 // Fixed-width times let the scripts compare them as strings and cut fields
 // at fixed offsets, with no parsing and no string formatting in Lua. The
@@ -25,9 +28,11 @@ import (
 // header, and every new lease has a new token.
 
 const (
-	headerLen = 40
-	digits    = 13
-	maxMillis = 9_999_999_999_999 // the largest 13-digit time: year 2286
+	headerLen   = 46
+	digits      = 13
+	maxMillis   = 9_999_999_999_999 // the largest 13-digit time: year 2286
+	attemptLen  = 6
+	maxAttempts = 999_999
 )
 
 const (
@@ -51,8 +56,19 @@ func appendMillis(b []byte, v int64) []byte {
 	return append(b, d[:]...)
 }
 
+// appendAttempts appends n as 6 zero-padded digits, clamped.
+func appendAttempts(b []byte, n int) []byte {
+	n = min(max(n, 0), maxAttempts)
+	var d [attemptLen]byte
+	for i := attemptLen - 1; i >= 0; i-- {
+		d[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return append(b, d[:]...)
+}
+
 // encode returns the stored form of a record.
-func encode(state byte, expires, leaseEnd, created int64, token, fp string, result []byte) string {
+func encode(state byte, expires, leaseEnd, created int64, attempts int, token, fp string, result []byte) string {
 	var sb strings.Builder
 	sb.Grow(headerLen + len(token) + len(fp) + len(result) + 24)
 	b := make([]byte, 0, headerLen+len(token)+24)
@@ -60,6 +76,7 @@ func encode(state byte, expires, leaseEnd, created int64, token, fp string, resu
 	b = appendMillis(b, expires)
 	b = appendMillis(b, leaseEnd)
 	b = appendMillis(b, created)
+	b = appendAttempts(b, attempts)
 	b = append(b, token...)
 	b = append(b, ':')
 	b = strconv.AppendInt(b, int64(len(fp)), 10)
@@ -83,7 +100,7 @@ func encodeRecord(r *dedupe.Record) string {
 	if !r.LeaseUntil.IsZero() {
 		lease = r.LeaseUntil.UnixMilli()
 	}
-	return encode(state, r.ExpiresAt.UnixMilli(), lease, r.CreatedAt.UnixMilli(), r.Token, r.Fingerprint, r.Result)
+	return encode(state, r.ExpiresAt.UnixMilli(), lease, r.CreatedAt.UnixMilli(), r.Attempts, r.Token, r.Fingerprint, r.Result)
 }
 
 // decode parses a stored value. version is the part that identifies the
@@ -120,6 +137,11 @@ func decode(key, v string) (rec *dedupe.Record, version string, err error) {
 		r.LeaseUntil = time.UnixMilli(t[1])
 	}
 	r.CreatedAt = time.UnixMilli(t[2])
+	a := v[1+3*digits : headerLen]
+	if !decimal(a) {
+		return bad("attempts")
+	}
+	r.Attempts, _ = strconv.Atoi(a)
 	rest := v[headerLen:]
 	tok, rest, ok := strings.Cut(rest, ":")
 	if !ok {
@@ -167,14 +189,15 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 `
 
-// ownedLua is the prologue of complete, release and extend: ARGV[1] is now
-// (13 digits), ARGV[2] the token followed by ":". The record must be live
-// (now before its retention end), in progress, with that token (dedupe's
+// ownedLua is the prologue of complete, release, delete and extend:
+// ARGV[1] is now (13 digits), ARGV[2] the token followed by ":" (never
+// empty: the caller refuses an empty token). The record must be live (now
+// before its retention end), in progress, with that token (dedupe's
 // owned). An expired lease nobody took over is still owned.
 const ownedLua = `
 local v = redis.call('GET', KEYS[1])
 if not v or string.byte(v, 1) ~= 105 or ARGV[1] >= string.sub(v, 2, 14)
-  or string.sub(v, 41, 40 + #ARGV[2]) ~= ARGV[2] then
+  or string.sub(v, 47, 46 + #ARGV[2]) ~= ARGV[2] then
   return 0
 end
 `
@@ -187,8 +210,17 @@ redis.call('SET', KEYS[1], ARGV[3] .. string.sub(v, 28) .. ARGV[4], 'PX', ARGV[5
 return 1
 `
 
-// releaseLua: ARGV now, token ":". Returns 1, or 0 for a lost lease.
+// releaseLua: ARGV now, token ":". Clears the token and the lease end,
+// keeping retention, creation time, attempts, fingerprint and the key's
+// TTL. Returns 1, or 0 for a lost lease.
 const releaseLua = ownedLua + `
+redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 46) ..
+  string.sub(v, 46 + #ARGV[2]), 'KEEPTTL')
+return 1
+`
+
+// deleteLua: ARGV now, token ":". Returns 1, or 0 for a lost lease.
+const deleteLua = ownedLua + `
 redis.call('DEL', KEYS[1])
 return 1
 `

@@ -189,7 +189,7 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 // expires_at) and returns the keys it inserted.
 func (s *Store) qInsertMany() string {
 	return "INSERT INTO " + s.table + " (" + columns + ") " +
-		"SELECT u.k, u.f, 'in_progress', u.tok, u.lu, NULL, u.ca, u.ea " +
+		"SELECT u.k, u.f, 'in_progress', u.tok, u.lu, NULL, u.ca, u.ea, 1 " +
 		"FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) AS u(k, f, tok, lu, ca, ea) " +
 		"ON CONFLICT (key) DO NOTHING RETURNING key"
 }

@@ -113,6 +113,7 @@ type Store struct {
 	qUpdate  string
 	qDone    string
 	qRelease string
+	qDelete  string
 	qExtend  string
 	qCleanup string
 }
@@ -203,20 +204,21 @@ func detect(db *sql.DB) Dialect {
 	return Auto
 }
 
-const columns = "key, fingerprint, state, token, lease_until, result, created_at, expires_at"
+const columns = "key, fingerprint, state, token, lease_until, result, created_at, expires_at, attempts"
 
 func (s *Store) prepareSQL() {
 	t := s.table
-	s.qInsert = "INSERT INTO " + t + " (" + columns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING"
+	s.qInsert = "INSERT INTO " + t + " (" + columns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key) DO NOTHING"
 	s.qGet = "SELECT " + columns + " FROM " + t + " WHERE key = $1"
 	s.qLock = s.qGet + " FOR UPDATE"
-	s.qUpdate = "UPDATE " + t + " SET fingerprint = $2, state = $3, token = $4, lease_until = $5, result = $6, created_at = $7, expires_at = $8 WHERE key = $1"
+	s.qUpdate = "UPDATE " + t + " SET fingerprint = $2, state = $3, token = $4, lease_until = $5, result = $6, created_at = $7, expires_at = $8, attempts = $9 WHERE key = $1"
 	// The WHERE clause of the next three is dedupe's ownership rule: the
 	// current token of a live in-progress record. An expired lease nobody
 	// took over is still owned.
 	const owned = " WHERE key = $1 AND token = $2 AND state = 'in_progress' AND expires_at > $3"
 	s.qDone = "UPDATE " + t + " SET state = $4, result = $5, lease_until = 0, expires_at = $6" + owned
-	s.qRelease = "DELETE FROM " + t + owned
+	s.qRelease = "UPDATE " + t + " SET token = '', lease_until = 0" + owned
+	s.qDelete = "DELETE FROM " + t + owned
 	s.qExtend = "UPDATE " + t + " SET lease_until = $4, expires_at = CASE WHEN expires_at > $4 THEN expires_at ELSE $4 END" + owned
 	if s.dialect == Postgres {
 		s.qCleanup = "DELETE FROM " + t + " WHERE key IN (SELECT key FROM " + t +
@@ -240,7 +242,8 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 	lease_until ` + integer + ` NOT NULL,
 	result      ` + blob + `,
 	created_at  ` + integer + ` NOT NULL,
-	expires_at  ` + integer + ` NOT NULL
+	expires_at  ` + integer + ` NOT NULL,
+	attempts    integer NOT NULL DEFAULT 0
 )`
 	idx := name + "_expires_at_idx"
 	var index string
@@ -267,6 +270,9 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 		if _, err := tx.ExecContext(ctx, create); err != nil {
 			return err
 		}
+		if err := s.addAttempts(ctx, tx, schema, name); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, index)
 		return err
 	})
@@ -278,6 +284,35 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 		return fmt.Errorf("sqlstore: table %s exists but does not have the dedupe columns (%s): %w", s.table, columns, err)
 	}
 	return rows.Close()
+}
+
+// addAttempts adds the attempts column to a table created before it
+// existed: records already stored count as attempt 0.
+func (s *Store) addAttempts(ctx context.Context, tx *sql.Tx, schema, name string) error {
+	// Look first: ALTER TABLE would take an exclusive lock on a table that
+	// running consumers use, even when the column exists.
+	var n int
+	var err error
+	if s.dialect == Postgres {
+		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM information_schema.columns "+
+			"WHERE table_schema = COALESCE(NULLIF($1, ''), current_schema()) AND table_name = $2 AND column_name = 'attempts'",
+			schema, name).Scan(&n)
+	} else {
+		// Names are validated identifiers (splitTable), safe to inline.
+		info := "pragma_table_info('" + name + "')"
+		if schema != "" {
+			info = "pragma_table_info('" + name + "', '" + schema + "')"
+		}
+		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM "+info+" WHERE name = 'attempts'").Scan(&n)
+	}
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	_, err = tx.ExecContext(ctx, "ALTER TABLE "+s.table+" ADD COLUMN attempts integer NOT NULL DEFAULT 0")
+	return err
 }
 
 // ddlLockID is the Postgres advisory lock key that serialises table
@@ -321,7 +356,7 @@ func fromNanos(n int64) time.Time {
 }
 
 func recordArgs(r *dedupe.Record) []any {
-	return []any{[]byte(r.Key), []byte(r.Fingerprint), r.State.String(), r.Token, nanos(r.LeaseUntil), r.Result, nanos(r.CreatedAt), nanos(r.ExpiresAt)}
+	return []any{[]byte(r.Key), []byte(r.Fingerprint), r.State.String(), r.Token, nanos(r.LeaseUntil), r.Result, nanos(r.CreatedAt), nanos(r.ExpiresAt), r.Attempts}
 }
 
 func scanRecord(row interface{ Scan(...any) error }) (*dedupe.Record, error) {
@@ -331,7 +366,7 @@ func scanRecord(row interface{ Scan(...any) error }) (*dedupe.Record, error) {
 		state                            string
 		leaseUntil, createdAt, expiresAt int64
 	)
-	if err := row.Scan(&key, &fingerprint, &state, &r.Token, &leaseUntil, &r.Result, &createdAt, &expiresAt); err != nil {
+	if err := row.Scan(&key, &fingerprint, &state, &r.Token, &leaseUntil, &r.Result, &createdAt, &expiresAt, &r.Attempts); err != nil {
 		return nil, err
 	}
 	st, err := dedupe.ParseState(state)
@@ -515,7 +550,7 @@ func (s *Store) CompleteTx(ctx context.Context, tx Querier, key, token string, r
 	return s.owned(ctx, tx, "complete", s.qDone, key, token, now, state.String(), res.Data, nanos(now.Add(retention)))
 }
 
-// Release implements dedupe.Store with one conditional DELETE.
+// Release implements dedupe.Store with one conditional UPDATE.
 func (s *Store) Release(ctx context.Context, key, token string) error {
 	return s.ReleaseTx(ctx, s.db, key, token)
 }
@@ -528,6 +563,27 @@ func (s *Store) ReleaseTx(ctx context.Context, tx Querier, key, token string) er
 		return err
 	}
 	return s.owned(ctx, tx, "release", s.qRelease, key, token, s.now())
+}
+
+// Delete implements dedupe.Store with one conditional DELETE.
+func (s *Store) Delete(ctx context.Context, key, token string) error {
+	return s.DeleteTx(ctx, s.db, key, token)
+}
+
+// DeleteTx is Delete on tx (a *sql.Tx, *sql.Conn or *sql.DB).
+func (s *Store) DeleteTx(ctx context.Context, tx Querier, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.owned(ctx, tx, "delete", s.qDelete, key, token, s.now())
+}
+
+// Ping implements dedupe.Pinger: it pings the database.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("sqlstore: ping: %w", err)
+	}
+	return nil
 }
 
 // Extend implements dedupe.Store with one conditional UPDATE.

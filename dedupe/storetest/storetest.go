@@ -154,8 +154,8 @@ func (e *env) wantLeaseLost(op string, err error) {
 
 // brief formats a claim without a possibly huge result.
 func brief(c dedupe.Claim) string {
-	return fmt.Sprintf("{Status:%v Token:%q Takeover:%v RetryAfter:%v Failed:%v Data:%d bytes Fingerprint:%q}",
-		c.Status, c.Token, c.Takeover, c.RetryAfter, c.Result.Failed, len(c.Result.Data), c.Fingerprint)
+	return fmt.Sprintf("{Status:%v Token:%q Attempt:%d Takeover:%v RetryAfter:%v Failed:%v Data:%d bytes Fingerprint:%q}",
+		c.Status, c.Token, c.Attempt, c.Takeover, c.RetryAfter, c.Result.Failed, len(c.Result.Data), c.Fingerprint)
 }
 
 // Run runs the conformance suite against stores made by newStore, one fresh
@@ -179,6 +179,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"Conflict", testConflict},
 		{"EmptyFingerprintNeverConflicts", testEmptyFingerprint},
 		{"ReleaseThenAcquired", testRelease},
+		{"AttemptsCountRuns", testAttempts},
+		{"DeleteResetsAttempts", testDelete},
 		{"Extend", testExtend},
 		{"RetentionExpiry", testRetention},
 		{"RetentionFromCompletion", testRetentionFromCompletion},
@@ -303,8 +305,8 @@ func testTakeover(e *env) {
 	e.wantBusy("k", "fp-a", 5*time.Second, time.Hour, time.Millisecond)
 	e.clock.Advance(time.Millisecond) // the lease ends exactly now
 	c := e.claim("k", "fp-b", 5*time.Second, time.Hour)
-	if c.Status != dedupe.Acquired || !c.Takeover || c.Token == "" || c.Token == old {
-		e.t.Fatalf("claim at lease expiry: %s, want acquired, takeover, a new token", brief(c))
+	if c.Status != dedupe.Acquired || !c.Takeover || c.Token == "" || c.Token == old || c.Attempt != 2 {
+		e.t.Fatalf("claim at lease expiry: %s, want acquired, takeover, a new token, attempt 2", brief(c))
 	}
 	// The new lease runs from the takeover.
 	e.clock.Advance(time.Second)
@@ -451,20 +453,102 @@ func testRelease(e *env) {
 	if err := e.s.Release(bg, "k", tok); err != nil {
 		e.t.Fatalf("Release: %v", err)
 	}
-	// The redelivery of a transiently failed message must run again: never
-	// Duplicate, and not a takeover either — the record is gone.
+	// The redelivery of a transiently failed message must run again at
+	// once: never Duplicate, never Busy, and not a takeover either — the
+	// lease was given back, and the record counts the attempt.
 	c := e.claim("k", "fp", 10*time.Second, time.Hour)
-	if c.Status != dedupe.Acquired || c.Takeover || c.Token == tok {
-		e.t.Fatalf("claim after Release: %s, want acquired, no takeover, a new token", brief(c))
+	if c.Status != dedupe.Acquired || c.Takeover || c.Token == tok || c.Attempt != 2 {
+		e.t.Fatalf("claim after Release: %s, want acquired, no takeover, a new token, attempt 2", brief(c))
 	}
 	e.wantLeaseLost("second Release with the old token", e.s.Release(bg, "k", tok))
 	e.wantLeaseLost("Complete with the released token", e.s.Complete(bg, "k", tok, dedupe.Result{}, time.Hour))
+	e.wantLeaseLost("Delete with the released token", e.s.Delete(bg, "k", tok))
+	e.wantLeaseLost("Extend with the released token", e.s.Extend(bg, "k", tok, time.Hour))
 	// A released key may be claimed with another fingerprint: nothing was
 	// completed, so there is nothing to conflict with.
 	if err := e.s.Release(bg, "k", c.Token); err != nil {
 		e.t.Fatalf("Release: %v", err)
 	}
-	e.acquire("k", "other", 10*time.Second, time.Hour)
+	e.wantLeaseLost("Complete after the second Release", e.s.Complete(bg, "k", c.Token, dedupe.Result{}, time.Hour))
+	c = e.claim("k", "other", 10*time.Second, time.Hour)
+	if c.Status != dedupe.Acquired || c.Attempt != 3 {
+		e.t.Fatalf("claim with another fingerprint after Release: %s, want acquired, attempt 3", brief(c))
+	}
+	// The new holder completes; its fingerprint is the record's.
+	e.complete("k", c.Token, dedupe.Result{Data: []byte("3")}, time.Hour)
+	e.wantDuplicate("k", "other", dedupe.Result{Data: []byte("3")})
+}
+
+// testAttempts checks that attempts count leases granted — first claims,
+// claims after Release, takeovers — and nothing else: Busy answers and
+// duplicates leave the count alone.
+func testAttempts(e *env) {
+	bg := ctx(e.t)
+	c := e.claim("k", "fp", 5*time.Second, time.Hour)
+	if c.Status != dedupe.Acquired || c.Attempt != 1 {
+		e.t.Fatalf("first claim: %s, want acquired, attempt 1", brief(c))
+	}
+	for range 3 {
+		e.wantBusy("k", "fp", 5*time.Second, time.Hour, 5*time.Second)
+	}
+	if err := e.s.Release(bg, "k", c.Token); err != nil {
+		e.t.Fatalf("Release: %v", err)
+	}
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	if c.Status != dedupe.Acquired || c.Attempt != 2 {
+		e.t.Fatalf("claim after Busy answers and a Release: %s, want attempt 2", brief(c))
+	}
+	// The holder crashes: the lease lapses and the next claim takes over.
+	e.clock.Advance(6 * time.Second)
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	if c.Status != dedupe.Acquired || !c.Takeover || c.Attempt != 3 {
+		e.t.Fatalf("takeover: %s, want acquired, takeover, attempt 3", brief(c))
+	}
+	e.complete("k", c.Token, dedupe.Result{Data: []byte("ok")}, time.Hour)
+	e.wantDuplicate("k", "fp", dedupe.Result{Data: []byte("ok")})
+	// Another key counts on its own.
+	if c := e.claim("k2", "fp", 5*time.Second, time.Hour); c.Attempt != 1 {
+		e.t.Fatalf("claim of another key: %s, want attempt 1", brief(c))
+	}
+	// After retention the key is new again.
+	tok := e.acquire("k3", "fp", time.Second, 2*time.Second)
+	if err := e.s.Release(bg, "k3", tok); err != nil {
+		e.t.Fatalf("Release: %v", err)
+	}
+	e.clock.Advance(3 * time.Second)
+	if c := e.claim("k3", "fp", time.Second, time.Hour); c.Status != dedupe.Acquired || c.Attempt != 1 {
+		e.t.Fatalf("claim after the released record's retention: %s, want attempt 1", brief(c))
+	}
+}
+
+// testDelete checks that Delete removes an owned record, attempt count
+// included (a dead-lettered message replayed later starts again).
+func testDelete(e *env) {
+	bg := ctx(e.t)
+	tok := e.acquire("k", "fp", 10*time.Second, time.Hour)
+	if err := e.s.Release(bg, "k", tok); err != nil {
+		e.t.Fatalf("Release: %v", err)
+	}
+	c := e.claim("k", "fp", 10*time.Second, time.Hour)
+	if c.Attempt != 2 {
+		e.t.Fatalf("claim after Release: %s, want attempt 2", brief(c))
+	}
+	e.wantLeaseLost("Delete with a wrong token", e.s.Delete(bg, "k", "wrong"))
+	e.wantLeaseLost("Delete with an empty token", e.s.Delete(bg, "k", ""))
+	e.wantLeaseLost("Delete of an absent key", e.s.Delete(bg, "absent", c.Token))
+	if err := e.s.Delete(bg, "k", c.Token); err != nil {
+		e.t.Fatalf("Delete: %v", err)
+	}
+	e.wantLeaseLost("second Delete", e.s.Delete(bg, "k", c.Token))
+	e.wantLeaseLost("Complete after Delete", e.s.Complete(bg, "k", c.Token, dedupe.Result{}, time.Hour))
+	c = e.claim("k", "other", 10*time.Second, time.Hour)
+	if c.Status != dedupe.Acquired || c.Takeover || c.Attempt != 1 {
+		e.t.Fatalf("claim after Delete: %s, want acquired, no takeover, attempt 1", brief(c))
+	}
+	// A completed record is not the caller's to delete.
+	e.complete("k", c.Token, dedupe.Result{Data: []byte("x")}, time.Hour)
+	e.wantLeaseLost("Delete after Complete", e.s.Delete(bg, "k", c.Token))
+	e.wantDuplicate("k", "other", dedupe.Result{Data: []byte("x")})
 }
 
 func testExtend(e *env) {
