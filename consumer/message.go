@@ -25,6 +25,9 @@ type Message struct {
 	// Attempt is the 1-based delivery count as the broker counts it
 	// (JetStream: NumDelivered), so it survives crashes. Every delivery
 	// counts, including those answered Busy. Values below 1 are taken as 1.
+	// With a Guard the retry policy counts handler runs instead
+	// (Outcome.Attempt); this count is then only a safety cap
+	// (Config.MaxDeliveries). Transports without a delivery count set 1.
 	Attempt int
 	// Received is when the adapter received this delivery.
 	Received time.Time

@@ -128,4 +128,48 @@ type Outcome struct {
 	// Shed is true when the retry budget was empty and Delay was raised to
 	// Config.BudgetDelay to shed load.
 	Shed bool
+	// Attempt is the attempt number of this run when a dedupe claim was
+	// acquired: runs of the handler, counted in the dedupe record. 0
+	// otherwise.
+	Attempt int
+	// Unavailable is set on a Retry because a dependency did not answer:
+	// the dedupe store (the claim failed) or the dead-letter queue (the
+	// publish failed). The handler did not run and no attempt was used.
+	// Transports pause consuming until the dependency answers again
+	// instead of churning through messages.
+	Unavailable Dependency
+	// DeadLettered is true when Action is DeadLetter and the pipeline has
+	// already published the dead letter through Config.DeadLetter: the
+	// transport only terminates the message.
+	DeadLettered bool
+	// Wait, on a Busy Retry whose original attempt runs in this pipeline, is
+	// closed when that attempt ends. Transports may hold the message (not a
+	// worker) until then, up to Delay, and hand it back at once, so that the
+	// duplicate is answered right after the original instead of after the
+	// lease remainder.
+	Wait <-chan struct{}
+}
+
+// Dependency names what did not answer (Outcome.Unavailable).
+type Dependency uint8
+
+const (
+	// StoreUnavailable: the dedupe store did not answer the claim.
+	StoreUnavailable Dependency = iota + 1
+	// DeadLetterUnavailable: the dead-letter queue did not store the
+	// dead letter.
+	DeadLetterUnavailable
+)
+
+// String returns "store", "dead_letter", or "" for none.
+func (d Dependency) String() string {
+	switch d {
+	case StoreUnavailable:
+		return "store"
+	case DeadLetterUnavailable:
+		return "dead_letter"
+	case 0:
+		return ""
+	}
+	return fmt.Sprintf("Dependency(%d)", uint8(d))
 }

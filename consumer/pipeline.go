@@ -19,6 +19,12 @@ const (
 	DefaultBudgetDelay = time.Minute
 	// DefaultStoreTimeout is Config.StoreTimeout when zero: 5 seconds.
 	DefaultStoreTimeout = 5 * time.Second
+	// DefaultUnavailableDelay is Config.UnavailableDelay when zero: 1 second.
+	DefaultUnavailableDelay = time.Second
+	// DefaultBusyRecheck is Config.BusyRecheck when zero: 1 second.
+	DefaultBusyRecheck = time.Second
+	// DefaultMaxDeliveries is Config.MaxDeliveries when zero: 1000.
+	DefaultMaxDeliveries = 1000
 )
 
 // BusyMargin is added to a Busy claim's lease remainder so that the
@@ -42,6 +48,23 @@ var ErrExhausted = errors.New("consumer: attempts exhausted")
 // ErrUnknownReason is wrapped by ParseReason for an unknown wire value.
 var ErrUnknownReason = errors.New("consumer: unknown dead-letter reason")
 
+// DeadLetterFunc publishes m to the dead-letter queue as l says, and returns nil only once the queue has stored it.
+// Transports set it (Config.DeadLetter); it is called with a context that
+// is not cancelled by shutdown, and must bound its own wait.
+type DeadLetterFunc func(ctx context.Context, m *Message, l DeadLetterInfo) error
+
+// DeadLetterInfo is what the pipeline decided about a dead letter.
+type DeadLetterInfo struct {
+	// Reason is why the message is dead-lettered.
+	Reason Reason
+	// Err is the error behind it.
+	Err error
+	// Attempts is how many times the handler ran for the message (with a
+	// Guard, counted in the dedupe record; without one, deliveries that ran
+	// it). It fills the Idemq-Attempts header.
+	Attempts int
+}
+
 // Config configures a Pipeline. Every field is optional: the zero Config
 // runs the handler without dedupe, with retry.Policy{} (5 attempts, 100ms
 // doubling to 30s with full jitter) and no retry budget.
@@ -50,9 +73,38 @@ type Config struct {
 	// handler runs on every delivery. With a Guard the handler never runs
 	// without a claim.
 	Guard *dedupe.Guard
-	// Retry is the attempt limit and backoff; attempts are the transport's
-	// delivery count (Message.Attempt). Its zero value is usable.
+	// Retry is the attempt limit and backoff. With a Guard, attempts are
+	// runs of the handler, counted durably in the dedupe record
+	// (dedupe.Claim.Attempt): deliveries that did not run the handler (the
+	// store did not answer, Busy, a failed dead-letter publish, a shutdown)
+	// do not count. Without a Guard they are the transport's delivery count
+	// (Message.Attempt). Its zero value is usable.
 	Retry retry.Policy
+	// MaxDeliveries is a safety cap on the transport's delivery count with a
+	// Guard: a delivery past it is dead-lettered ("exhausted") instead of
+	// run, however few handler attempts it used. It only matters for a
+	// message that keeps coming back without running. Default 1000;
+	// negative means no cap.
+	MaxDeliveries int
+	// DeadLetter publishes dead letters. Transports set it; when it is set,
+	// the pipeline publishes a dead letter itself, in order: the dedupe
+	// claim is kept until the queue stored the message, then deleted (so a
+	// replay runs again); when the publish fails the message is retried
+	// after UnavailableDelay with Outcome.Unavailable set, never lost, and
+	// its attempt count is kept. Nil: Process returns Action DeadLetter and
+	// the transport publishes (the claim is deleted first).
+	DeadLetter DeadLetterFunc
+	// UnavailableDelay is the redelivery delay of a message whose dedupe
+	// claim or dead-letter publish failed because the dependency did not
+	// answer (Outcome.Unavailable). Default 1s.
+	UnavailableDelay time.Duration
+	// BusyRecheck caps the redelivery delay of a message answered Busy
+	// (another attempt holds its key): it is checked again after the lease
+	// remainder or BusyRecheck, whichever is sooner, so that a duplicate is
+	// acknowledged soon after the original completes. When the original
+	// runs in this pipeline, Outcome.Wait is closed as soon as it ends.
+	// Default 1s.
+	BusyRecheck time.Duration
 	// Budget caps retries to a ratio of first attempts. Nil means no budget.
 	// A delivery with Attempt 1 deposits; every retry decision withdraws,
 	// and an empty budget raises the delay to BudgetDelay.
@@ -82,14 +134,19 @@ type Config struct {
 // call Process, and translate the Outcome into broker actions. A Pipeline is
 // safe for concurrent use.
 type Pipeline struct {
-	h            Handler
-	guard        *dedupe.Guard
-	policy       retry.Policy
-	budget       *retry.Budget
-	budgetDelay  time.Duration
-	heartbeat    time.Duration
-	storeTimeout time.Duration
-	log          *slog.Logger
+	h             Handler
+	guard         *dedupe.Guard
+	policy        retry.Policy
+	budget        *retry.Budget
+	budgetDelay   time.Duration
+	heartbeat     time.Duration
+	storeTimeout  time.Duration
+	maxDeliveries int
+	deadLetter    DeadLetterFunc
+	unavailable   time.Duration
+	busyRecheck   time.Duration
+	log           *slog.Logger
+	flights       flights
 }
 
 // NewPipeline validates cfg, fills its defaults and returns a Pipeline
@@ -99,14 +156,28 @@ func NewPipeline(cfg Config, h Handler) (*Pipeline, error) {
 		return nil, fmt.Errorf("%w: handler is nil", ErrInvalidConfig)
 	}
 	p := &Pipeline{
-		h:            h,
-		guard:        cfg.Guard,
-		policy:       cfg.Retry,
-		budget:       cfg.Budget,
-		budgetDelay:  cfg.BudgetDelay,
-		heartbeat:    cfg.HeartbeatInterval,
-		storeTimeout: cfg.StoreTimeout,
-		log:          cfg.Logger,
+		h:             h,
+		guard:         cfg.Guard,
+		policy:        cfg.Retry,
+		budget:        cfg.Budget,
+		budgetDelay:   cfg.BudgetDelay,
+		heartbeat:     cfg.HeartbeatInterval,
+		storeTimeout:  cfg.StoreTimeout,
+		maxDeliveries: cfg.MaxDeliveries,
+		deadLetter:    cfg.DeadLetter,
+		unavailable:   cfg.UnavailableDelay,
+		busyRecheck:   cfg.BusyRecheck,
+		log:           cfg.Logger,
+	}
+	p.flights.init()
+	if p.maxDeliveries == 0 {
+		p.maxDeliveries = DefaultMaxDeliveries
+	}
+	if p.unavailable <= 0 {
+		p.unavailable = DefaultUnavailableDelay
+	}
+	if p.busyRecheck <= 0 {
+		p.busyRecheck = DefaultBusyRecheck
 	}
 	if p.budgetDelay <= 0 {
 		p.budgetDelay = DefaultBudgetDelay
@@ -153,68 +224,105 @@ func (p *Pipeline) Process(ctx context.Context, m *Message) Outcome {
 	if m.Attempt < 1 {
 		m.Attempt = 1
 	}
-	if m.Attempt == 1 {
-		p.budget.Deposit()
-	}
 	if p.guard == nil {
+		if m.Attempt == 1 {
+			p.budget.Deposit()
+		}
 		if m.Attempt > p.policy.Attempts() {
-			return p.exhausted(m)
+			return p.exhausted(ctx, m, nil, m.Attempt, m.Attempt-1)
 		}
 		err, _ := p.call(ctx, m, nil)
-		return p.classify(ctx, m, err, false, nil)
+		return p.classify(ctx, m, m.Attempt, err, false, nil)
 	}
 
 	t, err := p.guard.Claim(ctx, dedupe.Input{Header: m.Header, Data: m.Data, MessageID: m.ID})
 	switch {
 	case err != nil && dedupe.IsInvalidInput(err):
-		p.log.Warn("consumer: invalid message, dead-lettering", "subject", m.Subject, "id", m.ID, "err", err)
-		return Outcome{Action: DeadLetter, Reason: ReasonInvalid, Err: err}
+		return p.dead(ctx, m, nil, ReasonInvalid, err, 0)
 	case err != nil && ctx.Err() != nil:
 		return Outcome{Action: Retry, Interrupted: true, Err: err}
 	case err != nil:
-		d := p.policy.Delay(m.Attempt)
-		p.log.Error("consumer: dedupe claim failed, redelivering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "delay", d, "err", err)
-		return Outcome{Action: Retry, Delay: d, Err: err}
+		p.log.Debug("consumer: dedupe claim failed, redelivering", "subject", m.Subject, "id", m.ID, "delay", p.unavailable, "err", err)
+		return Outcome{Action: Retry, Delay: p.unavailable, Err: err, Unavailable: StoreUnavailable}
 	}
 	switch t.Status {
 	case dedupe.Busy:
-		return Outcome{Action: Retry, Delay: t.RetryAfter + BusyMargin, Claim: dedupe.Busy}
+		out := Outcome{Action: Retry, Delay: min(t.RetryAfter+BusyMargin, p.busyRecheck), Claim: dedupe.Busy}
+		if done := p.flights.wait(t.Key); done != nil {
+			out.Wait, out.Delay = done, t.RetryAfter+BusyMargin
+		}
+		return out
 	case dedupe.Duplicate:
 		res := t.Result
 		return Outcome{Action: Ack, Claim: dedupe.Duplicate, Replay: &res}
 	case dedupe.Conflict:
-		p.log.Warn("consumer: idempotency key conflict, dead-lettering", "subject", m.Subject, "id", m.ID, "key", t.Key)
-		return Outcome{Action: DeadLetter, Reason: ReasonConflict, Err: ErrConflict, Claim: dedupe.Conflict}
+		out := p.dead(ctx, m, nil, ReasonConflict, ErrConflict, 0)
+		out.Claim = dedupe.Conflict
+		return out
 	case dedupe.Acquired:
 	default:
-		d := p.policy.Delay(m.Attempt)
-		return Outcome{Action: Retry, Delay: d, Err: fmt.Errorf("consumer: unexpected dedupe status %v", t.Status)}
+		return Outcome{Action: Retry, Delay: p.unavailable, Err: fmt.Errorf("consumer: unexpected dedupe status %v", t.Status)}
 	}
 
-	if m.Attempt > p.policy.Attempts() {
+	attempt := t.Attempt
+	if attempt < 1 {
+		attempt = m.Attempt // a store that does not count attempts
+	}
+	if attempt == 1 {
+		p.budget.Deposit()
+	}
+	f := p.flights.start(t.Key)
+	defer p.flights.end(t.Key, f)
+	var out Outcome
+	switch {
+	case attempt > p.policy.Attempts():
 		// A redelivery past the limit, e.g. after a failed dead-letter
 		// publish: dead-letter without running the handler again.
-		p.release(ctx, m, &t)
-		out := p.exhausted(m)
-		out.Claim = dedupe.Acquired
-		return out
+		out = p.exhausted(ctx, m, &t, attempt, attempt-1)
+	case p.maxDeliveries > 0 && m.Attempt > p.maxDeliveries:
+		err := fmt.Errorf("%w: delivered %d times (the cap is %d) while the handler ran %d times", ErrExhausted, m.Attempt, p.maxDeliveries, attempt-1)
+		out = p.dead(ctx, m, &t, ReasonExhausted, err, attempt-1)
+	default:
+		err, leaseLost := p.call(ctx, m, &t)
+		out = p.classify(ctx, m, attempt, err, leaseLost, &t)
 	}
-	err, leaseLost := p.call(ctx, m, &t)
-	out := p.classify(ctx, m, err, leaseLost, &t)
 	out.Claim = dedupe.Acquired
+	out.Attempt = attempt
 	return out
 }
 
-func (p *Pipeline) exhausted(m *Message) Outcome {
-	err := fmt.Errorf("%w: delivery %d exceeds the retry policy's %d attempts", ErrExhausted, m.Attempt, p.policy.Attempts())
-	p.log.Warn("consumer: attempts exhausted, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt)
-	return Outcome{Action: DeadLetter, Reason: ReasonExhausted, Err: err}
+func (p *Pipeline) exhausted(ctx context.Context, m *Message, t *dedupe.Ticket, attempt, runs int) Outcome {
+	err := fmt.Errorf("%w: attempt %d exceeds the retry policy's %d attempts", ErrExhausted, attempt, p.policy.Attempts())
+	return p.dead(ctx, m, t, ReasonExhausted, err, runs)
+}
+
+// dead dead-letters m. With Config.DeadLetter the pipeline publishes it and
+// then deletes the claim t (nil without one); when the publish fails, t is
+// released (its attempt count kept) and m retried as Unavailable. Without
+// Config.DeadLetter the claim is deleted and the transport publishes.
+func (p *Pipeline) dead(ctx context.Context, m *Message, t *dedupe.Ticket, reason Reason, cause error, runs int) Outcome {
+	out := Outcome{Action: DeadLetter, Reason: reason, Err: cause}
+	if p.deadLetter == nil {
+		p.settle(ctx, m, t, true)
+		p.log.Warn("consumer: dead-lettering", "reason", reason.String(), "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", cause)
+		return out
+	}
+	if err := p.deadLetter(context.WithoutCancel(ctx), m, DeadLetterInfo{Reason: reason, Err: cause, Attempts: max(runs, 0)}); err != nil {
+		p.settle(ctx, m, t, false)
+		p.log.Debug("consumer: dead-letter publish failed, redelivering", "reason", reason.String(), "subject", m.Subject, "id", m.ID, "delay", p.unavailable, "err", err)
+		return Outcome{Action: Retry, Delay: p.unavailable, Reason: reason, Err: errors.Join(cause, err), Unavailable: DeadLetterUnavailable}
+	}
+	p.settle(ctx, m, t, true)
+	p.log.Warn("consumer: dead-lettered", "reason", reason.String(), "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", cause)
+	out.DeadLettered = true
+	return out
 }
 
 // classify turns the handler's error into an Outcome, recording or releasing
-// the dedupe claim t (nil without a guard). leaseLost reports that a
-// heartbeat found the claim taken over while the handler ran.
-func (p *Pipeline) classify(ctx context.Context, m *Message, err error, leaseLost bool, t *dedupe.Ticket) Outcome {
+// the dedupe claim t (nil without a guard). attempt is this run's attempt
+// number; leaseLost reports that a heartbeat found the claim taken over
+// while the handler ran.
+func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err error, leaseLost bool, t *dedupe.Ticket) Outcome {
 	var rej *RejectError
 	switch {
 	case err == nil:
@@ -226,44 +334,38 @@ func (p *Pipeline) classify(ctx context.Context, m *Message, err error, leaseLos
 		res := dedupe.Result{Failed: true, Data: rej.Data}
 		p.complete(ctx, m, t, res)
 		return Outcome{Action: Ack, Result: &res, Err: err}
+	case leaseLost:
+		// Another attempt took the key over while this one ran, and the
+		// handler stopped: nothing to release, nothing to dead-letter. Come
+		// back after a lease; the other attempt's result will answer as a
+		// duplicate.
+		return Outcome{Action: Retry, Delay: p.guard.LeaseDuration(), Err: errors.Join(err, dedupe.ErrLeaseLost)}
 	case errors.Is(err, ErrConflict):
 		// Checked before Permanent: a transactional inbox reports its key
 		// conflict as retry.Permanent(...ErrConflict).
-		p.release(ctx, m, t)
-		p.log.Warn("consumer: idempotency key conflict, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", err)
-		return Outcome{Action: DeadLetter, Reason: ReasonConflict, Err: err}
+		return p.dead(ctx, m, t, ReasonConflict, err, attempt)
 	case errors.Is(err, ErrInvalid) || dedupe.IsInvalidInput(err):
-		p.release(ctx, m, t)
-		p.log.Warn("consumer: invalid message, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", err)
-		return Outcome{Action: DeadLetter, Reason: ReasonInvalid, Err: err}
+		return p.dead(ctx, m, t, ReasonInvalid, err, attempt)
 	case retry.IsPermanent(err):
-		p.release(ctx, m, t)
-		p.log.Warn("consumer: permanent failure, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", err)
-		return Outcome{Action: DeadLetter, Reason: ReasonPermanent, Err: err}
+		return p.dead(ctx, m, t, ReasonPermanent, err, attempt)
 	case ctx.Err() != nil:
 		p.release(ctx, m, t)
 		return Outcome{Action: Retry, Interrupted: true, Err: err}
-	case leaseLost:
-		// Another attempt took the key over while this one ran, and the
-		// handler stopped: nothing to release. Come back after a lease; the
-		// other attempt's result will answer as a duplicate.
-		return Outcome{Action: Retry, Delay: p.guard.LeaseDuration(), Err: errors.Join(err, dedupe.ErrLeaseLost)}
+	}
+	if p.policy.Exhausted(attempt) {
+		return p.dead(ctx, m, t, ReasonExhausted, err, attempt)
 	}
 	p.release(ctx, m, t)
-	if p.policy.Exhausted(m.Attempt) {
-		p.log.Warn("consumer: attempts exhausted, dead-lettering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", err)
-		return Outcome{Action: DeadLetter, Reason: ReasonExhausted, Err: err}
-	}
 	delay, ok := retry.AfterDelay(err)
 	if !ok {
-		delay = p.policy.Delay(m.Attempt)
+		delay = p.policy.Delay(attempt)
 	}
 	out := Outcome{Action: Retry, Delay: delay, Err: err}
 	if !p.budget.TryWithdraw() {
 		out.Delay = max(delay, p.budgetDelay)
 		out.Shed = true
 	}
-	p.log.Debug("consumer: transient failure, redelivering", "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "delay", out.Delay, "shed", out.Shed, "err", err)
+	p.log.Debug("consumer: transient failure, redelivering", "subject", m.Subject, "id", m.ID, "attempt", attempt, "delay", out.Delay, "shed", out.Shed, "err", err)
 	return out
 }
 
@@ -397,9 +499,9 @@ func (p *Pipeline) complete(ctx context.Context, m *Message, t *dedupe.Ticket, r
 	}
 }
 
-// release deletes t's in-progress record so the redelivery (or a replay from
-// the dead-letter queue) runs the handler again. A failure is logged: the
-// record then lapses with its lease.
+// release ends t's lease so that the redelivery runs the handler again as
+// the next attempt. A failure is logged: the record then lapses with its
+// lease.
 func (p *Pipeline) release(ctx context.Context, m *Message, t *dedupe.Ticket) {
 	if t == nil {
 		return
@@ -408,6 +510,24 @@ func (p *Pipeline) release(ctx context.Context, m *Message, t *dedupe.Ticket) {
 	defer cancel()
 	if err := p.guard.Release(sctx, *t); err != nil {
 		p.log.Warn("consumer: releasing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
+	}
+}
+
+// settle ends the claim t of a message being dead-lettered: stored (the
+// dead-letter queue has it) deletes the record, so a replay starts again
+// at attempt 1; otherwise the claim is released, keeping its count.
+func (p *Pipeline) settle(ctx context.Context, m *Message, t *dedupe.Ticket, stored bool) {
+	if t == nil {
+		return
+	}
+	if !stored {
+		p.release(ctx, m, t)
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
+	defer cancel()
+	if err := p.guard.Delete(sctx, *t); err != nil {
+		p.log.Warn("consumer: deleting the dedupe claim of a dead letter failed; a replay counts on from its attempts after the lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
 }
 

@@ -170,24 +170,170 @@ func TestRejectReportsFailedResult(t *testing.T) {
 }
 
 func TestDeliveryPastAttemptsIsDeadLetteredWithoutRunning(t *testing.T) {
-	for _, guarded := range []bool{false, true} {
-		var cfg consumer.Config
-		if guarded {
-			cfg.Guard = &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+	// Without a guard, attempts are deliveries.
+	calls := 0
+	p := newPipeline(t, consumer.Config{}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
+	out := p.Process(context.Background(), msg("k", 4))
+	if out.Action != consumer.DeadLetter || out.Reason != consumer.ReasonExhausted || !errors.Is(out.Err, consumer.ErrExhausted) || calls != 0 {
+		t.Fatalf("outcome %+v, handler ran %d times; want DeadLetter exhausted without running", out, calls)
+	}
+	// With a guard, a delivery count past the attempts means nothing by
+	// itself: the handler has not run yet.
+	g := &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+	p = newPipeline(t, consumer.Config{Guard: g}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
+	out = p.Process(context.Background(), msg("k", 40))
+	if out.Action != consumer.Ack || out.Attempt != 1 || calls != 1 {
+		t.Fatalf("guarded, delivery 40: outcome %+v, handler ran %d times; want Ack at attempt 1", out, calls)
+	}
+}
+
+// TestGuardCountsHandlerRunsNotDeliveries: deliveries that do not run the
+// handler (store down, Busy) never use up attempts; runs do, across
+// deliveries, and the last allowed run's failure is dead-lettered.
+func TestGuardCountsHandlerRunsNotDeliveries(t *testing.T) {
+	store := &faultyStore{Store: memstore.New(nil), claimErr: errBoom}
+	var runs []int
+	p := newPipeline(t, consumer.Config{Guard: guard(store)}, func(ctx context.Context, m *consumer.Message) error {
+		runs = append(runs, m.Attempt)
+		return errBoom
+	})
+	delivery := 0
+	next := func() consumer.Outcome { delivery++; return p.Process(context.Background(), msg("k", delivery)) }
+	for range 20 { // an outage: twenty deliveries, none runs
+		if out := next(); out.Action != consumer.Retry || out.Unavailable != consumer.StoreUnavailable || out.Attempt != 0 {
+			t.Fatalf("store down: outcome %+v, want Retry marked store-unavailable", out)
 		}
-		calls := 0
-		p := newPipeline(t, cfg, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
-		out := p.Process(context.Background(), msg("k", 4))
-		if out.Action != consumer.DeadLetter || out.Reason != consumer.ReasonExhausted || !errors.Is(out.Err, consumer.ErrExhausted) || calls != 0 {
-			t.Fatalf("guarded=%v: outcome %+v, handler ran %d times; want DeadLetter exhausted without running", guarded, out, calls)
+	}
+	store.claimErr = nil
+	for attempt := 1; attempt <= policy.Attempts(); attempt++ {
+		out := next()
+		if out.Attempt != attempt {
+			t.Fatalf("run %d: outcome attempt %d", attempt, out.Attempt)
 		}
-		if guarded {
-			// The claim was released: a replay from the DLQ runs the handler.
-			out = p.Process(context.Background(), msg("k", 1))
-			if out.Action != consumer.Ack || calls != 1 {
-				t.Fatalf("replay: outcome %+v, handler ran %d times", out, calls)
+		if attempt < policy.Attempts() && (out.Action != consumer.Retry || out.Unavailable != 0) {
+			t.Fatalf("run %d: outcome %+v, want a transient Retry", attempt, out)
+		}
+		if attempt == policy.Attempts() && (out.Action != consumer.DeadLetter || out.Reason != consumer.ReasonExhausted) {
+			t.Fatalf("last run: outcome %+v, want DeadLetter exhausted", out)
+		}
+	}
+	if len(runs) != policy.Attempts() {
+		t.Fatalf("handler ran %d times over %d deliveries, want %d", len(runs), delivery, policy.Attempts())
+	}
+}
+
+func TestDeadLetterPublishedByThePipeline(t *testing.T) {
+	var dlqDown bool
+	var published []consumer.Reason
+	calls := 0
+	cfg := consumer.Config{
+		Guard: guard(memstore.New(nil)),
+		DeadLetter: func(ctx context.Context, m *consumer.Message, l consumer.DeadLetterInfo) error {
+			if dlqDown {
+				return errors.New("no responders")
 			}
+			published = append(published, l.Reason)
+			if want := len(published) * 2 % 3; l.Attempts != want { // 2 runs, then 1 for the replay
+				t.Errorf("dead letter %d after %d runs, want %d", len(published), l.Attempts, want)
+			}
+			return nil
+		},
+	}
+	p := newPipeline(t, cfg, func(ctx context.Context, m *consumer.Message) error {
+		calls++
+		return retry.Permanent(errBoom)
+	})
+	dlqDown = true
+	out := p.Process(context.Background(), msg("k", 1))
+	if out.Action != consumer.Retry || out.Unavailable != consumer.DeadLetterUnavailable || out.Reason != consumer.ReasonPermanent || calls != 1 {
+		t.Fatalf("DLQ down: outcome %+v (handler ran %d times), want Retry marked dead-letter-unavailable", out, calls)
+	}
+	dlqDown = false
+	out = p.Process(context.Background(), msg("k", 2))
+	if out.Action != consumer.DeadLetter || !out.DeadLettered || out.Reason != consumer.ReasonPermanent || out.Attempt != 2 {
+		t.Fatalf("DLQ back: outcome %+v, want DeadLetter published at attempt 2", out)
+	}
+	if len(published) != 1 || published[0] != consumer.ReasonPermanent {
+		t.Fatalf("published %v", published)
+	}
+	// The dead letter's claim was deleted: a replay starts at attempt 1.
+	out = p.Process(context.Background(), msg("k", 1))
+	if out.Attempt != 1 {
+		t.Fatalf("replay: outcome %+v, want attempt 1", out)
+	}
+}
+
+func TestExhaustedAfterFailedDeadLetterDoesNotRunAgain(t *testing.T) {
+	dlqDown := true
+	cfg := consumer.Config{
+		Guard: guard(memstore.New(nil)),
+		DeadLetter: func(context.Context, *consumer.Message, consumer.DeadLetterInfo) error {
+			if dlqDown {
+				return errors.New("timeout")
+			}
+			return nil
+		},
+	}
+	calls := 0
+	p := newPipeline(t, cfg, func(ctx context.Context, m *consumer.Message) error { calls++; return errBoom })
+	for d := 1; d <= policy.Attempts(); d++ {
+		p.Process(context.Background(), msg("k", d))
+	}
+	if calls != policy.Attempts() {
+		t.Fatalf("handler ran %d times, want %d", calls, policy.Attempts())
+	}
+	for d := 0; d < 5; d++ { // the DLQ stays down: nothing runs again
+		out := p.Process(context.Background(), msg("k", 10+d))
+		if out.Unavailable != consumer.DeadLetterUnavailable || out.Reason != consumer.ReasonExhausted {
+			t.Fatalf("DLQ down: outcome %+v", out)
 		}
+	}
+	dlqDown = false
+	out := p.Process(context.Background(), msg("k", 20))
+	if out.Action != consumer.DeadLetter || !out.DeadLettered || out.Reason != consumer.ReasonExhausted || calls != policy.Attempts() {
+		t.Fatalf("DLQ back: outcome %+v, handler ran %d times", out, calls)
+	}
+}
+
+func TestDeliveryCap(t *testing.T) {
+	calls := 0
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil)), MaxDeliveries: 50}, func(ctx context.Context, m *consumer.Message) error {
+		calls++
+		return nil
+	})
+	out := p.Process(context.Background(), msg("k", 51))
+	if out.Action != consumer.DeadLetter || out.Reason != consumer.ReasonExhausted || calls != 0 {
+		t.Fatalf("delivery 51 of 50: outcome %+v, handler ran %d times", out, calls)
+	}
+}
+
+func TestBusyWaitsForALocalOriginal(t *testing.T) {
+	started, finish := make(chan struct{}), make(chan struct{})
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil))}, func(ctx context.Context, m *consumer.Message) error {
+		close(started)
+		<-finish
+		return nil
+	})
+	orig := make(chan consumer.Outcome, 1)
+	go func() { orig <- p.Process(context.Background(), msg("k", 1)) }()
+	<-started
+	dup := p.Process(context.Background(), msg("k", 1))
+	if dup.Action != consumer.Retry || dup.Claim != dedupe.Busy || dup.Wait == nil {
+		t.Fatalf("duplicate while the original runs: %+v, want Busy with a Wait channel", dup)
+	}
+	select {
+	case <-dup.Wait:
+		t.Fatal("Wait closed while the original runs")
+	default:
+	}
+	close(finish)
+	<-dup.Wait
+	if out := <-orig; out.Action != consumer.Ack {
+		t.Fatalf("original: %+v", out)
+	}
+	// Woken, the duplicate finds the result.
+	if out := p.Process(context.Background(), msg("k", 2)); out.Action != consumer.Ack || out.Claim != dedupe.Duplicate {
+		t.Fatalf("duplicate after the original: %+v, want a Duplicate Ack", out)
 	}
 }
 
@@ -370,10 +516,16 @@ func TestGuardBusyRetriesAfterLeaseRemainder(t *testing.T) {
 	}
 	now = now.Add(4 * time.Second)
 	calls := 0
-	p := newPipeline(t, consumer.Config{Guard: g}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
+	p := newPipeline(t, consumer.Config{Guard: g, BusyRecheck: time.Hour}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
 	out := p.Process(context.Background(), msg("k", 1))
-	if out.Action != consumer.Retry || out.Claim != dedupe.Busy || out.Delay != 6*time.Second+consumer.BusyMargin || calls != 0 {
+	if out.Action != consumer.Retry || out.Claim != dedupe.Busy || out.Delay != 6*time.Second+consumer.BusyMargin || out.Wait != nil || calls != 0 {
 		t.Fatalf("busy: %+v (handler ran %d times)", out, calls)
+	}
+	// By default a Busy message held elsewhere is checked again within
+	// DefaultBusyRecheck, not only after the whole remainder.
+	p = newPipeline(t, consumer.Config{Guard: g}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
+	if out := p.Process(context.Background(), msg("k", 1)); out.Claim != dedupe.Busy || out.Delay != consumer.DefaultBusyRecheck {
+		t.Fatalf("busy with the default recheck: %+v", out)
 	}
 }
 
@@ -412,8 +564,9 @@ func TestGuardStoreErrorRetriesWithoutRunning(t *testing.T) {
 	calls := 0
 	p := newPipeline(t, consumer.Config{Guard: guard(store)}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
 	out := p.Process(context.Background(), msg("k", 3)) // even on the last attempt
-	if out.Action != consumer.Retry || out.Delay != 100*time.Millisecond || !errors.Is(out.Err, errBoom) || calls != 0 {
-		t.Fatalf("outcome %+v (handler ran %d times), want Retry after the backoff without running", out, calls)
+	if out.Action != consumer.Retry || out.Delay != consumer.DefaultUnavailableDelay || out.Unavailable != consumer.StoreUnavailable ||
+		!errors.Is(out.Err, errBoom) || calls != 0 {
+		t.Fatalf("outcome %+v (handler ran %d times), want Retry marked store-unavailable without running", out, calls)
 	}
 }
 
