@@ -537,3 +537,7 @@ func panicText(v any) string {
 	}
 	return fmt.Sprint(v)
 }
+
+// UnavailableDelay returns the redelivery delay used for messages whose
+// dependency did not answer (Config.UnavailableDelay).
+func (p *Pipeline) UnavailableDelay() time.Duration { return p.unavailable }

@@ -62,7 +62,7 @@ func (c *Consumer) setupAdvisories(ctx context.Context) (jetstream.Consumer, err
 			return c.setupAdvisories(ctx) // created concurrently: add our subject
 		}
 		if err != nil {
-			return nil, fmt.Errorf("natsjs: create advisory stream %s: %w", name, err)
+			return nil, fmt.Errorf("natsjs: create advisory stream %s: %w", name, c.overlapHint(ctx, []string{subject}, err))
 		}
 	case err != nil:
 		return nil, fmt.Errorf("natsjs: advisory stream %s: %w", name, err)
@@ -71,7 +71,7 @@ func (c *Consumer) setupAdvisories(ctx context.Context) (jetstream.Consumer, err
 		if !slices.ContainsFunc(sc.Subjects, func(pattern string) bool { return subjectMatches(pattern, subject) }) {
 			sc.Subjects = append(sc.Subjects, subject)
 			if _, err := c.js.UpdateStream(ctx, sc); err != nil {
-				return nil, fmt.Errorf("natsjs: add %s to advisory stream %s: %w", subject, name, err)
+				return nil, fmt.Errorf("natsjs: add %s to advisory stream %s: %w", subject, name, c.overlapHint(ctx, []string{subject}, err))
 			}
 		}
 	}

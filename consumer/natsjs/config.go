@@ -23,10 +23,15 @@ const (
 	// MinPullWait is the shortest Config.PullWait; shorter values are
 	// raised to it (nats.go's minimum pull expiry): 1s.
 	MinPullWait = time.Second
-	// DefaultMaxDeliverSlack is added to the retry policy's attempts when
-	// Config.MaxDeliver is zero: 10 deliveries of room for Busy answers and
-	// failed dead-letter publishes before the server gives up.
-	DefaultMaxDeliverSlack = 10
+	// DefaultMaxProbeInterval is Config.MaxProbeInterval when zero: 1s.
+	DefaultMaxProbeInterval = time.Second
+	// MinProbeInterval is the first probe interval after a dependency
+	// stopped answering; it doubles up to MaxProbeInterval: 100ms.
+	MinProbeInterval = 100 * time.Millisecond
+	// DefaultPauseThreshold is how many consecutive deliveries must find a
+	// dependency unavailable before the consumer pauses: 3, so that one
+	// timed-out call does not stop consumption.
+	DefaultPauseThreshold = 3
 	// DefaultShutdownTimeout is Config.ShutdownTimeout when zero: 30s.
 	DefaultShutdownTimeout = 30 * time.Second
 	// DefaultShutdownNakDelay is Config.ShutdownNakDelay when zero: 1s.
@@ -88,11 +93,14 @@ type Config struct {
 	// InProgress and its dedupe lease extended. Default AckWait/2; must be
 	// shorter than AckWait.
 	HeartbeatInterval time.Duration
-	// MaxDeliver is the server's delivery limit. It must exceed the retry
-	// policy's attempts, so the pipeline dead-letters ("exhausted") before
-	// the server gives up; deliveries answered Busy and redeliveries after a
-	// failed dead-letter publish count too. Zero means Retry.Attempts() +
-	// DefaultMaxDeliverSlack; -1 means unlimited.
+	// MaxDeliver is the server's delivery limit. The default, zero, is -1:
+	// unlimited, so that the server never gives up on a message while idemq
+	// has not decided — idemq dead-letters it ("exhausted") once the handler
+	// ran the retry policy's attempts (or, with a dedupe guard, after the
+	// pipeline's MaxDeliveries safety cap). A positive limit must exceed
+	// the retry policy's attempts, and makes Run capture the server's
+	// MAX_DELIVERIES advisories in AdvisoryStream and dead-letter the
+	// messages they name, so that none is stranded.
 	MaxDeliver int
 	// DoubleAck makes every Ack wait, up to DeadLetter.PublishTimeout, for
 	// the server's confirmation (jetstream.Msg.DoubleAck), so a lost ack is
@@ -101,15 +109,16 @@ type Config struct {
 	DoubleAck bool
 	// DeadLetter says where dead letters go.
 	DeadLetter DeadLetterConfig
-	// CaptureMaxDeliveries captures the server's MAX_DELIVERIES advisories
-	// for this consumer in AdvisoryStream (created or extended by Run) and
-	// dead-letters the messages they name with reason "exhausted": messages
-	// the server stopped redelivering while no worker answered (crashes,
-	// hangs). Use it on servers where no other process captures them.
-	CaptureMaxDeliveries bool
-	// AdvisoryStream is the stream capturing MAX_DELIVERIES advisories.
-	// Default "IDEMQ_ADVISORIES".
+	// AdvisoryStream is the stream capturing MAX_DELIVERIES advisories when
+	// MaxDeliver is finite (created, or extended with this consumer's
+	// advisory subject, by Run). Default "IDEMQ_ADVISORIES".
 	AdvisoryStream string
+	// MaxProbeInterval caps the interval at which a paused consumer probes
+	// the dependency that stopped answering (the dedupe store or the
+	// dead-letter stream); probes start at MinProbeInterval and double.
+	// Consumption resumes within about one interval of the dependency's
+	// return. Default 1s.
+	MaxProbeInterval time.Duration
 	// ShutdownTimeout is how long Run lets in-flight handlers finish after
 	// its context ends; then their contexts are cancelled and their
 	// messages handed back. Default 30s.
@@ -124,7 +133,9 @@ type Config struct {
 	// Hostname fills the Idemq-Host header. Default os.Hostname().
 	Hostname string
 	// Pipeline configures dedupe, retry, budget and logging (see
-	// consumer.Config). Its HeartbeatInterval is replaced by this Config's.
+	// consumer.Config). Leave its HeartbeatInterval zero (this Config's
+	// HeartbeatInterval is used) and its DeadLetter nil (the consumer
+	// publishes to DeadLetter): New refuses other values.
 	Pipeline consumer.Config
 }
 
@@ -135,16 +146,20 @@ type DeadLetterConfig struct {
 	// Stream stores them. Default "DLQ". Publishes expect it.
 	Stream string
 	// CreateStream makes Run create Stream when it does not exist, with
-	// StreamSubjects, file storage and limits retention. Without it a
-	// missing stream makes dead-letter publishes fail: the messages are
-	// redelivered until the stream exists, never lost.
+	// StreamSubjects, file storage and limits retention, and create it again
+	// if it disappears while the consumer runs. Without it Run fails when
+	// the stream does not exist; if it disappears later, the consumer pauses
+	// until it exists again: messages wait, none is lost.
 	CreateStream bool
 	// StreamSubjects are the subjects of a stream created by CreateStream.
 	// Default: Subject's first token followed by ".>" ("dlq.>" for
 	// "dlq.payments").
 	StreamSubjects []string
-	// RetryDelay is the redelivery delay after a failed dead-letter
-	// publish. Default 5s.
+	// RetryDelay is the redelivery delay of MAX_DELIVERIES advisories
+	// whose dead letter could not be published, and of messages whose
+	// JetStream metadata cannot be read. Default 5s. (A message whose dead
+	// letter could not be published waits the pipeline's
+	// UnavailableDelay while the consumer pauses.)
 	RetryDelay time.Duration
 	// PublishTimeout bounds one dead-letter publish. Default 5s.
 	PublishTimeout time.Duration
@@ -183,6 +198,17 @@ func (cfg Config) resolve() (Config, error) {
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = cfg.AckWait / 2
 	}
+	if cfg.Pipeline.HeartbeatInterval != 0 && cfg.Pipeline.HeartbeatInterval != cfg.HeartbeatInterval {
+		return bad("Pipeline.HeartbeatInterval %v: set Config.HeartbeatInterval instead (the consumer's heartbeat marks the message InProgress and extends the lease in one beat)",
+			cfg.Pipeline.HeartbeatInterval)
+	}
+	if cfg.Pipeline.DeadLetter != nil {
+		return bad("Pipeline.DeadLetter is set: the consumer publishes dead letters to DeadLetter.Subject; leave it nil")
+	}
+	if cfg.MaxProbeInterval <= 0 {
+		cfg.MaxProbeInterval = DefaultMaxProbeInterval
+	}
+	cfg.MaxProbeInterval = max(cfg.MaxProbeInterval, MinProbeInterval)
 	if cfg.HeartbeatInterval >= cfg.AckWait {
 		return bad("HeartbeatInterval %v must be shorter than AckWait %v, or running handlers' messages are redelivered",
 			cfg.HeartbeatInterval, cfg.AckWait)
@@ -190,7 +216,7 @@ func (cfg Config) resolve() (Config, error) {
 	attempts := cfg.Pipeline.Retry.Attempts()
 	switch {
 	case cfg.MaxDeliver == 0:
-		cfg.MaxDeliver = attempts + DefaultMaxDeliverSlack
+		cfg.MaxDeliver = -1
 	case cfg.MaxDeliver < -1:
 		return bad("MaxDeliver %d: use a positive limit, 0 for the default or -1 for unlimited", cfg.MaxDeliver)
 	case cfg.MaxDeliver > 0 && cfg.MaxDeliver <= attempts:

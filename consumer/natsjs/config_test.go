@@ -97,7 +97,7 @@ func TestDefaults(t *testing.T) {
 	}
 	got := c.Config()
 	if got.AckWait != natsjs.DefaultAckWait || got.HeartbeatInterval != natsjs.DefaultAckWait/2 ||
-		got.MaxDeliver != retry.DefaultMaxAttempts+natsjs.DefaultMaxDeliverSlack || got.Concurrency <= 0 ||
+		got.MaxDeliver != -1 || got.MaxProbeInterval != natsjs.DefaultMaxProbeInterval || got.Concurrency <= 0 ||
 		got.Concurrency != natsjs.DefaultConcurrency || got.FetchBatch != got.Concurrency ||
 		got.PullWait != natsjs.DefaultPullWait || got.DeadLetter.Stream != "DLQ" ||
 		len(got.DeadLetter.StreamSubjects) != 1 || got.DeadLetter.StreamSubjects[0] != "dlq.>" ||

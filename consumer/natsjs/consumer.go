@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/dedupe"
 )
 
 // ErrRunning is returned by Run when the Consumer is already running.
@@ -26,19 +27,25 @@ var ErrServerTooOld = errors.New("natsjs: NATS server too old for this configura
 
 // Consumer runs a consumer.Pipeline on a durable JetStream pull consumer:
 // bounded concurrency, broker-side redelivery with backoff, dead-lettering,
-// heartbeats and graceful shutdown. Build it with New and start it with Run.
+// heartbeats, a pause while a dependency does not answer, and graceful
+// shutdown. Build it with New and start it with Run.
 type Consumer struct {
 	js      jetstream.JetStream
 	cfg     Config
 	pipe    *consumer.Pipeline
 	dl      *DeadLetterer
 	log     *slog.Logger
+	brk     *breaker
 	running atomic.Bool
+	parked  sync.WaitGroup // goroutines holding Busy duplicates
+
+	mu    sync.Mutex
+	ready chan struct{} // closed when the current (or next) Run consumes
 }
 
 // New validates cfg (see Config; errors wrap ErrInvalidConfig and name the
 // numbers that disagree) and returns a Consumer running h. It does no I/O:
-// Run creates the streams and the durable consumer.
+// Run checks and creates the streams and the durable consumer.
 func New(js jetstream.JetStream, cfg Config, h consumer.Handler) (*Consumer, error) {
 	if js == nil {
 		return nil, fmt.Errorf("%w: JetStream is nil", ErrInvalidConfig)
@@ -47,22 +54,25 @@ func New(js jetstream.JetStream, cfg Config, h consumer.Handler) (*Consumer, err
 	if err != nil {
 		return nil, err
 	}
-	pipe, err := consumer.NewPipeline(cfg.Pipeline, h)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
 	log := cfg.Pipeline.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("stream", cfg.Stream, "consumer", cfg.Durable)
-	return &Consumer{
-		js:   js,
-		cfg:  cfg,
-		pipe: pipe,
-		dl:   &DeadLetterer{JS: js, Subject: cfg.DeadLetter.Subject, Stream: cfg.DeadLetter.Stream, Host: cfg.Hostname},
-		log:  log,
-	}, nil
+	c := &Consumer{
+		js:    js,
+		cfg:   cfg,
+		dl:    &DeadLetterer{JS: js, Subject: cfg.DeadLetter.Subject, Stream: cfg.DeadLetter.Stream, Host: cfg.Hostname},
+		log:   log.With("stream", cfg.Stream, "consumer", cfg.Durable),
+		brk:   newBreaker(),
+		ready: make(chan struct{}),
+	}
+	pcfg := cfg.Pipeline
+	pcfg.DeadLetter = c.publishDeadLetter
+	c.pipe, err = consumer.NewPipeline(pcfg, h)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return c, nil
 }
 
 // Config returns the configuration with defaults applied.
@@ -71,10 +81,35 @@ func (c *Consumer) Config() Config { return c.cfg }
 // DeadLetterer returns the dead-letter publisher the consumer uses.
 func (c *Consumer) DeadLetterer() *DeadLetterer { return c.dl }
 
-// Run creates the dead-letter stream (DeadLetter.CreateStream), the
-// advisory stream (CaptureMaxDeliveries) and the durable pull consumer
-// (created, or updated to this configuration), then consumes until ctx
-// ends. Setup errors are returned at once (nil when ctx ended first).
+// Ready returns a channel that is closed once Run has passed its start-up
+// checks, created the durable consumer and started pulling. After Run
+// returns, Ready returns a new channel for the next Run.
+func (c *Consumer) Ready() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ready
+}
+
+// Run checks the streams and creates what is missing, then consumes until
+// ctx ends. Before taking any message it checks, with errors that wrap
+// ErrSetup and name the stream and subjects: that the source stream exists
+// and captures every filter subject; that DeadLetter.Stream, when it
+// exists, captures DeadLetter.Subject (it is created with
+// DeadLetter.CreateStream; a missing one is only a warning, and the first
+// dead letter pauses consumption until it exists), and that the source
+// stream does not capture it; that the advisory capture (finite
+// MaxDeliver) does not collide with another stream. Then it creates or
+// updates the durable pull consumer and closes Ready. Setup errors are
+// returned at once (nil when ctx ended first). A dedupe store that says
+// what a restart would forget (dedupe.DurabilityChecker) is asked once and
+// its answer logged as a warning.
+//
+// While the dedupe store or the dead-letter stream does not answer
+// (DefaultPauseThreshold deliveries in a row found it unavailable), Run
+// stops pulling, hands the buffered messages back, probes the dependency
+// (MinProbeInterval doubling to MaxProbeInterval) and resumes when it
+// answers; it logs the pause and the resumption once each. No attempt is
+// used meanwhile.
 //
 // When ctx ends Run shuts down gracefully: it stops pulling, hands back
 // (NakWithDelay(ShutdownNakDelay)) messages that were fetched but not
@@ -89,18 +124,24 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer c.running.Store(false)
+	defer func() {
+		c.mu.Lock()
+		select {
+		case <-c.ready:
+			c.ready = make(chan struct{})
+		default:
+		}
+		c.mu.Unlock()
+	}()
 
-	cons, err := c.setup(ctx)
-	var adv jetstream.Consumer
-	if err == nil && c.cfg.CaptureMaxDeliveries {
-		adv, err = c.setupAdvisories(ctx)
-	}
+	cons, adv, err := c.setup(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // shut down before it started
 		}
 		return err
 	}
+	c.checkDurability(ctx)
 
 	// Handlers run under hctx: it outlives ctx by ShutdownTimeout.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -125,44 +166,57 @@ func (c *Consumer) Run(ctx context.Context) error {
 		<-done
 	}
 	timer.Stop()
+	c.parked.Wait()
 	bg.Wait()
 	return err
 }
 
-// setup creates the dead-letter stream when asked and the durable consumer.
-func (c *Consumer) setup(ctx context.Context) (jetstream.Consumer, error) {
-	if c.cfg.DeadLetter.CreateStream {
-		if err := ensureStream(ctx, c.js, jetstream.StreamConfig{
-			Name:     c.cfg.DeadLetter.Stream,
-			Subjects: c.cfg.DeadLetter.StreamSubjects,
-			Storage:  jetstream.FileStorage,
-		}); err != nil {
-			return nil, fmt.Errorf("natsjs: dead-letter stream %s: %w", c.cfg.DeadLetter.Stream, err)
-		}
+// checkDurability logs, once per Run, what the dedupe store says a restart
+// would forget.
+func (c *Consumer) checkDurability(ctx context.Context) {
+	g := c.pipe.Guard()
+	if g == nil {
+		return
 	}
-	cc := jetstream.ConsumerConfig{
-		Durable:       c.cfg.Durable,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       c.cfg.AckWait,
-		MaxDeliver:    c.cfg.MaxDeliver,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
+	dc, ok := g.Store.(dedupe.DurabilityChecker)
+	if !ok {
+		return
 	}
-	switch len(c.cfg.FilterSubjects) {
-	case 0:
-	case 1:
-		cc.FilterSubject = c.cfg.FilterSubjects[0]
-	default:
-		if v := c.js.Conn().ConnectedServerVersion(); !serverAtLeast(v, 2, 10) {
-			return nil, fmt.Errorf("%w: %d FilterSubjects need server 2.10 or later, connected to %s; use one subject",
-				ErrServerTooOld, len(c.cfg.FilterSubjects), v)
-		}
-		cc.FilterSubjects = c.cfg.FilterSubjects
+	cctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	switch warning, err := dc.CheckDurability(cctx); {
+	case err != nil:
+		c.log.Info("natsjs: could not check the dedupe store's durability", "err", err)
+	case warning != "":
+		c.log.Warn("natsjs: the dedupe store may forget records: " + warning)
 	}
-	cons, err := c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, cc)
+}
+
+// publishDeadLetter is the pipeline's consumer.DeadLetterFunc: it publishes
+// the delivery's dead letter and waits for the stream, up to
+// DeadLetter.PublishTimeout.
+func (c *Consumer) publishDeadLetter(ctx context.Context, m *consumer.Message, l consumer.DeadLetterInfo) error {
+	msg, ok := m.Native.(jetstream.Msg)
+	if !ok {
+		return fmt.Errorf("natsjs: dead-letter: message %s is not a jetstream.Msg", m.ID)
+	}
+	md, err := msg.Metadata()
 	if err != nil {
-		return nil, fmt.Errorf("natsjs: create or update consumer %s on stream %s: %w", c.cfg.Durable, c.cfg.Stream, err)
+		return fmt.Errorf("natsjs: dead-letter: message metadata: %w", err)
 	}
-	return cons, nil
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.DeadLetter.PublishTimeout)
+	defer cancel()
+	return c.dl.PublishLetter(pctx, Letter{
+		Subject:  msg.Subject(),
+		Header:   msg.Headers(),
+		Data:     msg.Data(),
+		Stream:   md.Stream,
+		Sequence: md.Sequence.Stream,
+		Consumer: md.Consumer,
+		Attempts: l.Attempts,
+		Reason:   l.Reason,
+		Err:      l.Err,
+	})
 }
 
 // pool is the fixed set of worker goroutines; each records the message it
@@ -204,21 +258,24 @@ func (p *pool) handBack(delay time.Duration) int {
 	return n
 }
 
-// consume runs the pool's workers on a nats.go Consume subscription until
-// ctx ends or a fatal error occurs. Consume keeps at most FetchBatch
+// consume runs the pool's workers on nats.go Consume subscriptions until
+// ctx ends or a fatal error occurs. A subscription keeps at most FetchBatch
 // messages buffered ahead of the workers and asks for more when half of
 // them were taken, so pull requests stay few (about one per FetchBatch/2
 // messages) whatever the handlers' speed; its callback hands each message
 // to an idle worker, waiting for one, so nothing is buffered beyond that.
 //
-// On shutdown it stops the workers from taking messages, drains the
-// subscription (messages still buffered are handed back with
-// NakWithDelay(ShutdownNakDelay), unstarted) and returns once the
-// subscription is closed; running handlers are left to Run.
+// When the breaker opens (a dependency is down) the subscription is
+// drained — buffered messages are handed back with the pipeline's
+// unavailable delay, unstarted — and a new one starts once waitDependency
+// says the dependency answers again. On shutdown it stops the workers from
+// taking messages, drains the subscription (buffered messages are handed
+// back with NakWithDelay(ShutdownNakDelay)) and returns; running handlers
+// are left to Run.
 func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p *pool) error {
 	work := make(chan jetstream.Msg)
 	stopping := make(chan struct{})
-	fatalc := make(chan error, 1)
+	defer close(stopping)
 	for i := range p.slots {
 		s := &p.slots[i]
 		p.wg.Go(func() {
@@ -228,24 +285,49 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 					return
 				case msg := <-work:
 					s.set(msg)
-					c.handle(hctx, msg)
+					c.handle(ctx, hctx, msg)
 					s.set(nil)
 				}
 			}
 		})
 	}
-	handBack := func(msg jetstream.Msg) { _ = msg.NakWithDelay(c.cfg.ShutdownNakDelay) }
+	for {
+		paused, err := c.subscribe(ctx, cons, work)
+		if err != nil || !paused {
+			return err
+		}
+		if !c.waitDependency(ctx) {
+			return nil
+		}
+	}
+}
+
+// subscribe runs one Consume subscription feeding work until ctx ends
+// (paused false), a fatal error, or the breaker opens (paused true).
+func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) (paused bool, err error) {
+	leaving := make(chan struct{})
+	leaveDelay := c.cfg.ShutdownNakDelay
+	var once sync.Once
+	leave := func(pause bool) {
+		once.Do(func() {
+			if pause {
+				leaveDelay = c.pipe.UnavailableDelay()
+			}
+			close(leaving)
+		})
+	}
+	fatalc := make(chan error, 1)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		select {
-		case <-stopping:
-			handBack(msg)
+		case <-leaving:
+			_ = msg.NakWithDelay(leaveDelay)
 			return
 		default:
 		}
 		select {
 		case work <- msg:
-		case <-stopping:
-			handBack(msg)
+		case <-leaving:
+			_ = msg.NakWithDelay(leaveDelay)
 		}
 	},
 		jetstream.PullMaxMessages(c.cfg.FetchBatch),
@@ -262,15 +344,25 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 		}),
 	)
 	if err != nil {
-		close(stopping)
-		return fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, err)
+		return false, fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, err)
 	}
+	c.mu.Lock()
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
+	c.mu.Unlock()
 	select {
 	case <-ctx.Done():
+		leave(false)
+	case <-c.brk.trip:
+		leave(true)
+		paused = true
 	case ferr := <-fatalc:
+		leave(false)
 		err = fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, ferr)
 	}
-	close(stopping)
 	cc.Drain()
 	closeWait := time.NewTimer(c.cfg.ShutdownTimeout)
 	defer closeWait.Stop()
@@ -282,7 +374,7 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 		cc.Stop()
 		c.log.Warn("natsjs: draining the subscription timed out; buffered messages are redelivered after AckWait", "timeout", c.cfg.ShutdownTimeout)
 	}
-	return err
+	return paused && err == nil && ctx.Err() == nil, err
 }
 
 // fatal reports pull errors that retrying cannot fix.
@@ -291,7 +383,8 @@ func fatal(err error) bool {
 }
 
 // handle runs one message through the pipeline and applies the outcome.
-func (c *Consumer) handle(hctx context.Context, msg jetstream.Msg) {
+// ctx is Run's context (it ends at shutdown), hctx the handlers'.
+func (c *Consumer) handle(ctx, hctx context.Context, msg jetstream.Msg) {
 	m, err := Convert(msg)
 	if err != nil {
 		c.log.Error("natsjs: cannot read message metadata; redelivering", "subject", msg.Subject(), "err", err)
@@ -300,11 +393,12 @@ func (c *Consumer) handle(hctx context.Context, msg jetstream.Msg) {
 	}
 	m.KeepAlive = func(context.Context) error { return msg.InProgress() }
 	out := c.pipe.Process(hctx, m)
-	c.apply(hctx, msg, m, out)
+	c.apply(ctx, hctx, msg, m, out)
+	c.brk.observe(out)
 }
 
 // apply translates out into broker actions.
-func (c *Consumer) apply(hctx context.Context, msg jetstream.Msg, m *consumer.Message, out consumer.Outcome) {
+func (c *Consumer) apply(ctx, hctx context.Context, msg jetstream.Msg, m *consumer.Message, out consumer.Outcome) {
 	switch out.Action {
 	case consumer.Ack:
 		if !c.cfg.DoubleAck {
@@ -323,18 +417,16 @@ func (c *Consumer) apply(hctx context.Context, msg jetstream.Msg, m *consumer.Me
 		if out.Interrupted {
 			delay = c.cfg.ShutdownNakDelay
 		}
+		if out.Wait != nil && !out.Interrupted {
+			c.park(ctx, msg, out.Wait, delay)
+			return
+		}
 		if err := msg.NakWithDelay(delay); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 			c.log.Warn("natsjs: nak failed; the server redelivers after AckWait", "subject", m.Subject, "id", m.ID, "err", err)
 		}
 	case consumer.DeadLetter:
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(hctx), c.cfg.DeadLetter.PublishTimeout)
-		defer cancel()
-		if err := c.dl.Publish(pctx, msg, out.Reason, out.Err); err != nil {
-			c.log.Error("natsjs: dead-letter publish failed; redelivering the message", "subject", m.Subject, "id", m.ID,
-				"reason", out.Reason.String(), "retry_in", c.cfg.DeadLetter.RetryDelay, "err", err)
-			_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
-			return
-		}
+		// The pipeline published the dead letter (Pipeline.DeadLetter is
+		// the consumer's publishDeadLetter): only the Term is left.
 		if err := msg.Term(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 			c.log.Warn("natsjs: term after dead-lettering failed; a redelivery is dead-lettered again and deduped by Nats-Msg-Id",
 				"subject", m.Subject, "id", m.ID, "err", err)
@@ -343,6 +435,26 @@ func (c *Consumer) apply(hctx context.Context, msg jetstream.Msg, m *consumer.Me
 		c.log.Error("natsjs: outcome without action; redelivering", "subject", m.Subject, "id", m.ID)
 		_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
 	}
+}
+
+// park holds a Busy duplicate, without a worker, until the original attempt
+// running in this process ends (wait closes), then hands it back for an
+// immediate redelivery, which finds the stored result. It gives up after
+// limit (the lease remainder) or AckWait/2, whichever is sooner, and at
+// shutdown hands the message back with ShutdownNakDelay.
+func (c *Consumer) park(ctx context.Context, msg jetstream.Msg, wait <-chan struct{}, limit time.Duration) {
+	c.parked.Go(func() {
+		t := time.NewTimer(min(limit, c.cfg.AckWait/2))
+		defer t.Stop()
+		select {
+		case <-wait:
+			_ = msg.Nak()
+		case <-t.C:
+			_ = msg.Nak()
+		case <-ctx.Done():
+			_ = msg.NakWithDelay(c.cfg.ShutdownNakDelay)
+		}
+	})
 }
 
 // Convert translates a JetStream message into a consumer.Message: ID is the

@@ -385,7 +385,6 @@ func TestMaxDeliveriesAdvisoryDeadLetters(t *testing.T) {
 		cfg.AckWait = time.Second
 		cfg.MaxDeliver = 2
 		cfg.Pipeline.Retry = retry.Policy{MaxAttempts: 1}
-		cfg.CaptureMaxDeliveries = true
 		var calls atomic.Int32
 		h := func(ctx context.Context, m *consumer.Message) error { calls.Add(1); return nil }
 

@@ -1,0 +1,162 @@
+package natsjs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/dedupe"
+)
+
+// breaker decides when the consumer pauses: after DefaultPauseThreshold
+// consecutive deliveries found a dependency unavailable (Outcome.Unavailable).
+// Any delivery that reached its dependency resets the count.
+type breaker struct {
+	mu      sync.Mutex
+	fails   int
+	open    bool
+	dep     consumer.Dependency
+	lastErr error
+	trip    chan struct{} // one pending signal: the breaker opened
+}
+
+func newBreaker() *breaker { return &breaker{trip: make(chan struct{}, 1)} }
+
+// observe records one delivery's outcome.
+func (b *breaker) observe(out consumer.Outcome) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if out.Unavailable == 0 {
+		if !b.open {
+			b.fails = 0
+		}
+		return
+	}
+	if b.open {
+		return
+	}
+	b.fails++
+	if b.fails < DefaultPauseThreshold {
+		return
+	}
+	b.open, b.dep, b.lastErr = true, out.Unavailable, out.Err
+	select {
+	case b.trip <- struct{}{}:
+	default:
+	}
+}
+
+// state returns the dependency that opened the breaker and its error.
+func (b *breaker) state() (consumer.Dependency, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dep, b.lastErr
+}
+
+// reset closes the breaker.
+func (b *breaker) reset() {
+	b.mu.Lock()
+	b.open, b.fails, b.dep, b.lastErr = false, 0, 0, nil
+	b.mu.Unlock()
+	select {
+	case <-b.trip: // a trip that raced with the pause
+	default:
+	}
+}
+
+// probeTimeout bounds one probe of a dependency: 2s.
+const probeTimeout = 2 * time.Second
+
+// waitDependency runs while the consumer is paused: it probes the
+// dependency that opened the breaker, at MinProbeInterval doubling to
+// MaxProbeInterval, and returns true once it answers (false when ctx ends
+// first). It logs the pause and the resumption, once each.
+func (c *Consumer) waitDependency(ctx context.Context) bool {
+	dep, cause := c.brk.state()
+	since := time.Now()
+	c.log.Error("natsjs: "+depName(dep)+" is not answering; paused consuming, handing held messages back, probing",
+		"dependency", dep.String(), "err", cause)
+	interval := MinProbeInterval
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	probes := 0
+	for {
+		select {
+		case <-ctx.Done():
+			c.log.Info("natsjs: shutting down while paused", "dependency", dep.String(), "paused_for", time.Since(since).Round(time.Millisecond))
+			return false
+		case <-timer.C:
+		}
+		probes++
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		err := c.probe(pctx, dep)
+		cancel()
+		if err == nil {
+			c.log.Info("natsjs: "+depName(dep)+" answers again; resuming", "dependency", dep.String(),
+				"paused_for", time.Since(since).Round(time.Millisecond), "probes", probes)
+			c.brk.reset()
+			return true
+		}
+		c.log.Debug("natsjs: probe failed", "dependency", dep.String(), "err", err)
+		interval = min(interval*2, c.cfg.MaxProbeInterval)
+		timer.Reset(interval)
+	}
+}
+
+func depName(d consumer.Dependency) string {
+	switch d {
+	case consumer.StoreUnavailable:
+		return "the dedupe store"
+	case consumer.DeadLetterUnavailable:
+		return "the dead-letter stream"
+	}
+	return "a dependency"
+}
+
+// probe checks whether dep answers. A store without dedupe.Pinger is
+// assumed back (consumption resumes, and pauses again if it is not).
+func (c *Consumer) probe(ctx context.Context, dep consumer.Dependency) error {
+	switch dep {
+	case consumer.StoreUnavailable:
+		g := c.pipe.Guard()
+		if g == nil {
+			return nil
+		}
+		if p, ok := g.Store.(dedupe.Pinger); ok {
+			return p.Ping(ctx)
+		}
+		return nil
+	case consumer.DeadLetterUnavailable:
+		return c.probeDeadLetter(ctx)
+	}
+	return nil
+}
+
+// probeDeadLetter checks that the dead-letter stream exists (recreating it
+// when DeadLetter.CreateStream allows), has a leader that answers, and
+// captures the dead-letter subject.
+func (c *Consumer) probeDeadLetter(ctx context.Context) error {
+	dl := c.cfg.DeadLetter
+	s, err := c.js.Stream(ctx, dl.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) && dl.CreateStream {
+		if err := c.checkDeadLetterStream(ctx, jetstream.StreamConfig{}); err != nil {
+			return err
+		}
+		c.log.Warn("natsjs: the dead-letter stream had disappeared; created it again", "dead_letter_stream", dl.Stream)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, p := range s.CachedInfo().Config.Subjects {
+		if subjectMatches(p, dl.Subject) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: dead-letter stream %s no longer captures %q", ErrSetup, dl.Stream, dl.Subject)
+}
