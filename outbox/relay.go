@@ -316,6 +316,7 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}, cleaner bool) er
 	defer timer.Stop()
 	nextCleanup := r.o.Now()
 	failures := 0
+	var since time.Time
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -329,12 +330,25 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}, cleaner bool) er
 				return nil
 			}
 			failures++
-			delay := r.o.Backoff.Delay(failures)
-			r.log.Warn("relay round failed; retrying", "err", err, "retry_in", delay)
+			var delay time.Duration
+			if errors.Is(err, errBrokerUnavailable) {
+				delay = min(minBrokerPause<<min(failures-1, 10), maxBrokerPause)
+			} else {
+				delay = r.o.Backoff.Delay(failures)
+			}
+			if failures == 1 {
+				since = r.o.Now()
+				r.log.Warn("relay round failed; pausing and retrying until it succeeds", "err", err, "retry_in", delay)
+			} else {
+				r.log.Debug("relay round failed again", "err", err, "retry_in", delay, "failures", failures)
+			}
 			if !sleep(ctx, delay) {
 				return nil
 			}
 			continue
+		}
+		if failures > 0 {
+			r.log.Info("relay rounds succeed again; resumed", "paused_for", r.o.Now().Sub(since).Round(time.Millisecond), "failed_rounds", failures)
 		}
 		failures = 0
 		if cleaner && r.o.Retention > 0 && !r.o.Now().Before(nextCleanup) {
@@ -374,8 +388,14 @@ func sleep(ctx context.Context, d time.Duration) bool {
 type outcome struct {
 	err       error // nil: acknowledged
 	permanent bool
+	noStream  bool // no stream answered: an outage, unless confirmNoStream finds none exists
 	duplicate bool
 	stream    string
+}
+
+// failed returns the outcome of a publish that failed with err.
+func failed(err error) *outcome {
+	return &outcome{err: err, permanent: Rejected(err), noStream: noStreamAnswered(err)}
 }
 
 // round claims all due rows, publishes and marks one batch: claimed is the
@@ -450,6 +470,7 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claim
 	if err != nil {
 		return claimed, 0, err
 	}
+	r.confirmNoStream(ctx, rows, outs)
 	if r.afterPublish != nil {
 		ids := make([]string, 0, len(rows))
 		for i, o := range outs {
@@ -472,10 +493,13 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claim
 		return claimed, 0, err
 	}
 	// Counted only once committed.
+	var published, retried int
+	var lastErr error
 	for _, o := range outs {
 		switch {
 		case o == nil:
 		case o.err == nil:
+			published++
 			r.published.Add(1)
 			if o.duplicate {
 				r.duplicates.Add(1)
@@ -483,12 +507,31 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claim
 		case o.permanent:
 			r.failed.Add(1)
 		default:
+			retried++
+			lastErr = o.err
 			r.retried.Add(1)
 		}
 	}
 	r.checkAcked(ctx, outs)
+	if published == 0 && retried > 0 {
+		// Nothing got through: the broker (or the streams' leaders) is
+		// not answering. The rows stay pending; the worker pauses.
+		return claimed, done, fmt.Errorf("%w: %d rows left pending: %w", errBrokerUnavailable, retried, lastErr)
+	}
 	return claimed, done, nil
 }
+
+// errBrokerUnavailable is the error of a round in which every publish
+// failed transiently.
+var errBrokerUnavailable = errors.New("outbox: broker not answering")
+
+// Pause schedule of a worker whose round found the broker not answering:
+// MinPause doubling to MaxPause, so that publishing resumes within about
+// MaxPause of the broker's return.
+const (
+	minBrokerPause = 100 * time.Millisecond
+	maxBrokerPause = time.Second
+)
 
 // asyncCommit lets the claim transaction on Postgres commit without waiting
 // for the WAL flush. Losing a mark in a crash only republishes rows the
@@ -732,7 +775,7 @@ func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*
 		// the window.
 		f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(x.ID), jetstream.WithStallWait(r.o.PublishTimeout))
 		if err != nil {
-			outs[i] = &outcome{err: err, permanent: Permanent(err)}
+			outs[i] = failed(err)
 			continue
 		}
 		futures[j] = f
@@ -750,7 +793,7 @@ func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*
 			case ack := <-f.Ok():
 				outs[i] = &outcome{duplicate: ack.Duplicate, stream: ack.Stream}
 			case err := <-f.Err():
-				outs[i] = &outcome{err: err, permanent: Permanent(err)}
+				outs[i] = failed(err)
 			default:
 				outs[i] = &outcome{err: ErrPublishTimeout}
 			}
@@ -760,7 +803,7 @@ func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*
 		case ack := <-f.Ok():
 			outs[i] = &outcome{duplicate: ack.Duplicate, stream: ack.Stream}
 		case err := <-f.Err():
-			outs[i] = &outcome{err: err, permanent: Permanent(err)}
+			outs[i] = failed(err)
 		case <-timer.C:
 			expired = true
 			outs[i] = &outcome{err: ErrPublishTimeout}
@@ -771,18 +814,20 @@ func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*
 	return nil
 }
 
-// Permanent reports whether a publish error means the broker will never
-// accept the message as it is: no stream for its subject (no responders),
-// larger than the server's max payload or the stream's max message size, a
-// malformed subject or header, or another 4xx JetStream API error. The relay
-// marks such rows failed; any other error is retried.
-func Permanent(err error) bool {
+// Rejected reports whether a publish error is the broker's verdict on the
+// message itself, one that republishing cannot change: larger than the
+// server's max payload or the stream's max message size, a malformed
+// subject or header, or another 4xx JetStream API error (except 408 and
+// 429). The relay marks such rows failed. Outages are not verdicts: "no
+// responders", "no response from stream", timeouts, 503s and lost
+// connections are retried with backoff, whatever their number; a subject
+// that no stream answers is marked failed only once the JetStream API
+// confirms that no stream captures it.
+func Rejected(err error) bool {
 	switch {
 	case err == nil:
 		return false
-	case errors.Is(err, jetstream.ErrNoStreamResponse),
-		errors.Is(err, nats.ErrNoResponders),
-		errors.Is(err, nats.ErrMaxPayload),
+	case errors.Is(err, nats.ErrMaxPayload),
 		errors.Is(err, nats.ErrBadSubject),
 		errors.Is(err, nats.ErrBadHeaderMsg),
 		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
@@ -793,6 +838,42 @@ func Permanent(err error) bool {
 		return api.Code >= 400 && api.Code < 500 && api.Code != http.StatusRequestTimeout && api.Code != http.StatusTooManyRequests
 	}
 	return false
+}
+
+// noStreamAnswered reports a publish that no stream acknowledged: either no
+// stream captures the subject, or its stream has no leader right now (an
+// election, a node down).
+func noStreamAnswered(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// ErrNoStream is wrapped by the error of a row marked failed because the
+// JetStream API confirmed that no stream captures its subject.
+var ErrNoStream = errors.New("outbox: no stream captures the subject")
+
+// confirmNoStream asks the JetStream API, once per subject, whether a
+// stream captures the subjects of rows that no stream answered. Only a
+// confirmed absence makes such a row failed; anything else (a stream that
+// exists but has no leader, an API that does not answer) leaves it to be
+// retried.
+func (r *Relay) confirmNoStream(ctx context.Context, rows []row, outs []*outcome) {
+	known := map[string]bool{} // subject -> no stream captures it
+	for i, o := range outs {
+		if o == nil || !o.noStream || o.permanent {
+			continue
+		}
+		subj := rows[i].Subject
+		missing, ok := known[subj]
+		if !ok {
+			_, err := r.js.StreamNameBySubject(ctx, subj)
+			missing = errors.Is(err, jetstream.ErrStreamNotFound)
+			known[subj] = missing
+		}
+		if missing {
+			o.permanent = true
+			o.err = fmt.Errorf("%w %q: %w", ErrNoStream, subj, o.err)
+		}
+	}
 }
 
 // mark records the outcome of a round in the claim transaction.

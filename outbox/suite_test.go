@@ -413,13 +413,14 @@ func TestRelayDuplicatesWindowValidated(t *testing.T) {
 	}
 }
 
-func TestPermanentClassification(t *testing.T) {
+func TestRejectedClassification(t *testing.T) {
 	for _, c := range []struct {
 		err  error
 		want bool
 	}{
 		{nil, false},
-		{jetstream.ErrNoStreamResponse, true},
+		{jetstream.ErrNoStreamResponse, false}, // no leader right now, or no stream: confirmed apart
+		{nats.ErrNoResponders, false},
 		{nats.ErrMaxPayload, true},
 		{fmt.Errorf("wrapped: %w", jetstream.ErrStreamMessageExceedsMaximum), true},
 		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}, true},
@@ -430,8 +431,8 @@ func TestPermanentClassification(t *testing.T) {
 		{nats.ErrConnectionClosed, false},
 		{context.DeadlineExceeded, false},
 	} {
-		if got := outbox.Permanent(c.err); got != c.want {
-			t.Errorf("Permanent(%v) = %v, want %v", c.err, got, c.want)
+		if got := outbox.Rejected(c.err); got != c.want {
+			t.Errorf("Rejected(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 }
