@@ -14,15 +14,19 @@ import (
 )
 
 // breaker decides when the consumer pauses: after DefaultPauseThreshold
-// consecutive deliveries found a dependency unavailable (Outcome.Unavailable).
-// Any delivery that reached its dependency resets the count.
+// deliveries found a dependency unavailable (Outcome.Unavailable) with no
+// success of that same dependency in between — a claim the store answered,
+// a dead letter the stream stored. Deliveries that did not touch a
+// dependency leave its count alone: good messages flowing between poison
+// ones say nothing about the dead-letter stream.
 type breaker struct {
-	mu      sync.Mutex
-	fails   int
-	open    bool
-	dep     consumer.Dependency
-	lastErr error
-	trip    chan struct{} // one pending signal: the breaker opened
+	mu         sync.Mutex
+	storeFails int
+	dlqFails   int
+	open       bool
+	dep        consumer.Dependency
+	lastErr    error
+	trip       chan struct{} // one pending signal: the breaker opened
 }
 
 func newBreaker() *breaker { return &breaker{trip: make(chan struct{}, 1)} }
@@ -31,17 +35,22 @@ func newBreaker() *breaker { return &breaker{trip: make(chan struct{}, 1)} }
 func (b *breaker) observe(out consumer.Outcome) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if out.Unavailable == 0 {
-		if !b.open {
-			b.fails = 0
-		}
-		return
-	}
 	if b.open {
 		return
 	}
-	b.fails++
-	if b.fails < DefaultPauseThreshold {
+	switch {
+	case out.Unavailable == consumer.StoreUnavailable:
+		b.storeFails++
+	case out.Claim != 0:
+		b.storeFails = 0
+	}
+	switch {
+	case out.Unavailable == consumer.DeadLetterUnavailable:
+		b.dlqFails++
+	case out.DeadLettered:
+		b.dlqFails = 0
+	}
+	if b.storeFails < DefaultPauseThreshold && b.dlqFails < DefaultPauseThreshold {
 		return
 	}
 	b.open, b.dep, b.lastErr = true, out.Unavailable, out.Err
@@ -61,7 +70,7 @@ func (b *breaker) state() (consumer.Dependency, error) {
 // reset closes the breaker.
 func (b *breaker) reset() {
 	b.mu.Lock()
-	b.open, b.fails, b.dep, b.lastErr = false, 0, 0, nil
+	b.open, b.storeFails, b.dlqFails, b.dep, b.lastErr = false, 0, 0, 0, nil
 	b.mu.Unlock()
 	select {
 	case <-b.trip: // a trip that raced with the pause

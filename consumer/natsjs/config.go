@@ -28,9 +28,10 @@ const (
 	// MinProbeInterval is the first probe interval after a dependency
 	// stopped answering; it doubles up to MaxProbeInterval: 100ms.
 	MinProbeInterval = 100 * time.Millisecond
-	// DefaultPauseThreshold is how many consecutive deliveries must find a
-	// dependency unavailable before the consumer pauses: 3, so that one
-	// timed-out call does not stop consumption.
+	// DefaultPauseThreshold is how many deliveries must find a dependency
+	// unavailable, with no success of that dependency in between, before
+	// the consumer pauses: 3, so that one timed-out call does not stop
+	// consumption.
 	DefaultPauseThreshold = 3
 	// DefaultShutdownTimeout is Config.ShutdownTimeout when zero: 30s.
 	DefaultShutdownTimeout = 30 * time.Second
