@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Dead-letter headers read by the checks (DESIGN.md's wire format).
+// Dead-letter headers read by the checks (the wire format in docs/ARCHITECTURE.md).
 const (
 	headerReason       = "Idemq-Reason"
 	headerOrigSubject  = "Idemq-Original-Subject"

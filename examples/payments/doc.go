@@ -19,7 +19,7 @@
 //	go run ./examples/payments -nats nats://127.0.0.1:4222 -db 'postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
 //
 // The commands, whose names, flags, subjects, headers, tables and status
-// codes are a contract other tools rely on (see DESIGN.md):
+// codes are a contract other tools rely on (see docs/ARCHITECTURE.md):
 //
 //	payments worker -nats URL -db URL [-concurrency N]
 //	payments api -addr :8080 -nats URL -db URL

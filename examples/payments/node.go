@@ -28,8 +28,10 @@ type node struct {
 // openNode connects to the database and NATS as name, creates the streams
 // when they are missing, and prepares the dedupe store, the outbox and its
 // relay. On error everything it opened is closed again.
-func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger) (n *node, err error) {
-	n = &node{log: log}
+func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger) (_ *node, err error) {
+	// n is not the named result: "return nil, err" must not clear what the
+	// deferred close needs.
+	n := &node{log: log}
 	defer func() {
 		if err != nil {
 			n.close()

@@ -16,7 +16,7 @@ import (
 // "invalid"; the API answers 400.
 var ErrInvalidPayment = errors.New("invalid payment")
 
-// payment is the body of payments.requested, exactly as DESIGN.md states it:
+// payment is the body of payments.requested, exactly as the contract in docs/ARCHITECTURE.md states it:
 //
 //	{"payment_id":"…","from":"acc-1","to":"acc-2","amount":100,"currency":"GBP","timestamp":1728468810}
 //

@@ -1,8 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestDecodePayment(t *testing.T) {
@@ -75,5 +82,27 @@ func TestPounds(t *testing.T) {
 		if got := pounds(in); got != want {
 			t.Errorf("pounds(%d) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestOpenNodeFailsCleanlyWhenNATSIsDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := openNode(ctx, "test", "sqlite:"+filepath.Join(t.TempDir(), "db.sqlite"), "nats://"+addr, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil {
+		n.close()
+		t.Fatal("openNode succeeded with NATS down")
+	}
+	if n != nil {
+		t.Fatalf("openNode returned a node with its error %v", err)
+	}
+	if !strings.Contains(err.Error(), addr) {
+		t.Errorf("error %q does not name the NATS address", err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Names fixed by the contract in DESIGN.md.
+// Names fixed by the contract in docs/ARCHITECTURE.md.
 const (
 	streamPayments   = "PAYMENTS"
 	subjectsPayments = "payments.>"
