@@ -164,7 +164,7 @@ func TestPostgresOutageRecovery(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	if err := db.PingContext(ctx); err != nil {
-		t.Skipf("cannot reach postgres through the proxy (not on 127.0.0.1:5432?): %v", err)
+		harness.Unavailable(t, "postgres: cannot reach it through the proxy (not on 127.0.0.1:5432?): %v", err)
 	}
 
 	e := newBatchEnv(t, db, env)
