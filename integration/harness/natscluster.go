@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -496,4 +497,35 @@ func streamInfo(ctx context.Context, js jetstream.JetStream, stream string) (*je
 		return nil, fmt.Errorf("stream %s info: %w", stream, err)
 	}
 	return s.CachedInfo(), nil // js.Stream has just fetched it
+}
+
+// kvProbeKey is the key WaitKVServed reads; it need not exist.
+const kvProbeKey = "idemq-harness-probe"
+
+// WaitKVServed waits until a Get on bucket is answered: the probe key is
+// found or reported missing (jetstream.ErrKeyNotFound), rather than failing
+// with nats.ErrNoResponders or a timeout. On a cluster, CreateKeyValue
+// returns before the replicas' direct-get responders are known to the
+// server the client is on, so the first reads of a new bucket can fail
+// with "nats: no responders available for request". It polls every 100ms
+// until ctx is done.
+func WaitKVServed(ctx context.Context, js jetstream.JetStream, bucket string) error {
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return fmt.Errorf("kv bucket %s: %w", bucket, err)
+	}
+	var last error
+	for {
+		attempt, cancel := context.WithTimeout(ctx, DialTimeout)
+		_, last = kv.Get(attempt, kvProbeKey)
+		cancel()
+		if last == nil || errors.Is(last, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for kv bucket %s to serve reads: %w (last: %v)", bucket, ctx.Err(), last)
+		case <-time.After(pollInterval):
+		}
+	}
 }
