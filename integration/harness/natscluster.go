@@ -27,6 +27,9 @@ const NATSClusterSize = 3
 // (the Debian package's path); it then tries PATH.
 const NATSServerBinary = "/usr/sbin/nats-server"
 
+// natsServerPaths are the places tried before PATH; tests replace it.
+var natsServerPaths = []string{NATSServerBinary}
+
 // NATSClusterReadyTimeout bounds how long StartNATSCluster,
 // StartEmbeddedNATSCluster and NATSCluster.Restart wait for the nodes to
 // report healthy (GET /healthz on each node's monitoring port answers 200,
@@ -79,7 +82,7 @@ type natsNode struct {
 // binary is found the test is skipped (fails under CI=true) saying so.
 func StartNATSCluster(t testing.TB) *NATSCluster {
 	t.Helper()
-	bin, err := findBinary("nats-server", NATSServerBinary)
+	bin, err := findBinary("nats-server", natsServerPaths...)
 	if err != nil {
 		Unavailable(t, "nats cluster: %v", err)
 		return nil

@@ -70,6 +70,9 @@ func exerciseNATSCluster(t *testing.T, c *NATSCluster) {
 	if err != nil {
 		t.Fatalf("create R3 kv bucket: %v", err)
 	}
+	if err := WaitKVServed(ctx, env.JS, kv.Bucket()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := kv.Put(ctx, "before", []byte("1")); err != nil {
 		t.Fatalf("kv put: %v", err)
 	}

@@ -23,6 +23,9 @@ import (
 // then tries PATH.
 const PostgresBinGlob = "/usr/lib/postgresql/*/bin"
 
+// postgresBinGlob is PostgresBinGlob; tests replace it.
+var postgresBinGlob = PostgresBinGlob
+
 // PostgresOSUser is the OS user StartPostgres runs initdb, postgres and
 // pg_ctl as when the test runs as root (initdb refuses to run as root):
 // "postgres". As any other user they run as that user.
@@ -153,7 +156,7 @@ func StartPostgres(t testing.TB) *PostgresServer {
 
 // postgresBinDir returns the directory holding initdb, postgres and pg_ctl.
 func postgresBinDir() (string, error) {
-	dirs, _ := filepath.Glob(PostgresBinGlob)
+	dirs, _ := filepath.Glob(postgresBinGlob)
 	// Highest major version first: "/usr/lib/postgresql/16/bin" > ".../15/bin".
 	sort.Slice(dirs, func(i, j int) bool {
 		vi, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))

@@ -53,6 +53,12 @@ type RedisCluster struct {
 	nodes []*redisNode
 }
 
+// Places tried before PATH for the Redis binaries; tests replace them.
+var (
+	redisServerPaths = []string{"/usr/bin/redis-server"}
+	redisCLIPaths    = []string{"/usr/bin/redis-cli"}
+)
+
 // redisNode is one member of a RedisCluster.
 type redisNode struct {
 	port, busPort int
@@ -89,12 +95,12 @@ type RedisNode struct {
 // (fails under CI=true) saying so.
 func StartRedisCluster(t testing.TB) *RedisCluster {
 	t.Helper()
-	bin, err := findBinary("redis-server", "/usr/bin/redis-server")
+	bin, err := findBinary("redis-server", redisServerPaths...)
 	if err != nil {
 		Unavailable(t, "redis cluster: %v", err)
 		return nil
 	}
-	cli, err := findBinary("redis-cli", "/usr/bin/redis-cli")
+	cli, err := findBinary("redis-cli", redisCLIPaths...)
 	if err != nil {
 		Unavailable(t, "redis cluster: %v", err)
 		return nil
