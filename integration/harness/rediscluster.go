@@ -542,3 +542,59 @@ func (c *RedisCluster) KillMasterOfSlot(ctx context.Context, slot int) (killed, 
 	})
 	return killed, promoted, err
 }
+
+// WaitReplicated waits until every running master's replicas have
+// acknowledged all of its writes so far: in INFO replication each
+// slaveN line is state=online with offset equal to master_repl_offset. It
+// is WAIT for writes made through connections the test does not hold
+// (a store's pool). It polls every 100ms until ctx is done.
+func (c *RedisCluster) WaitReplicated(ctx context.Context) error {
+	var last error
+	for {
+		last = c.replicated(ctx)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("redis cluster: wait for replicas to catch up: %w (last: %v)", ctx.Err(), last)
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// replicated returns nil when every running master's replicas are at its
+// replication offset.
+func (c *RedisCluster) replicated(ctx context.Context) error {
+	for i := range c.nodes {
+		if !c.Running(i) {
+			continue
+		}
+		client := c.nodeClient(i)
+		info, err := client.Info(ctx, "replication").Result()
+		_ = client.Close()
+		if err != nil {
+			return fmt.Errorf("node %d: INFO replication: %w", i, err)
+		}
+		if !strings.Contains(info, "role:master") {
+			continue
+		}
+		var offset string
+		var replicas []string
+		for line := range strings.Lines(info) {
+			line = strings.TrimSpace(line)
+			if v, ok := strings.CutPrefix(line, "master_repl_offset:"); ok {
+				offset = v
+			}
+			if strings.HasPrefix(line, "slave") && strings.Contains(line, ":ip=") {
+				replicas = append(replicas, line)
+			}
+		}
+		for _, r := range replicas {
+			if !strings.Contains(r, ",state=online,") || !strings.Contains(r, ",offset="+offset+",") {
+				return fmt.Errorf("node %d at offset %s: replica %s", i, offset, r)
+			}
+		}
+	}
+	return nil
+}
