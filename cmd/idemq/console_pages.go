@@ -483,6 +483,9 @@ func postedSeqs(r *http.Request) ([]uint64, error) {
 
 // describeSeqs says which sequences were selected.
 func describeSeqs(seqs []uint64) string {
+	if len(seqs) == 1 {
+		return "sequence " + strconv.FormatUint(seqs[0], 10)
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d selected: ", len(seqs))
 	for i, s := range seqs {
@@ -543,7 +546,14 @@ func (c *console) replay(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusBadRequest, fmt.Errorf("scope %q: want seqs or filter", scope))
 		return
 	}
-	j.What += fmt.Sprintf(" (rate %g/s, delete after ack %v)", perSecond, opts.Delete)
+	if perSecond > 0 {
+		j.What += fmt.Sprintf(", at most %g/s", perSecond)
+	}
+	if opts.Delete {
+		j.What += ", each deleted from the DLQ once replayed"
+	} else {
+		j.What += ", kept in the DLQ"
+	}
 	err := c.jobs.start(j, func(ctx context.Context, j *job) error {
 		opts.Observe = func(st replayStats) {
 			j.set(func(j *job) { j.state, j.selected, j.stats = jobRunning, st.Selected, st })

@@ -184,7 +184,7 @@ func tallyStream(ctx context.Context, js jetstream.JetStream, stream string) tal
 		t.OtherSubjects = len(t.Subjects) - maxSubjectsShown
 		t.Subjects = t.Subjects[:maxSubjectsShown]
 	}
-	t.ScanTook = time.Since(start)
+	t.ScanTook = time.Since(start).Round(time.Millisecond)
 	return t
 }
 

@@ -401,7 +401,7 @@ func TestConsoleReplay(t *testing.T) {
 			t.Fatalf("DLQ after refused replays: %s", got)
 		}
 		logs := cc.log.String()
-		for _, want := range []string{`msg="console action started" action=replay who=local@127.0.0.1`, "selection=\"1 selected: 1",
+		for _, want := range []string{`msg="console action started" action=replay who=local@127.0.0.1`, "selection=\"sequence 1, each deleted from the DLQ once replayed\"",
 			`msg="console action done" action=replay`, `result="replayed 1 of 1, deleted 1 from the DLQ"`} {
 			if !strings.Contains(logs, want) {
 				t.Errorf("action log lacks %q:\n%s", want, logs)
