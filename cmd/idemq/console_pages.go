@@ -54,11 +54,6 @@ func templateFuncs() template.FuncMap {
 			}
 			return int(math.Round(100 * float64(n) / float64(total)))
 		},
-		"addq": func(base, k, v string) string { // base is an encoded query
-			q, _ := url.ParseQuery(base)
-			q.Set(k, v)
-			return q.Encode()
-		},
 	}
 }
 
@@ -389,7 +384,18 @@ func (c *console) list(w http.ResponseWriter, r *http.Request) {
 		next = last + 1
 	}
 	q := f.query()
+	listURL := func(from uint64) string {
+		v, _ := url.ParseQuery(q)
+		if from != 0 {
+			v.Set("from", strconv.FormatUint(from, 10))
+		}
+		if f.N != c.cfg.PageSize {
+			v.Set("n", strconv.Itoa(f.N))
+		}
+		return listPath(stream, v)
+	}
 	data := map[string]any{
+		"FirstURL": listURL(0), "NextURL": listURL(next),
 		"Title": stream + " dead letters", "Stream": stream, "Filter": f, "Query": q, "Rows": rows, "Reasons": reasons,
 		"Next": next, "From": f.From, "Scanned": scanned, "ScannedTo": last, "Budget": scanned >= maxScanPerPage,
 		"Msgs": d.msgs, "FirstSeq": d.first, "LastSeq": d.last, "Took": time.Since(start).Truncate(time.Millisecond).String(),
@@ -397,6 +403,15 @@ func (c *console) list(w http.ResponseWriter, r *http.Request) {
 		"SinceUTC": timeField(f.sel.Since), "UntilUTC": timeField(f.sel.Until),
 	}
 	c.render(w, r, "list.html", data)
+}
+
+// listPath is the list page of stream with the query q.
+func listPath(stream string, q url.Values) string {
+	p := "/dlq/" + url.PathEscape(stream)
+	if len(q) > 0 {
+		p += "?" + q.Encode()
+	}
+	return p
 }
 
 func timeField(t time.Time) string {
@@ -449,10 +464,14 @@ func (c *console) letter(w http.ResponseWriter, r *http.Request) {
 	}
 	e := entryOf(l)
 	kind, text := bodyView(l.Data)
+	back, err := url.ParseQuery(r.URL.Query().Get("back"))
+	if err != nil {
+		back = url.Values{}
+	}
 	data := map[string]any{
 		"Title": fmt.Sprintf("%s:%d", stream, seq), "Stream": stream, "Letter": e, "Headers": headers,
 		"StoredUTC": l.Stored.UTC().Format(time.RFC3339Nano), "Age": c.age(l.Stored), "IsDeadLetter": l.isDeadLetter(),
-		"BodyKind": kind, "BodySize": len(l.Data), "Back": r.URL.Query().Get("back"), "Rate": c.cfg.Rate,
+		"BodyKind": kind, "BodySize": len(l.Data), "Back": back.Encode(), "BackURL": listPath(stream, back), "Rate": c.cfg.Rate,
 		"ReplayID": replayMsgID(stream, seq), "ReasonHelp": reasonHelp[e.Reason],
 	}
 	if c.cfg.ShowBodies {
@@ -637,13 +656,12 @@ func (c *console) job(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	back := "/dlq/" + url.PathEscape(j.Stream)
-	if j.Back != "" {
-		if q, err := url.ParseQuery(j.Back); err == nil {
-			back += "?" + q.Encode()
-		}
+	back, err := url.ParseQuery(j.Back)
+	if err != nil {
+		back = url.Values{}
 	}
-	c.render(w, r, "job.html", map[string]any{"Title": j.Kind + " " + j.Stream, "Job": j.status(), "Who": j.Who, "BackURL": back})
+	c.render(w, r, "job.html", map[string]any{"Title": j.Kind + " " + j.Stream, "Job": j.status(), "Who": j.Who,
+		"BackURL": listPath(j.Stream, back)})
 }
 
 func (c *console) jobStatus(w http.ResponseWriter, r *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"net/http"
@@ -218,6 +219,21 @@ func TestConsoleOverview(t *testing.T) {
 	})
 }
 
+// href returns the link with the given id on page, unescaped; with an
+// empty id the first dead letter's link.
+func href(t *testing.T, page, id string) string {
+	t.Helper()
+	re := regexp.MustCompile(`<a href="([^"]*)" id="` + regexp.QuoteMeta(id) + `"`)
+	if id == "" {
+		re = regexp.MustCompile(`<a class="seq-link" href="([^"]*)"`)
+	}
+	m := re.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no link %q on the page", id)
+	}
+	return html.UnescapeString(m[1])
+}
+
 func consumers(t *testing.T, env *harness.NATSEnv, stream string) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -271,7 +287,20 @@ func TestConsoleList(t *testing.T) {
 				t.Errorf("%s: next page %v, want from %s", tt.name, next, tt.next)
 			}
 		}
-		page := cc.get(base+"?reason=exhausted", http.StatusOK)
+		// Following the links keeps the filter.
+		page := cc.get(base+"?reason=permanent&n=1", http.StatusOK)
+		page = cc.get(href(t, page, "next-page"), http.StatusOK)
+		if got := rows(page); got != "[4]" {
+			t.Errorf("next page of reason=permanent: %s", got)
+		}
+		if got := rows(cc.get(href(t, page, "first-page"), http.StatusOK)); got != "[1]" {
+			t.Errorf("first page of reason=permanent: %s", got)
+		}
+		detail := cc.get(href(t, page, ""), http.StatusOK)
+		if got := rows(cc.get(href(t, detail, "back"), http.StatusOK)); got != "[1 4]" {
+			t.Errorf("back from the detail page: %s, want the filtered list [1 4]", got)
+		}
+		page = cc.get(base+"?reason=exhausted", http.StatusOK)
 		for _, want := range []string{"upstream said no", f.orders + ":13", "exhausted", "Transient failures used up"} {
 			if !strings.Contains(page, want) {
 				t.Errorf("list lacks %q", want)
