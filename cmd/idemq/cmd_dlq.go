@@ -184,15 +184,16 @@ func (a *app) dlqPurge(ctx context.Context, args []string) error {
 	if *all {
 		what = "(all)"
 	}
+	opts := purgeOptions{Stream: *stream, All: *all, Select: selector{Reason: *reason}}
 	if !*yes {
-		n, err := countLetters(ctx, js, *stream, *reason, *all)
+		n, err := countLetters(ctx, js, opts)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(a.stderr, "idemq dlq purge: would delete %d messages %s from stream %s; %v\n", n, what, *stream, errRefused)
 		return errUsage
 	}
-	n, err := purgeLetters(ctx, js, *stream, *reason, *all)
+	n, err := purgeLetters(ctx, js, opts)
 	fmt.Fprintf(a.stdout, "deleted %d messages %s from stream %s\n", n, what, *stream)
 	return err
 }

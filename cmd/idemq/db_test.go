@@ -55,11 +55,17 @@ func tableExists(ctx context.Context, db *sql.DB, table string) bool {
 // then adds one pending row. Every row is created 90 s before t0.
 func fillOutbox(t *testing.T, ctx context.Context, db *sql.DB) {
 	t.Helper()
+	fillOutboxAt(t, ctx, db, t0.Add(-90*time.Second))
+}
+
+// fillOutboxAt is fillOutbox with every row created at created.
+func fillOutboxAt(t *testing.T, ctx context.Context, db *sql.DB, created time.Time) {
+	t.Helper()
 	env := harness.EmbeddedNATS(t)
 	if _, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: env.Name("GOOD"), Subjects: []string{env.Subject("good.>")}}); err != nil {
 		t.Fatal(err)
 	}
-	ob, err := outbox.New(ctx, db, &outbox.Options{Now: func() time.Time { return t0.Add(-90 * time.Second) }})
+	ob, err := outbox.New(ctx, db, &outbox.Options{Now: func() time.Time { return created }})
 	if err != nil {
 		t.Fatal(err)
 	}

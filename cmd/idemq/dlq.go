@@ -184,18 +184,63 @@ func (d *dlq) scan(ctx context.Context, subject string, fn func(letter) (bool, e
 	return nil
 }
 
-// selector picks dead letters by subject and reason; empty fields match
-// everything.
+// selector picks dead letters; empty (zero) fields match everything.
 type selector struct {
+	// Subject is the subject the dead letter is stored on in the DLQ
+	// stream (wildcards allowed); the server filters on it.
 	Subject string
-	Reason  string
+	// Reason is the Idemq-Reason wire value.
+	Reason string
+	// OriginalSubject matches Idemq-Original-Subject, with NATS wildcards
+	// (* for one token, > for the rest).
+	OriginalSubject string
+	// Since and Until bound the time the dead letter was stored in the
+	// DLQ stream: Since <= stored < Until.
+	Since, Until time.Time
+}
+
+// matches reports whether l passes the filters other than Subject (which
+// the server applies when reading).
+func (sel selector) matches(l letter) bool {
+	switch {
+	case sel.Reason != "" && l.reason() != sel.Reason:
+		return false
+	case sel.OriginalSubject != "" && !subjectMatches(sel.OriginalSubject, l.get(natsjs.HeaderOriginalSubject)):
+		return false
+	case !sel.Since.IsZero() && l.Stored.Before(sel.Since):
+		return false
+	case !sel.Until.IsZero() && !l.Stored.Before(sel.Until):
+		return false
+	}
+	return true
+}
+
+// filtered reports whether sel selects less than the whole stream.
+func (sel selector) filtered() bool { return sel != selector{} }
+
+// subjectMatches reports whether subject matches the NATS subject pattern
+// (tokens separated by dots, * matching one token, > the remaining ones).
+func subjectMatches(pattern, subject string) bool {
+	if subject == "" {
+		return false
+	}
+	pt, st := strings.Split(pattern, "."), strings.Split(subject, ".")
+	for i, p := range pt {
+		if p == ">" && i == len(pt)-1 {
+			return len(st) > i
+		}
+		if i >= len(st) || (p != "*" && p != st[i]) {
+			return false
+		}
+	}
+	return len(pt) == len(st)
 }
 
 // seqs returns the sequences of the messages sel picks, in order.
 func (d *dlq) seqs(ctx context.Context, sel selector) ([]uint64, error) {
 	var out []uint64
 	err := d.scan(ctx, sel.Subject, func(l letter) (bool, error) {
-		if sel.Reason == "" || l.reason() == sel.Reason {
+		if sel.matches(l) {
 			out = append(out, l.Seq)
 		}
 		return true, nil
@@ -268,7 +313,7 @@ func listLetters(ctx context.Context, js jetstream.JetStream, stream string, opt
 	var entries []listEntry
 	enc := json.NewEncoder(w)
 	err = d.scan(ctx, opts.Subject, func(l letter) (bool, error) {
-		if opts.Reason != "" && l.reason() != opts.Reason {
+		if !opts.matches(l) {
 			return true, nil
 		}
 		e := entryOf(l)
@@ -361,29 +406,51 @@ func showLetter(ctx context.Context, js jetstream.JetStream, stream string, seq 
 	return err
 }
 
-// writeBody renders a message body for a person.
-func writeBody(b *bytes.Buffer, data []byte) {
+// Body kinds, as bodyView names them.
+const (
+	bodyEmpty  = "empty"
+	bodyJSON   = "JSON"
+	bodyText   = "text"
+	bodyBinary = "binary"
+)
+
+// bodyView renders a message body for a person: its kind and the text to
+// show — JSON indented, text as is, anything else as a hex dump. show and
+// the console both use it.
+func bodyView(data []byte) (kind, text string) {
 	switch {
 	case len(data) == 0:
-		b.WriteString("\nBody: (empty)\n")
+		return bodyEmpty, ""
 	case json.Valid(data):
-		fmt.Fprintf(b, "\nBody (JSON, %d bytes):\n", len(data))
 		var ind bytes.Buffer
 		if err := json.Indent(&ind, data, "", "  "); err != nil {
 			ind.Reset()
 			ind.Write(data)
 		}
-		b.Write(ind.Bytes())
-		b.WriteByte('\n')
+		return bodyJSON, ind.String()
 	case printable(data):
-		fmt.Fprintf(b, "\nBody (text, %d bytes):\n", len(data))
-		b.Write(data)
-		if data[len(data)-1] != '\n' {
-			b.WriteByte('\n')
-		}
+		return bodyText, string(data)
 	default:
+		return bodyBinary, hex.Dump(data)
+	}
+}
+
+// writeBody renders a message body for a person.
+func writeBody(b *bytes.Buffer, data []byte) {
+	kind, text := bodyView(data)
+	switch kind {
+	case bodyEmpty:
+		b.WriteString("\nBody: (empty)\n")
+		return
+	case bodyBinary:
 		fmt.Fprintf(b, "\nBody (binary, %d bytes):\n", len(data))
-		b.WriteString(hex.Dump(data))
+		b.WriteString(text)
+		return
+	}
+	fmt.Fprintf(b, "\nBody (%s, %d bytes):\n", kind, len(data))
+	b.WriteString(text)
+	if kind == bodyJSON || !strings.HasSuffix(text, "\n") {
+		b.WriteByte('\n')
 	}
 }
 

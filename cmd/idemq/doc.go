@@ -12,6 +12,7 @@
 //	idemq outbox failed -db URL [-table idemq_outbox] [-limit N]
 //	idemq outbox retry  -db URL [-table idemq_outbox] (-id ID ... | -all-failed)
 //	idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] [-max-key-len 200] [-json] KEY
+//	idemq console -nats URL [-stream DLQ ...] [-db URL] [-addr 127.0.0.1:8089] [-token T | -basic-auth U:P] [-show-bodies]
 //
 // Every command takes -h. The dlq commands connect to -nats URL (default
 // nats://127.0.0.1:4222); -db is postgres://… or sqlite:PATH. The exit status
@@ -70,4 +71,17 @@
 // stored result's size. The key is namespaced and hashed as dedupe.Guard
 // does (-namespace, -max-key-len). The Redis and NATS KV stores export no
 // inspection API, so they are not supported.
+//
+// # Console
+//
+// console serves a web console (templates and assets embedded) on -addr,
+// 127.0.0.1:8089 by default: an overview of the -stream dead-letter streams
+// (counts by reason and original subject, ages) and of the -db outbox
+// (backlog, failed rows, oldest unsent row), dead letters filtered by
+// reason, original subject and time and paged from a start sequence, their
+// details (bodies only with -show-bodies), and replay, purge and outbox retry
+// running the same functions as the commands above. Replays from the console
+// delete each dead letter after its PubAck by default (replay -delete). It
+// refuses a non-loopback -addr without -token or -basic-auth, accepts actions
+// only as POSTs with a CSRF token, and logs each action with who did it.
 package main

@@ -38,6 +38,7 @@ Usage:
   idemq outbox failed -db URL [-table idemq_outbox] [-limit N]
   idemq outbox retry  -db URL [-table idemq_outbox] (-id ID ... | -all-failed)
   idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] [-max-key-len 200] [-json] KEY
+  idemq console -nats URL [-stream DLQ ...] [-db URL] [-addr 127.0.0.1:8089] [-token T | -basic-auth U:P] [-show-bodies]
 
 The dlq commands take -nats URL (default nats://127.0.0.1:4222); -db is
 postgres://… or sqlite:PATH. Run "idemq <group> <command> -h" for details.
@@ -123,6 +124,9 @@ func (a *app) run(ctx context.Context, args []string) int {
 		fmt.Fprint(a.stdout, usageText)
 		return exitOK
 	}
+	if args[0] == "console" {
+		return a.exit("console", a.console(ctx, args[1:]))
+	}
 	cmds, ok := groups()[args[0]]
 	if !ok {
 		fmt.Fprintf(a.stderr, "idemq: unknown command %q\n\n%s", args[0], usageText)
@@ -144,20 +148,24 @@ func (a *app) run(ctx context.Context, args []string) int {
 		if c.name != args[1] {
 			continue
 		}
-		err := c.run(a, ctx, args[2:])
-		switch {
-		case err == nil:
-			return exitOK
-		case errors.Is(err, flag.ErrHelp):
-			return exitOK
-		case errors.Is(err, errUsage):
-			return exitUsage
-		}
-		fmt.Fprintf(a.stderr, "idemq %s %s: %v\n", args[0], args[1], err)
-		return exitError
+		return a.exit(args[0]+" "+args[1], c.run(a, ctx, args[2:]))
 	}
 	fmt.Fprintf(a.stderr, "idemq %s: unknown command %q\n\nusage: idemq %s <%s> [flags]\n", args[0], args[1], args[0], strings.Join(names, "|"))
 	return exitUsage
+}
+
+// exit reports err of the command name and returns the exit status.
+func (a *app) exit(name string, err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.Is(err, errUsage):
+		return exitUsage
+	}
+	fmt.Fprintf(a.stderr, "idemq %s: %v\n", name, err)
+	return exitError
 }
 
 // flagSet returns a flag set for "idemq group cmd" that prints its usage,

@@ -112,6 +112,13 @@ type replayOptions struct {
 	Seq    uint64
 	Reason string
 	All    bool
+	// Seqs replays the messages at these sequences (the console's
+	// selection): those already gone are counted as Gone, those that are
+	// not dead letters or do not match Reason as Skipped.
+	Seqs []uint64
+	// Filter narrows All further (the console's filters); its Reason is
+	// ignored in favour of Reason.
+	Filter selector
 	// DryRun prints what would be replayed and publishes nothing.
 	DryRun bool
 	// Delete removes each dead letter once its replay has a PubAck.
@@ -124,6 +131,9 @@ type replayOptions struct {
 	// Progress, when not nil, is called once with the number of selected
 	// messages and returns the progress display.
 	Progress func(total int) progress
+	// Observe, when not nil, is called with the counts so far after the
+	// selection and after each selected message.
+	Observe func(replayStats)
 }
 
 // replayStats counts what replay did.
@@ -164,10 +174,22 @@ func replay(ctx context.Context, js jetstream.JetStream, opts replayOptions, log
 			return st, fmt.Errorf("%s:%d has reason %q, not %q", opts.Stream, opts.Seq, l.reason(), opts.Reason)
 		}
 		seqs = []uint64{opts.Seq}
-	} else if seqs, err = d.seqs(ctx, selector{Reason: opts.Reason}); err != nil {
-		return st, err
+	} else if opts.Seqs != nil {
+		seqs = opts.Seqs
+	} else {
+		sel := opts.Filter
+		sel.Reason = opts.Reason
+		if seqs, err = d.seqs(ctx, sel); err != nil {
+			return st, err
+		}
 	}
 	st.Selected = len(seqs)
+	observe := func() {
+		if opts.Observe != nil {
+			opts.Observe(st)
+		}
+	}
+	observe()
 	var bar progress
 	if opts.Progress != nil && !opts.DryRun {
 		bar = opts.Progress(len(seqs))
@@ -179,6 +201,7 @@ func replay(ctx context.Context, js jetstream.JetStream, opts replayOptions, log
 		l, err := d.get(ctx, seq)
 		if errors.Is(err, errNoLetter) {
 			st.Gone++
+			observe()
 			continue
 		}
 		if err != nil {
@@ -187,6 +210,15 @@ func replay(ctx context.Context, js jetstream.JetStream, opts replayOptions, log
 		if !l.isDeadLetter() {
 			st.Skipped++
 			fmt.Fprintf(log, "skip %s:%d: %v\n", opts.Stream, seq, errNotDeadLetter)
+			observe()
+			continue
+		}
+		if opts.Reason != "" && l.reason() != opts.Reason {
+			// Only an explicit selection can get here: -all selected by
+			// reason already.
+			st.Skipped++
+			fmt.Fprintf(log, "skip %s:%d: reason %q, not %q\n", opts.Stream, seq, l.reason(), opts.Reason)
+			observe()
 			continue
 		}
 		m := replayMsg(opts.Stream, l, opts.KeepMsgID)
@@ -226,6 +258,7 @@ func replay(ctx context.Context, js jetstream.JetStream, opts replayOptions, log
 		if bar != nil {
 			_ = bar.Add(1)
 		}
+		observe()
 	}
 	if bar != nil {
 		_ = bar.Finish()
@@ -252,46 +285,82 @@ func (st replayStats) String() string {
 	return b.String()
 }
 
-// purgeLetters deletes the dead letters of stream with reason (one message
-// delete each), or, with all, purges the whole stream. It returns how many
+// purgeOptions selects the dead letters purgeLetters deletes.
+type purgeOptions struct {
+	// Stream is the dead-letter stream.
+	Stream string
+	// All purges the whole stream in one request (including messages
+	// stored after the command started).
+	All bool
+	// Select deletes the messages it matches one by one; used when All
+	// is false and Seqs is nil.
+	Select selector
+	// Seqs deletes the messages at these sequences (the console's
+	// selection); those already gone are not counted.
+	Seqs []uint64
+	// Observe, when not nil, is called with the number of selected
+	// messages once they are known and with the number deleted so far
+	// after each delete.
+	Observe func(selected int, deleted uint64)
+}
+
+// purgeLetters deletes the dead letters opts selects: with All the whole
+// stream in one purge, else one message delete each. It returns how many
 // messages it removed.
-func purgeLetters(ctx context.Context, js jetstream.JetStream, stream, reason string, all bool) (uint64, error) {
-	d, err := openDLQ(ctx, js, stream)
+func purgeLetters(ctx context.Context, js jetstream.JetStream, opts purgeOptions) (uint64, error) {
+	d, err := openDLQ(ctx, js, opts.Stream)
 	if err != nil {
 		return 0, err
 	}
-	if all {
+	if opts.All {
 		if err := d.stream.Purge(ctx); err != nil {
-			return 0, fmt.Errorf("purge %s: %w", stream, err)
+			return 0, fmt.Errorf("purge %s: %w", opts.Stream, err)
+		}
+		if opts.Observe != nil {
+			opts.Observe(int(d.msgs), d.msgs)
 		}
 		return d.msgs, nil
 	}
-	seqs, err := d.seqs(ctx, selector{Reason: reason})
-	if err != nil {
-		return 0, err
+	seqs := opts.Seqs
+	if seqs == nil {
+		if seqs, err = d.seqs(ctx, opts.Select); err != nil {
+			return 0, err
+		}
 	}
 	var n uint64
+	if opts.Observe != nil {
+		opts.Observe(len(seqs), 0)
+	}
 	for _, seq := range seqs {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
 		deleted, err := d.delete(ctx, seq)
 		if err != nil {
-			return n, fmt.Errorf("delete %s:%d: %w", stream, seq, err)
+			return n, fmt.Errorf("delete %s:%d: %w", opts.Stream, seq, err)
 		}
 		if deleted {
 			n++
+		}
+		if opts.Observe != nil {
+			opts.Observe(len(seqs), n)
 		}
 	}
 	return n, nil
 }
 
 // countLetters returns how many messages purgeLetters would remove.
-func countLetters(ctx context.Context, js jetstream.JetStream, stream, reason string, all bool) (uint64, error) {
-	d, err := openDLQ(ctx, js, stream)
+func countLetters(ctx context.Context, js jetstream.JetStream, opts purgeOptions) (uint64, error) {
+	d, err := openDLQ(ctx, js, opts.Stream)
 	if err != nil {
 		return 0, err
 	}
-	if all {
+	if opts.All {
 		return d.msgs, nil
 	}
-	seqs, err := d.seqs(ctx, selector{Reason: reason})
+	if opts.Seqs != nil {
+		return uint64(len(opts.Seqs)), nil
+	}
+	seqs, err := d.seqs(ctx, opts.Select)
 	return uint64(len(seqs)), err
 }
