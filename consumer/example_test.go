@@ -14,7 +14,7 @@ import (
 // A pipeline with dedupe: the second delivery of the same key is a
 // duplicate and replays the stored result; a refusal is stored too.
 func ExamplePipeline_Process() {
-	g := &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")}
 	p, err := consumer.NewPipeline(consumer.Config{Guard: g, Retry: retry.Policy{MaxAttempts: 3}},
 		func(ctx context.Context, m *consumer.Message) error {
 			if string(m.Data) == "broke" {

@@ -179,7 +179,7 @@ func TestDeliveryPastAttemptsIsDeadLetteredWithoutRunning(t *testing.T) {
 	}
 	// With a guard, a delivery count past the attempts means nothing by
 	// itself: the handler has not run yet.
-	g := &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")}
 	p = newPipeline(t, consumer.Config{Guard: g}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
 	out = p.Process(context.Background(), msg("k", 40))
 	if out.Action != consumer.Ack || out.Attempt != 1 || calls != 1 {
@@ -191,7 +191,7 @@ func TestDeliveryPastAttemptsIsDeadLetteredWithoutRunning(t *testing.T) {
 // handler (store down, Busy) never use up attempts; runs do, across
 // deliveries, and the last allowed run's failure is dead-lettered.
 func TestGuardCountsHandlerRunsNotDeliveries(t *testing.T) {
-	store := &faultyStore{Store: memstore.New(nil), claimErr: errBoom}
+	store := &faultyStore{Store: memstore.New(memstore.Config{}), claimErr: errBoom}
 	var runs []int
 	p := newPipeline(t, consumer.Config{Guard: guard(store)}, func(ctx context.Context, m *consumer.Message) error {
 		runs = append(runs, m.Attempt)
@@ -227,7 +227,7 @@ func TestDeadLetterPublishedByThePipeline(t *testing.T) {
 	var published []consumer.Reason
 	calls := 0
 	cfg := consumer.Config{
-		Guard: guard(memstore.New(nil)),
+		Guard: guard(memstore.New(memstore.Config{})),
 		DeadLetter: func(ctx context.Context, m *consumer.Message, l consumer.DeadLetterInfo) error {
 			if dlqDown {
 				return errors.New("no responders")
@@ -266,7 +266,7 @@ func TestDeadLetterPublishedByThePipeline(t *testing.T) {
 func TestExhaustedAfterFailedDeadLetterDoesNotRunAgain(t *testing.T) {
 	dlqDown := true
 	cfg := consumer.Config{
-		Guard: guard(memstore.New(nil)),
+		Guard: guard(memstore.New(memstore.Config{})),
 		DeadLetter: func(context.Context, *consumer.Message, consumer.DeadLetterInfo) error {
 			if dlqDown {
 				return errors.New("timeout")
@@ -297,7 +297,7 @@ func TestExhaustedAfterFailedDeadLetterDoesNotRunAgain(t *testing.T) {
 
 func TestDeliveryCap(t *testing.T) {
 	calls := 0
-	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil)), MaxDeliveries: 50}, func(ctx context.Context, m *consumer.Message) error {
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{})), MaxDeliveries: 50}, func(ctx context.Context, m *consumer.Message) error {
 		calls++
 		return nil
 	})
@@ -309,7 +309,7 @@ func TestDeliveryCap(t *testing.T) {
 
 func TestBusyWaitsForALocalOriginal(t *testing.T) {
 	started, finish := make(chan struct{}), make(chan struct{})
-	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil))}, func(ctx context.Context, m *consumer.Message) error {
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
 		close(started)
 		<-finish
 		return nil
@@ -338,7 +338,7 @@ func TestBusyWaitsForALocalOriginal(t *testing.T) {
 }
 
 func TestInterruptedIsRetriedNotDeadLettered(t *testing.T) {
-	g := &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")}
 	ctx, cancel := context.WithCancel(context.Background())
 	calls := 0
 	p := newPipeline(t, consumer.Config{Guard: g}, func(hctx context.Context, m *consumer.Message) error {
@@ -401,7 +401,7 @@ func guard(store dedupe.Store) *dedupe.Guard {
 
 func TestGuardSuccessThenDuplicateReplays(t *testing.T) {
 	calls := 0
-	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil))}, func(ctx context.Context, m *consumer.Message) error {
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
 		calls++
 		m.SetResult([]byte("paid"))
 		return nil
@@ -423,7 +423,7 @@ func TestGuardSuccessThenDuplicateReplays(t *testing.T) {
 
 func TestGuardRejectIsStoredAndReplayed(t *testing.T) {
 	calls := 0
-	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil))}, func(ctx context.Context, m *consumer.Message) error {
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
 		calls++
 		return consumer.Reject([]byte("402 No Money!"), errBoom)
 	})
@@ -449,7 +449,7 @@ func TestGuardFailuresReleaseTheClaim(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			calls := 0
-			p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil))}, func(ctx context.Context, m *consumer.Message) error {
+			p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
 				calls++
 				if calls == 1 {
 					return tc.err
@@ -470,7 +470,7 @@ func TestGuardFailuresReleaseTheClaim(t *testing.T) {
 
 func TestGuardConflictIsDeadLettered(t *testing.T) {
 	calls := 0
-	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil))}, func(ctx context.Context, m *consumer.Message) error {
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
 		calls++
 		return nil
 	})
@@ -489,9 +489,9 @@ func TestGuardInvalidInputIsDeadLettered(t *testing.T) {
 		guard *dedupe.Guard
 		msg   *consumer.Message
 	}{
-		{"missing header", &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")},
+		{"missing header", &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")},
 			&consumer.Message{Data: []byte(`{}`), Attempt: 1}},
-		{"poison JSON", &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.JSONFieldKey("order")},
+		{"poison JSON", &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.JSONFieldKey("order")},
 			&consumer.Message{Data: []byte(`{"order":`), Attempt: 1}},
 	}
 	for _, tc := range tests {
@@ -509,7 +509,7 @@ func TestGuardInvalidInputIsDeadLettered(t *testing.T) {
 func TestGuardBusyRetriesAfterLeaseRemainder(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	clock := func() time.Time { return now }
-	g := guard(memstore.New(&memstore.Options{Now: clock}))
+	g := guard(memstore.New(memstore.Config{Now: clock}))
 	g.Lease = 10 * time.Second
 	if _, err := g.Claim(context.Background(), dedupe.Input{Header: msg("k", 1).Header, Data: msg("k", 1).Data}); err != nil {
 		t.Fatal(err)
@@ -560,7 +560,7 @@ func (s *faultyStore) Extend(ctx context.Context, key, token string, lease time.
 }
 
 func TestGuardStoreErrorRetriesWithoutRunning(t *testing.T) {
-	store := &faultyStore{Store: memstore.New(nil), claimErr: errBoom}
+	store := &faultyStore{Store: memstore.New(memstore.Config{}), claimErr: errBoom}
 	calls := 0
 	p := newPipeline(t, consumer.Config{Guard: guard(store)}, func(ctx context.Context, m *consumer.Message) error { calls++; return nil })
 	out := p.Process(context.Background(), msg("k", 3)) // even on the last attempt
@@ -580,7 +580,7 @@ func TestGuardCompleteFailureStillAcks(t *testing.T) {
 		{"store down", errBoom, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			store := &faultyStore{Store: memstore.New(nil), completeErr: tc.err}
+			store := &faultyStore{Store: memstore.New(memstore.Config{}), completeErr: tc.err}
 			p := newPipeline(t, consumer.Config{Guard: guard(store)}, func(ctx context.Context, m *consumer.Message) error { return nil })
 			out := p.Process(context.Background(), msg("k", 1))
 			if out.Action != consumer.Ack {
@@ -594,7 +594,7 @@ func TestGuardCompleteFailureStillAcks(t *testing.T) {
 }
 
 func TestHeartbeatKeepsAliveAndExtends(t *testing.T) {
-	store := &faultyStore{Store: memstore.New(nil)}
+	store := &faultyStore{Store: memstore.New(memstore.Config{})}
 	g := guard(store)
 	var keepAlives atomic.Int32
 	p := newPipeline(t, consumer.Config{Guard: g, HeartbeatInterval: 5 * time.Millisecond}, func(ctx context.Context, m *consumer.Message) error {
@@ -615,7 +615,7 @@ func TestHeartbeatKeepsAliveAndExtends(t *testing.T) {
 }
 
 func TestHeartbeatLeaseLostCancelsHandler(t *testing.T) {
-	store := &faultyStore{Store: memstore.New(nil), extendErr: dedupe.ErrLeaseLost}
+	store := &faultyStore{Store: memstore.New(memstore.Config{}), extendErr: dedupe.ErrLeaseLost}
 	var cause error
 	p := newPipeline(t, consumer.Config{Guard: guard(store), HeartbeatInterval: 5 * time.Millisecond}, func(ctx context.Context, m *consumer.Message) error {
 		<-ctx.Done()
@@ -633,7 +633,7 @@ func TestHeartbeatLeaseLostCancelsHandler(t *testing.T) {
 
 func TestConcurrentProcessRunsOnce(t *testing.T) {
 	var calls atomic.Int32
-	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(nil))}, func(ctx context.Context, m *consumer.Message) error {
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
 		calls.Add(1)
 		return nil
 	})
@@ -667,7 +667,7 @@ func TestNewPipelineValidates(t *testing.T) {
 	if _, err := consumer.NewPipeline(consumer.Config{Guard: &dedupe.Guard{}}, h); !errors.Is(err, consumer.ErrInvalidConfig) {
 		t.Fatalf("guard without store: %v", err)
 	}
-	g := &dedupe.Guard{Store: memstore.New(nil), Lease: time.Second}
+	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Lease: time.Second}
 	if _, err := consumer.NewPipeline(consumer.Config{Guard: g, HeartbeatInterval: time.Second}, h); !errors.Is(err, consumer.ErrInvalidConfig) {
 		t.Fatalf("heartbeat >= lease: %v", err)
 	}

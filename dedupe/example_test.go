@@ -15,7 +15,7 @@ import (
 func ExampleGuard() {
 	ctx := context.Background()
 	g := &dedupe.Guard{
-		Store:     memstore.New(nil),
+		Store:     memstore.New(memstore.Config{}),
 		Key:       dedupe.HeaderKey("Idempotency-Key", "Nats-Msg-Id"),
 		Namespace: "payments-worker",
 	}
@@ -76,7 +76,7 @@ func ExampleFingerprinter() {
 func ExampleGuard_conflict() {
 	ctx := context.Background()
 	g := &dedupe.Guard{
-		Store:       memstore.New(nil),
+		Store:       memstore.New(memstore.Config{}),
 		Key:         dedupe.JSONFieldKey("payment_id"),
 		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
 	}

@@ -38,7 +38,7 @@ func payment(key, body string) dedupe.Input {
 
 func newGuard(clk *clock) *dedupe.Guard {
 	return &dedupe.Guard{
-		Store:       memstore.New(&memstore.Options{Now: clk.Now}),
+		Store:       memstore.New(memstore.Config{Now: clk.Now}),
 		Key:         dedupe.HeaderKey("Idempotency-Key"),
 		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
 		Namespace:   "payments",
@@ -193,7 +193,7 @@ func TestGuardKeys(t *testing.T) {
 		}
 	})
 	t.Run("fingerprint as key", func(t *testing.T) {
-		g := &dedupe.Guard{Store: memstore.New(&memstore.Options{Now: clk.Now})}
+		g := &dedupe.Guard{Store: memstore.New(memstore.Config{Now: clk.Now})}
 		t1 := mustClaim(t, g, data(`{"a":1}`), dedupe.Acquired)
 		if t1.Key != "fp:"+t1.Fingerprint || t1.Fingerprint == "" {
 			t.Fatalf("ticket = %+v, want the key fp:<fingerprint>", t1)

@@ -67,7 +67,7 @@ func dialectFor(d Dialect) (dialect, error) {
 	case Postgres, SQLite:
 		return dialect{kind: d}, nil
 	}
-	return dialect{}, fmt.Errorf("%w: %v (set Options.Dialect)", ErrUnknownDialect, d)
+	return dialect{}, fmt.Errorf("%w: %v (set Config.Dialect)", ErrUnknownDialect, d)
 }
 
 // ph returns the placeholder for the i-th argument (from 1).

@@ -22,8 +22,8 @@
 //
 // # Using inbox and outbox
 //
-//	store, _ := sqlstore.New(ctx, db, nil)
-//	ob, _ := outbox.New(ctx, db, nil) // creates idemq_outbox if missing
+//	store, _ := sqlstore.New(ctx, db, sqlstore.Config{})
+//	ob, _ := outbox.New(ctx, db, outbox.Config{}) // creates idemq_outbox if missing
 //	in, _ := outbox.NewInbox(db, outbox.InboxConfig{Guard: &dedupe.Guard{
 //		Store: store, Key: dedupe.HeaderKey("Idempotency-Key"),
 //		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
@@ -37,7 +37,7 @@
 //	})
 //	// run h with consumer/natsjs (no Guard: the inbox is the dedupe), or
 //	// with NewBatch for many messages per transaction; and run a relay:
-//	relay, _ := outbox.NewRelay(db, js, &outbox.RelayOptions{Streams: []string{"PAYMENTS"}})
+//	relay, _ := outbox.NewRelay(db, outbox.JetStream(js), outbox.RelayConfig{Streams: []string{"PAYMENTS"}})
 //	go relay.Run(ctx)
 //
 // Inbox.Handle is the same without a consumer: Duplicate replays the stored
@@ -75,7 +75,7 @@
 // yet. A claim above that floor that comes back short is followed at once
 // by a claim over all rows, and one runs at least every PollInterval, so a
 // row committed late below the floor waits at most PollInterval.
-// RelayOptions.DeleteSent deletes rows on their PubAck instead of marking
+// RelayConfig.DeleteSent deletes rows on their PubAck instead of marking
 // them sent: cheaper for Postgres, but sent rows are not kept for Retention
 // and a re-added id is then caught only by the stream's Duplicates window.
 //
@@ -100,6 +100,6 @@
 // (StreamConfig.Duplicates, default 2 minutes) for at least
 // RedeliveryHorizon — PublishTimeout + the backoff cap + PollInterval +
 // CrashAllowance, about 66s with defaults. Run fails with
-// ErrDuplicatesWindow for a listed stream (RelayOptions.Streams) whose window
+// ErrDuplicatesWindow for a listed stream (RelayConfig.Streams) whose window
 // is shorter, and logs a warning for any other stream it publishes to.
 package outbox

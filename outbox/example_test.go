@@ -34,7 +34,7 @@ func ExampleOutbox_AddTx() {
 	ctx := context.Background()
 	db, done := exampleDB()
 	defer done()
-	ob, err := outbox.New(ctx, db, nil)
+	ob, err := outbox.New(ctx, db, outbox.Config{})
 	if err != nil {
 		panic(err)
 	}
@@ -62,7 +62,7 @@ func ExampleInbox_Handle() {
 	db, done := exampleDB()
 	defer done()
 	db.SetMaxOpenConns(1)
-	store, _ := sqlstore.New(ctx, db, nil)
+	store, _ := sqlstore.New(ctx, db, sqlstore.Config{})
 	in, err := outbox.NewInbox(db, outbox.InboxConfig{Guard: &dedupe.Guard{Store: store}})
 	if err != nil {
 		panic(err)
@@ -109,12 +109,12 @@ func ExampleNewRelay() {
 
 	db, done := exampleDB()
 	defer done()
-	ob, _ := outbox.New(ctx, db, nil)
+	ob, _ := outbox.New(ctx, db, outbox.Config{})
 	tx, _ := db.BeginTx(ctx, nil)
 	_ = ob.AddTx(ctx, tx, outbox.Message{ID: "completed.key-1", Subject: "payments.completed", Data: []byte("paid")})
 	_ = tx.Commit()
 
-	relay, _ := outbox.NewRelay(db, js, &outbox.RelayOptions{Streams: []string{"PAYMENTS"}})
+	relay, _ := outbox.NewRelay(db, outbox.JetStream(js), outbox.RelayConfig{Streams: []string{"PAYMENTS"}})
 	rctx, stop := context.WithCancel(ctx)
 	finished := make(chan error, 1)
 	go func() { finished <- relay.Run(rctx) }()

@@ -29,7 +29,7 @@ func newInboxEnv(t testing.TB, db *sql.DB, g *dedupe.Guard) *inboxEnv {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := sqlstore.New(ctx, db, nil)
+	st, err := sqlstore.New(ctx, db, sqlstore.Config{})
 	if err != nil {
 		t.Fatalf("sqlstore.New: %v", err)
 	}
@@ -41,7 +41,7 @@ func newInboxEnv(t testing.TB, db *sql.DB, g *dedupe.Guard) *inboxEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ob, err := outbox.New(ctx, db, nil)
+	ob, err := outbox.New(ctx, db, outbox.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

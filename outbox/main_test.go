@@ -56,7 +56,7 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-func newOutbox(t *testing.T, db *sql.DB, opts *outbox.Options) *outbox.Outbox {
+func newOutbox(t *testing.T, db *sql.DB, opts outbox.Config) *outbox.Outbox {
 	t.Helper()
 	ob, err := outbox.New(ctxT(t), db, opts)
 	if err != nil {

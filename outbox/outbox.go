@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// DefaultTable is the outbox table name when Options.Table is empty.
+// DefaultTable is the outbox table name when Config.Table is empty.
 const DefaultTable = "idemq_outbox"
 
 // Header names the outbox writes into every message it adds.
@@ -71,8 +71,8 @@ type Message struct {
 	OrderingKey string
 }
 
-// Options configures an Outbox. A nil *Options means defaults.
-type Options struct {
+// Config configures an Outbox. Its zero value means defaults.
+type Config struct {
 	// Table is the outbox table name, optionally schema-qualified
 	// ("app.idemq_outbox"). Default DefaultTable.
 	Table string
@@ -111,7 +111,7 @@ type Outbox struct {
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)
 
-// resolveTable fills the defaults that Options and RelayOptions share — the
+// resolveTable fills the defaults that Config and RelayConfig share — the
 // dialect detected from db, DefaultTable, a channel named after the table —
 // validates the table name, and returns the dialect's SQL.
 func resolveTable(db *sql.DB, kind *Dialect, table, channel *string) (dialect, error) {
@@ -134,13 +134,10 @@ func resolveTable(db *sql.DB, kind *Dialect, table, channel *string) (dialect, e
 	return d, nil
 }
 
-// New returns an Outbox on db and, unless Options.SkipCreate, creates the
+// New returns an Outbox on db and, unless Config.SkipCreate, creates the
 // table and indexes if they are missing.
-func New(ctx context.Context, db *sql.DB, opts *Options) (*Outbox, error) {
-	var o Options
-	if opts != nil {
-		o = *opts
-	}
+func New(ctx context.Context, db *sql.DB, cfg Config) (*Outbox, error) {
+	o := cfg
 	d, err := resolveTable(db, &o.Dialect, &o.Table, &o.Channel)
 	if err != nil {
 		return nil, err

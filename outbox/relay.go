@@ -6,20 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/idemq/idemq/retry"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Relay defaults.
 const (
-	// DefaultBatchSize is RelayOptions.BatchSize when zero: 2000 rows, so
+	// DefaultBatchSize is RelayConfig.BatchSize when zero: 2000 rows, so
 	// that DefaultRelayWorkers rounds together fill nats.go's default async
 	// publish window (4000) and a round's fixed costs weigh less per row.
 	DefaultBatchSize = 2000
@@ -28,16 +25,16 @@ const (
 	DefaultPostgresPoll = time.Second
 	// DefaultSQLitePoll is the SQLite polling interval when zero: 100ms.
 	DefaultSQLitePoll = 100 * time.Millisecond
-	// DefaultRelayWorkers is RelayOptions.Workers when zero on Postgres: 2.
+	// DefaultRelayWorkers is RelayConfig.Workers when zero on Postgres: 2.
 	DefaultRelayWorkers = 2
-	// DefaultPublishTimeout is RelayOptions.PublishTimeout when zero: 5s.
+	// DefaultPublishTimeout is RelayConfig.PublishTimeout when zero: 5s.
 	DefaultPublishTimeout = 5 * time.Second
 	// DefaultRetention is how long sent rows are kept when
-	// RelayOptions.Retention is zero: 7 days.
+	// RelayConfig.Retention is zero: 7 days.
 	DefaultRetention = 7 * 24 * time.Hour
-	// DefaultCleanupInterval is RelayOptions.CleanupInterval when zero: 1m.
+	// DefaultCleanupInterval is RelayConfig.CleanupInterval when zero: 1m.
 	DefaultCleanupInterval = time.Minute
-	// DefaultCleanupBatch is RelayOptions.CleanupBatch when zero: 1000 rows
+	// DefaultCleanupBatch is RelayConfig.CleanupBatch when zero: 1000 rows
 	// per DELETE.
 	DefaultCleanupBatch = 1000
 	// CrashAllowance is the part of RedeliveryHorizon that covers a relay
@@ -48,17 +45,17 @@ const (
 )
 
 // ErrDuplicatesWindow is returned by Run when a stream listed in
-// RelayOptions.Streams keeps message ids for less than the relay's
+// RelayConfig.Streams keeps message ids for less than the relay's
 // RedeliveryHorizon: a republished row could then slip past the broker's
 // deduplication.
 var ErrDuplicatesWindow = errors.New("outbox: stream duplicates window shorter than the relay's redelivery horizon")
 
 // ErrPublishTimeout is recorded as a row's last error when its PubAck did
-// not arrive within RelayOptions.PublishTimeout; the row is retried.
+// not arrive within RelayConfig.PublishTimeout; the row is retried.
 var ErrPublishTimeout = errors.New("outbox: timed out waiting for PubAck")
 
-// RelayOptions configures a Relay. A nil *RelayOptions means defaults.
-type RelayOptions struct {
+// RelayConfig configures a Relay. A nil *RelayConfig means defaults.
+type RelayConfig struct {
 	// Table is the outbox table. Default DefaultTable.
 	Table string
 	// Dialect of db. Default: detected from the driver.
@@ -155,8 +152,8 @@ type RelayStats struct {
 // processes; see the package documentation for ordering and deduplication.
 type Relay struct {
 	db  *sql.DB
-	js  jetstream.JetStream
-	o   RelayOptions
+	pub Publisher
+	o   RelayConfig
 	d   dialect
 	log *slog.Logger
 
@@ -177,7 +174,7 @@ type Relay struct {
 	// most that long.
 	floor atomic.Int64
 	// lastFull is the time of the last claim without a floor, in Unix
-	// nanoseconds of RelayOptions.Now.
+	// nanoseconds of RelayConfig.Now.
 	lastFull atomic.Int64
 
 	// afterPublish, set only by tests, runs after the PubAcks of a round and
@@ -186,12 +183,11 @@ type Relay struct {
 }
 
 // NewRelay returns a relay for the outbox table in db, publishing through
-// js. It validates the options; it does not touch the database until Run.
-func NewRelay(db *sql.DB, js jetstream.JetStream, opts *RelayOptions) (*Relay, error) {
-	var o RelayOptions
-	if opts != nil {
-		o = *opts
-	}
+// pub (JetStream(js) for NATS JetStream). It validates cfg, whose zero
+// fields mean the documented defaults; it does not touch the database until
+// Run.
+func NewRelay(db *sql.DB, pub Publisher, cfg RelayConfig) (*Relay, error) {
+	o := cfg
 	d, err := resolveTable(db, &o.Dialect, &o.Table, &o.Channel)
 	if err != nil {
 		return nil, err
@@ -232,10 +228,13 @@ func NewRelay(db *sql.DB, js jetstream.JetStream, opts *RelayOptions) (*Relay, e
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if js == nil {
-		return nil, errors.New("outbox: NewRelay needs a JetStream context")
+	if pub == nil {
+		return nil, errors.New("outbox: NewRelay needs a Publisher (outbox.JetStream(js) for NATS JetStream)")
 	}
-	return &Relay{db: db, js: js, o: o, d: d, log: o.Logger.With("component", "idemq/outbox.Relay", "table", o.Table)}, nil
+	if p, ok := pub.(*JetStreamPublisher); ok && p.js == nil {
+		return nil, errors.New("outbox: NewRelay: JetStream(nil)")
+	}
+	return &Relay{db: db, pub: pub, o: o, d: d, log: o.Logger.With("component", "idemq/outbox.Relay", "table", o.Table)}, nil
 }
 
 // Stats returns the relay's counters.
@@ -262,7 +261,7 @@ func (r *Relay) RedeliveryHorizon() time.Duration {
 
 // Run relays until ctx is done, then returns nil once every goroutine it
 // started has ended. It returns an error only when it cannot start (a
-// stream in RelayOptions.Streams with too short a Duplicates window, or
+// stream in RelayConfig.Streams with too short a Duplicates window, or
 // unreachable). Database and broker failures are logged and retried with
 // backoff; a round interrupted by them leaves its rows pending, to be
 // published again and dropped by the broker as duplicates.
@@ -388,14 +387,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 type outcome struct {
 	err       error // nil: acknowledged
 	permanent bool
-	noStream  bool // no stream answered: an outage, unless confirmNoStream finds none exists
 	duplicate bool
 	stream    string
-}
-
-// failed returns the outcome of a publish that failed with err.
-func failed(err error) *outcome {
-	return &outcome{err: err, permanent: Rejected(err), noStream: noStreamAnswered(err)}
 }
 
 // round claims all due rows, publishes and marks one batch: claimed is the
@@ -470,7 +463,6 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claim
 	if err != nil {
 		return claimed, 0, err
 	}
-	r.confirmNoStream(ctx, rows, outs)
 	if r.afterPublish != nil {
 		ids := make([]string, 0, len(rows))
 		for i, o := range outs {
@@ -757,123 +749,33 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]*outcome, error) {
 	return outs, nil
 }
 
-// publishWave publishes rows[idx...] asynchronously and waits for each
-// PubAck, at most PublishTimeout in total.
+// publishWave publishes rows[idx...] through the Publisher, waiting at
+// most PublishTimeout for their acknowledgements.
 func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*outcome) error {
-	futures := make([]jetstream.PubAckFuture, len(idx))
-	for j, i := range idx {
+	msgs := make([]Outgoing, 0, len(idx))
+	sent := make([]int, 0, len(idx))
+	for _, i := range idx {
 		x := rows[i]
 		h, err := decodeHeader(x.Header)
 		if err != nil {
 			outs[i] = &outcome{err: err, permanent: true}
 			continue
 		}
-		msg := &nats.Msg{Subject: x.Subject, Header: nats.Header(h), Data: x.Data}
-		// When the context's async window (PublishAsyncMaxPending) is
-		// full, wait for room as long as a PubAck may take instead of
-		// failing after nats.go's 200ms default: concurrent rounds share
-		// the window.
-		f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(x.ID), jetstream.WithStallWait(r.o.PublishTimeout))
-		if err != nil {
-			outs[i] = failed(err)
-			continue
-		}
-		futures[j] = f
+		msgs = append(msgs, Outgoing{ID: x.ID, Subject: x.Subject, Header: h, Data: x.Data})
+		sent = append(sent, i)
 	}
-	timer := time.NewTimer(r.o.PublishTimeout)
-	defer timer.Stop()
-	expired := false
-	for j, i := range idx {
-		f := futures[j]
-		if f == nil {
-			continue
-		}
-		if expired {
-			select {
-			case ack := <-f.Ok():
-				outs[i] = &outcome{duplicate: ack.Duplicate, stream: ack.Stream}
-			case err := <-f.Err():
-				outs[i] = failed(err)
-			default:
-				outs[i] = &outcome{err: ErrPublishTimeout}
-			}
-			continue
-		}
-		select {
-		case ack := <-f.Ok():
-			outs[i] = &outcome{duplicate: ack.Duplicate, stream: ack.Stream}
-		case err := <-f.Err():
-			outs[i] = failed(err)
-		case <-timer.C:
-			expired = true
-			outs[i] = &outcome{err: ErrPublishTimeout}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if len(msgs) == 0 {
+		return nil
+	}
+	res := make([]PublishResult, len(msgs))
+	if err := r.pub.Publish(ctx, msgs, res, r.o.PublishTimeout); err != nil {
+		return err
+	}
+	for j, i := range sent {
+		x := res[j]
+		outs[i] = &outcome{err: x.Err, permanent: x.Err != nil && x.Rejected, duplicate: x.Duplicate, stream: x.Stream}
 	}
 	return nil
-}
-
-// Rejected reports whether a publish error is the broker's verdict on the
-// message itself, one that republishing cannot change: larger than the
-// server's max payload or the stream's max message size, a malformed
-// subject or header, or another 4xx JetStream API error (except 408 and
-// 429). The relay marks such rows failed. Outages are not verdicts: "no
-// responders", "no response from stream", timeouts, 503s and lost
-// connections are retried with backoff, whatever their number; a subject
-// that no stream answers is marked failed only once the JetStream API
-// confirms that no stream captures it.
-func Rejected(err error) bool {
-	switch {
-	case err == nil:
-		return false
-	case errors.Is(err, nats.ErrMaxPayload),
-		errors.Is(err, nats.ErrBadSubject),
-		errors.Is(err, nats.ErrBadHeaderMsg),
-		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
-		return true
-	}
-	var api *jetstream.APIError
-	if errors.As(err, &api) {
-		return api.Code >= 400 && api.Code < 500 && api.Code != http.StatusRequestTimeout && api.Code != http.StatusTooManyRequests
-	}
-	return false
-}
-
-// noStreamAnswered reports a publish that no stream acknowledged: either no
-// stream captures the subject, or its stream has no leader right now (an
-// election, a node down).
-func noStreamAnswered(err error) bool {
-	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
-}
-
-// ErrNoStream is wrapped by the error of a row marked failed because the
-// JetStream API confirmed that no stream captures its subject.
-var ErrNoStream = errors.New("outbox: no stream captures the subject")
-
-// confirmNoStream asks the JetStream API, once per subject, whether a
-// stream captures the subjects of rows that no stream answered. Only a
-// confirmed absence makes such a row failed; anything else (a stream that
-// exists but has no leader, an API that does not answer) leaves it to be
-// retried.
-func (r *Relay) confirmNoStream(ctx context.Context, rows []row, outs []*outcome) {
-	known := map[string]bool{} // subject -> no stream captures it
-	for i, o := range outs {
-		if o == nil || !o.noStream || o.permanent {
-			continue
-		}
-		subj := rows[i].Subject
-		missing, ok := known[subj]
-		if !ok {
-			_, err := r.js.StreamNameBySubject(ctx, subj)
-			missing = errors.Is(err, jetstream.ErrStreamNotFound)
-			known[subj] = missing
-		}
-		if missing {
-			o.permanent = true
-			o.err = fmt.Errorf("%w %q: %w", ErrNoStream, subj, o.err)
-		}
-	}
 }
 
 // mark records the outcome of a round in the claim transaction.
@@ -973,44 +875,6 @@ func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
 	}
 }
 
-// checkStreams validates the Duplicates window of RelayOptions.Streams.
-func (r *Relay) checkStreams(ctx context.Context) error {
-	horizon := r.RedeliveryHorizon()
-	for _, name := range r.o.Streams {
-		s, err := r.js.Stream(ctx, name)
-		if err != nil {
-			return fmt.Errorf("outbox: stream %s: %w", name, err)
-		}
-		if w := s.CachedInfo().Config.Duplicates; w < horizon {
-			return fmt.Errorf("%w: stream %s keeps ids for %v, relay needs %v", ErrDuplicatesWindow, name, w, horizon)
-		}
-		r.checked.Store(name, struct{}{})
-	}
-	return nil
-}
-
-// checkAcked warns once per stream named by a PubAck whose Duplicates window
-// is shorter than the redelivery horizon.
-func (r *Relay) checkAcked(ctx context.Context, outs []*outcome) {
-	for _, o := range outs {
-		if o == nil || o.stream == "" {
-			continue
-		}
-		if _, seen := r.checked.LoadOrStore(o.stream, struct{}{}); seen {
-			continue
-		}
-		s, err := r.js.Stream(ctx, o.stream)
-		if err != nil {
-			r.checked.Delete(o.stream)
-			continue
-		}
-		if w, h := s.CachedInfo().Config.Duplicates, r.RedeliveryHorizon(); w < h {
-			r.log.Warn("stream duplicates window is shorter than the relay's redelivery horizon: a republished row may be stored twice",
-				"stream", o.stream, "duplicates", w, "horizon", h)
-		}
-	}
-}
-
 // listen keeps a LISTEN connection open and calls wake on every
 // notification and after every (re)connect. It reconnects with backoff until
 // ctx is done.
@@ -1065,7 +929,7 @@ func (r *Relay) listenOnce(ctx context.Context, wake func(), connected func()) e
 	_ = c.Raw(func(dc any) error {
 		pc, ok := dc.(interface{ Conn() *pgxConn })
 		if !ok {
-			inner = fmt.Errorf("outbox: LISTEN needs the pgx stdlib driver, got %T (set RelayOptions.ListenURL or NoListen)", dc)
+			inner = fmt.Errorf("outbox: LISTEN needs the pgx stdlib driver, got %T (set RelayConfig.ListenURL or NoListen)", dc)
 			return nil
 		}
 		inner = waitNotifications(ctx, pc.Conn(), r.o.Channel, wake, connected)

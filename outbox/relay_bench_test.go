@@ -28,12 +28,12 @@ import (
 // relay with default options (2 workers, rows marked sent), with 4 workers,
 // and with 4 workers and DeleteSent.
 func BenchmarkRelayVsRawPublish(b *testing.B) {
-	b.Run("default", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayOptions{}) })
-	b.Run("workers4", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayOptions{Workers: 4}) })
-	b.Run("workers4_delete_sent", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayOptions{Workers: 4, DeleteSent: true}) })
+	b.Run("default", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayConfig{}) })
+	b.Run("workers4", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayConfig{Workers: 4}) })
+	b.Run("workers4_delete_sent", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayConfig{Workers: 4, DeleteSent: true}) })
 }
 
-func benchRelayVsRaw(b *testing.B, opts outbox.RelayOptions) {
+func benchRelayVsRaw(b *testing.B, opts outbox.RelayConfig) {
 	const n = 20000
 	var relayRate, rawRate float64
 	for i := 0; i < b.N; i++ {
@@ -55,7 +55,7 @@ func benchRelayVsRaw(b *testing.B, opts outbox.RelayOptions) {
 			return n / time.Since(start).Seconds()
 		}
 
-		ob, err := outbox.New(ctx, pg.DB, nil)
+		ob, err := outbox.New(ctx, pg.DB, outbox.Config{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -69,7 +69,7 @@ func benchRelayVsRaw(b *testing.B, opts outbox.RelayOptions) {
 		}
 		o := opts
 		o.Logger = quiet
-		r, err := outbox.NewRelay(pg.DB, env.JS, &o)
+		r, err := outbox.NewRelay(pg.DB, outbox.JetStream(env.JS), o)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -106,7 +106,7 @@ func BenchmarkCommitToPublishLatency(b *testing.B) {
 		env := harness.NATS(b)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		createStream(b, env.JS, jetstream.StreamConfig{Name: env.Name("LAT"), Subjects: []string{env.Subject("lat.>")}})
-		ob, err := outbox.New(ctx, pg.DB, nil)
+		ob, err := outbox.New(ctx, pg.DB, outbox.Config{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -125,7 +125,7 @@ func BenchmarkCommitToPublishLatency(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		r, err := outbox.NewRelay(pg.DB, env.JS, &outbox.RelayOptions{Logger: quiet})
+		r, err := outbox.NewRelay(pg.DB, outbox.JetStream(env.JS), outbox.RelayConfig{Logger: quiet})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -78,7 +78,7 @@ func TestThreeRelaysShareWorkAndKeepKeyOrder(t *testing.T) {
 		if i == 0 {
 			js = &slowJS{JetStream: e.nats.JS, delay: time.Millisecond}
 		}
-		relays[i] = e.relay(t, js, &outbox.RelayOptions{BatchSize: 40})
+		relays[i] = e.relay(t, js, &outbox.RelayConfig{BatchSize: 40})
 		runRelay(t, relays[i])
 	}
 	var wg sync.WaitGroup
@@ -185,7 +185,7 @@ func TestPostgresOutageRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relay, err := outbox.NewRelay(db, env.JS, &outbox.RelayOptions{
+	relay, err := outbox.NewRelay(db, outbox.JetStream(env.JS), outbox.RelayConfig{
 		Backoff: retry.Exponential{Initial: 20 * time.Millisecond, Max: 300 * time.Millisecond}, PollInterval: 200 * time.Millisecond, Logger: quiet,
 	})
 	if err != nil {
@@ -269,7 +269,7 @@ func TestRelayDeleteSent(t *testing.T) {
 
 		js := &flakyJS{JetStream: e.nats.JS, fail: map[string]bool{"flaky": true}}
 		killed := errors.New("kill -9")
-		first := e.relay(t, js, &outbox.RelayOptions{DeleteSent: true})
+		first := e.relay(t, js, &outbox.RelayConfig{DeleteSent: true})
 		outbox.SetAfterPublish(first, func([]string) error { return killed })
 		if _, _, err := outbox.Round(ctx, first); !errors.Is(err, killed) {
 			t.Fatalf("first round = %v, want the kill", err)
@@ -278,7 +278,7 @@ func TestRelayDeleteSent(t *testing.T) {
 			t.Fatalf("after the kill: %v, want all 32 pending", c)
 		}
 
-		r := e.relay(t, js, &outbox.RelayOptions{DeleteSent: true, BatchSize: 7})
+		r := e.relay(t, js, &outbox.RelayConfig{DeleteSent: true, BatchSize: 7})
 		for range 10 {
 			if _, _, err := outbox.Round(ctx, r); err != nil {
 				t.Fatal(err)
@@ -325,7 +325,7 @@ func TestRelayBacklogDrainedWithoutPolling(t *testing.T) {
 	add(t, ctx, pg.DB, e.ob, msgs...)
 	// Each publish is slowed down, so the workers' rounds overlap;
 	// PollInterval is long, so only LISTEN and full batches start rounds.
-	r := e.relay(t, &slowJS{JetStream: e.nats.JS, delay: 200 * time.Microsecond}, &outbox.RelayOptions{Workers: 4, BatchSize: 20, PollInterval: time.Hour})
+	r := e.relay(t, &slowJS{JetStream: e.nats.JS, delay: 200 * time.Microsecond}, &outbox.RelayConfig{Workers: 4, BatchSize: 20, PollInterval: time.Hour})
 	stop := runRelay(t, r)
 	eventually(t, 20*time.Second, "backlog sent", func() (bool, error) {
 		return counts(t, ctx, pg.DB, e.ob)[outbox.StateSent] == n, nil
@@ -364,7 +364,7 @@ func TestRelayLateCommitBelowBacklogIsRelayed(t *testing.T) {
 		msgs = append(msgs, outbox.Message{ID: fmt.Sprint("bl-", i), Subject: e.subj("x"), Data: []byte(strconv.Itoa(i))})
 	}
 	add(t, ctx, pg.DB, e.ob, msgs...)
-	r := e.relay(t, &slowJS{JetStream: e.nats.JS, delay: 200 * time.Microsecond}, &outbox.RelayOptions{Workers: 1, BatchSize: 20, PollInterval: time.Hour, NoListen: true})
+	r := e.relay(t, &slowJS{JetStream: e.nats.JS, delay: 200 * time.Microsecond}, &outbox.RelayConfig{Workers: 1, BatchSize: 20, PollInterval: time.Hour, NoListen: true})
 	stop := runRelay(t, r)
 	// Each publish takes at least 200µs, so the late row commits after the
 	// first batch and long before the backlog is drained.

@@ -25,7 +25,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func TestStoreAddTx(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, db *sql.DB) {
 		ctx := ctxT(t)
-		ob := newOutbox(t, db, nil)
+		ob := newOutbox(t, db, outbox.Config{})
 
 		// Rolled back: nothing stays.
 		tx, err := db.BeginTx(ctx, nil)
@@ -81,7 +81,7 @@ func TestStoreAddTx(t *testing.T) {
 func TestStoreDerivedIDsAndHeaders(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, db *sql.DB) {
 		ctx := ctxT(t)
-		ob := newOutbox(t, db, nil)
+		ob := newOutbox(t, db, outbox.Config{})
 		cause := map[string][]string{
 			"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
 			"Tracestate":  {"congo=t61rcWkgMzE"},
@@ -158,13 +158,13 @@ type relayEnv struct {
 func newRelayEnv(t *testing.T, db *sql.DB, nats *harness.NATSEnv) *relayEnv {
 	t.Helper()
 	s := createStream(t, nats.JS, jetstream.StreamConfig{Name: nats.Name("OUT"), Subjects: []string{nats.Subject("out.>")}, Duplicates: 5 * time.Minute})
-	return &relayEnv{db: db, ob: newOutbox(t, db, nil), nats: nats, stream: s, subj: func(s string) string { return nats.Subject("out." + s) }}
+	return &relayEnv{db: db, ob: newOutbox(t, db, outbox.Config{}), nats: nats, stream: s, subj: func(s string) string { return nats.Subject("out." + s) }}
 }
 
-func (e *relayEnv) relay(t *testing.T, js jetstream.JetStream, o *outbox.RelayOptions) *outbox.Relay {
+func (e *relayEnv) relay(t *testing.T, js jetstream.JetStream, o *outbox.RelayConfig) *outbox.Relay {
 	t.Helper()
 	if o == nil {
-		o = &outbox.RelayOptions{}
+		o = &outbox.RelayConfig{}
 	}
 	if o.Logger == nil {
 		o.Logger = quiet
@@ -172,7 +172,7 @@ func (e *relayEnv) relay(t *testing.T, js jetstream.JetStream, o *outbox.RelayOp
 	if js == nil {
 		js = e.nats.JS
 	}
-	r, err := outbox.NewRelay(e.db, js, o)
+	r, err := outbox.NewRelay(e.db, outbox.JetStream(js), *o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestStoreRelayPublishes(t *testing.T) {
 				Header: map[string][]string{"X-I": {fmt.Sprint(i)}}, OrderingKey: key})
 		}
 		add(t, ctx, db, e.ob, msgs...)
-		r := e.relay(t, nil, &outbox.RelayOptions{Streams: []string{e.stream.CachedInfo().Config.Name}})
+		r := e.relay(t, nil, &outbox.RelayConfig{Streams: []string{e.stream.CachedInfo().Config.Name}})
 		stop := runRelay(t, r)
 		eventually(t, 20*time.Second, "all rows sent", func() (bool, error) {
 			return counts(t, ctx, db, e.ob)[outbox.StateSent] == 20, nil
@@ -303,7 +303,7 @@ func TestStoreTransientFailureKeepsKeyOrder(t *testing.T) {
 		js := &flakyJS{JetStream: e.nats.JS, fail: map[string]bool{"1": true}}
 		now := time.Now()
 		clock := func() time.Time { return now }
-		r := e.relay(t, js, &outbox.RelayOptions{Now: clock, Backoff: retry.Constant(time.Minute)})
+		r := e.relay(t, js, &outbox.RelayConfig{Now: clock, Backoff: retry.Constant(time.Minute)})
 		if _, _, err := outbox.Round(ctx, r); err != nil {
 			t.Fatal(err)
 		}
@@ -372,7 +372,7 @@ func TestStoreCleanup(t *testing.T) {
 			msgs = append(msgs, outbox.Message{ID: fmt.Sprint("old", i), Subject: e.subj("x")})
 		}
 		add(t, ctx, db, e.ob, msgs...)
-		r := e.relay(t, nil, &outbox.RelayOptions{Now: clock, Retention: time.Hour, CleanupBatch: 10})
+		r := e.relay(t, nil, &outbox.RelayConfig{Now: clock, Retention: time.Hour, CleanupBatch: 10})
 		if _, _, err := outbox.Round(ctx, r); err != nil {
 			t.Fatal(err)
 		}
@@ -400,8 +400,8 @@ func TestRelayDuplicatesWindowValidated(t *testing.T) {
 	env := harness.EmbeddedNATS(t)
 	createStream(t, env.JS, jetstream.StreamConfig{Name: env.Name("SHORT"), Subjects: []string{env.Subject("short")}, Duplicates: 10 * time.Second})
 	db := openSQLite(t)
-	newOutbox(t, db, nil)
-	r, err := outbox.NewRelay(db, env.JS, &outbox.RelayOptions{Streams: []string{env.Name("SHORT")}, Logger: quiet})
+	newOutbox(t, db, outbox.Config{})
+	r, err := outbox.NewRelay(db, outbox.JetStream(env.JS), outbox.RelayConfig{Streams: []string{env.Name("SHORT")}, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,8 +18,14 @@ const (
 	maxReserve  = 1 << 30   // reserve cap, keeps fixed-point sums far from overflow
 )
 
-// BudgetOptions tunes a Budget built by NewBudgetWithOptions. A nil *BudgetOptions means defaults.
-type BudgetOptions struct {
+// BudgetConfig configures a Budget built by NewBudgetConfig. With a zero Ratio and Reserve the
+// budget allows no retry at all: set at least one of them.
+type BudgetConfig struct {
+	// Ratio is how many retries each first attempt funds. Negative or NaN means zero; above
+	// MaxBudgetRatio means MaxBudgetRatio.
+	Ratio float64
+	// Reserve is how many retries are always available per window. Negative means zero.
+	Reserve int
 	// Window is how long a deposit or withdrawal counts, kept in ten slots, so an entry expires
 	// between 0.9·Window and Window after it was made. Zero or negative means DefaultBudgetWindow
 	// (10s).
@@ -64,24 +70,24 @@ type Budget struct {
 // reserve mean zero; ratio above MaxBudgetRatio means MaxBudgetRatio. NewBudget(0.1, 10) keeps a
 // failing dependency at about 1.1× load while letting a quiet client retry 10 times per window.
 func NewBudget(ratio float64, reserve int) *Budget {
-	return NewBudgetWithOptions(ratio, reserve, nil)
+	return NewBudgetConfig(BudgetConfig{Ratio: ratio, Reserve: reserve})
 }
 
-// NewBudgetWithOptions is NewBudget with a window and a clock; nil opts means defaults.
-func NewBudgetWithOptions(ratio float64, reserve int, opts *BudgetOptions) *Budget {
+// NewBudgetConfig is NewBudget with every setting: a window and a clock besides the ratio and
+// the reserve. Zero fields mean the defaults.
+func NewBudgetConfig(cfg BudgetConfig) *Budget {
+	ratio, reserve := cfg.Ratio, cfg.Reserve
 	if !(ratio > 0) { // also catches NaN
 		ratio = 0
 	}
 	ratio = min(ratio, MaxBudgetRatio)
 	reserve = min(max(reserve, 0), maxReserve)
 	window, now := DefaultBudgetWindow, time.Now
-	if opts != nil {
-		if opts.Window > 0 {
-			window = opts.Window
-		}
-		if opts.Now != nil {
-			now = opts.Now
-		}
+	if cfg.Window > 0 {
+		window = cfg.Window
+	}
+	if cfg.Now != nil {
+		now = cfg.Now
 	}
 	return &Budget{
 		// Rounding the deposit down keeps the bound exact whatever the ratio's binary expansion.

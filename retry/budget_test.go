@@ -17,7 +17,7 @@ func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 func newFakeBudget(ratio float64, reserve int, window time.Duration) (*Budget, *fakeClock) {
 	c := &fakeClock{}
 	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	return NewBudgetWithOptions(ratio, reserve, &BudgetOptions{Window: window, Now: c.Now}), c
+	return NewBudgetConfig(BudgetConfig{Ratio: ratio, Reserve: reserve, Window: window, Now: c.Now}), c
 }
 
 // failingClient simulates requests against a dependency that always fails, retrying up to maxAttempts

@@ -51,5 +51,5 @@
 // hands the delay to the broker instead.
 //
 // Everything here is safe for concurrent use, keeps no global state, and accepts injected randomness
-// (Exponential.Rand), clocks (BudgetOptions.Now) and sleepers (DoOptions.Sleep) so tests never sleep.
+// (Exponential.Rand), clocks (BudgetConfig.Now) and sleepers (DoOptions.Sleep) so tests never sleep.
 package retry

@@ -39,7 +39,7 @@ func openOutbox(ctx context.Context, dbURL, table string) (*sql.DB, *outbox.Outb
 	if err != nil {
 		return nil, nil, err
 	}
-	ob, err := outbox.New(ctx, db, &outbox.Options{Table: table, SkipCreate: true})
+	ob, err := outbox.New(ctx, db, outbox.Config{Table: table, SkipCreate: true})
 	if err != nil {
 		_ = db.Close()
 		return nil, nil, err

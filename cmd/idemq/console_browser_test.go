@@ -105,7 +105,7 @@ func TestConsoleBrowser(t *testing.T) {
 		}
 	}
 	fillOutboxAt(t, ctx, pg.DB, time.Now().Add(-90*time.Second))
-	ob, err := outbox.New(ctx, pg.DB, &outbox.Options{SkipCreate: true})
+	ob, err := outbox.New(ctx, pg.DB, outbox.Config{SkipCreate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

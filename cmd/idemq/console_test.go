@@ -711,7 +711,7 @@ func TestConsoleOutbox(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
 		fillOutbox(t, ctx, db)
-		ob, err := outbox.New(ctx, db, &outbox.Options{SkipCreate: true})
+		ob, err := outbox.New(ctx, db, outbox.Config{SkipCreate: true})
 		if err != nil {
 			t.Fatal(err)
 		}

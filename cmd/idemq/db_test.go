@@ -65,7 +65,7 @@ func fillOutboxAt(t *testing.T, ctx context.Context, db *sql.DB, created time.Ti
 	if _, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: env.Name("GOOD"), Subjects: []string{env.Subject("good.>")}}); err != nil {
 		t.Fatal(err)
 	}
-	ob, err := outbox.New(ctx, db, &outbox.Options{Now: func() time.Time { return created }})
+	ob, err := outbox.New(ctx, db, outbox.Config{Now: func() time.Time { return created }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func fillOutboxAt(t *testing.T, ctx context.Context, db *sql.DB, created time.Ti
 		outbox.Message{ID: "bad-1", Subject: env.Subject("nowhere.a"), Data: []byte("3")},
 		outbox.Message{ID: "bad-2", Subject: env.Subject("nowhere.b"), Data: []byte("4")})
 
-	relay, err := outbox.NewRelay(db, env.JS, &outbox.RelayOptions{PollInterval: 10 * time.Millisecond, NoListen: true,
+	relay, err := outbox.NewRelay(db, outbox.JetStream(env.JS), outbox.RelayConfig{PollInterval: 10 * time.Millisecond, NoListen: true,
 		Retention: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +176,7 @@ func TestOutboxRetryAllFailedFunc(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
 		fillOutbox(t, ctx, db)
-		ob, err := outbox.New(ctx, db, &outbox.Options{SkipCreate: true})
+		ob, err := outbox.New(ctx, db, outbox.Config{SkipCreate: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +195,7 @@ func TestDedupeGet(t *testing.T) {
 	eachDB(t, func(t *testing.T, db *sql.DB, url string) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
-		store, err := sqlstore.New(ctx, db, nil)
+		store, err := sqlstore.New(ctx, db, sqlstore.Config{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -120,7 +120,7 @@ func (a *app) dedupeGet(ctx context.Context, args []string) error {
 	if err := checkTable(ctx, db, *table); err != nil {
 		return err
 	}
-	store, err := sqlstore.New(ctx, db, &sqlstore.Options{Table: *table})
+	store, err := sqlstore.New(ctx, db, sqlstore.Config{Table: *table})
 	if err != nil {
 		return err
 	}

@@ -41,10 +41,10 @@ func BenchmarkConsume(b *testing.B) {
 			var guard *dedupe.Guard
 			switch mode {
 			case "memstore":
-				guard = &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+				guard = &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")}
 			case "redis":
 				rd := harness.Redis(b)
-				guard = &dedupe.Guard{Store: redisstore.New(rd.Client, &redisstore.Options{Prefix: rd.Prefix}), Key: dedupe.HeaderKey("Idempotency-Key")}
+				guard = &dedupe.Guard{Store: redisstore.New(rd.Client, redisstore.Config{Prefix: rd.Prefix}), Key: dedupe.HeaderKey("Idempotency-Key")}
 			}
 			b.ResetTimer()
 			if mode == "raw" {

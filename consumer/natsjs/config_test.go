@@ -24,7 +24,7 @@ func validConfig() natsjs.Config {
 func TestNewValidates(t *testing.T) {
 	env := harness.EmbeddedNATS(t)
 	g := func(lease, retention time.Duration) *dedupe.Guard {
-		return &dedupe.Guard{Store: memstore.New(nil), Lease: lease, Retention: retention}
+		return &dedupe.Guard{Store: memstore.New(memstore.Config{}), Lease: lease, Retention: retention}
 	}
 	tests := []struct {
 		name   string

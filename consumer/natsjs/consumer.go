@@ -527,23 +527,6 @@ func ackFields(reply string) (stream string, delivered, seq uint64, ok bool) {
 	return stream, d, q, true
 }
 
-// ensureStream creates the stream when it does not exist. An existing
-// stream is left as it is.
-func ensureStream(ctx context.Context, js jetstream.JetStream, sc jetstream.StreamConfig) error {
-	_, err := js.Stream(ctx, sc.Name)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return err
-	}
-	_, err = js.CreateStream(ctx, sc)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return nil // created concurrently
-	}
-	return err
-}
-
 // serverAtLeast reports whether version ("2.9.10", "2.11.0-RC.1") is at
 // least major.minor.
 func serverAtLeast(version string, major, minor int) bool {

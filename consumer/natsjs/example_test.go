@@ -33,7 +33,7 @@ func Example() {
 		Stream: "PAYMENTS", Durable: "worker", Concurrency: 1,
 		DeadLetter: natsjs.DeadLetterConfig{Subject: "dlq.payments", CreateStream: true}, // stream "DLQ"
 		Pipeline: consumer.Config{
-			Guard:  &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")},
+			Guard:  &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")},
 			Retry:  retry.Policy{MaxAttempts: 5, Backoff: retry.Exponential{Initial: time.Second}},
 			Logger: slog.New(slog.DiscardHandler),
 		},

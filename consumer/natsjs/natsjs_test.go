@@ -31,7 +31,7 @@ func TestDuplicatesSuppressed(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		cfg.Pipeline.Guard = headerGuard(memstore.New(nil))
+		cfg.Pipeline.Guard = headerGuard(memstore.New(memstore.Config{}))
 		var calls counter
 		c := newConsumer(t, env, cfg, func(ctx context.Context, m *consumer.Message) error {
 			calls.inc(key(m))
@@ -57,7 +57,7 @@ func TestTransientRedeliveredWithGrowingDelays(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		cfg.Pipeline.Guard = headerGuard(memstore.New(nil))
+		cfg.Pipeline.Guard = headerGuard(memstore.New(memstore.Config{}))
 		cfg.Pipeline.Retry = retry.Policy{MaxAttempts: 5, Backoff: retry.Exponential{
 			Initial: 150 * time.Millisecond, Multiplier: 2, Max: 10 * time.Second, Jitter: retry.JitterNone}}
 		var (
@@ -99,7 +99,7 @@ func TestPermanentErrorDeadLetteredWithEveryHeader(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		cfg.Pipeline.Guard = headerGuard(memstore.New(nil))
+		cfg.Pipeline.Guard = headerGuard(memstore.New(memstore.Config{}))
 		var calls atomic.Int32
 		c := newConsumer(t, env, cfg, func(ctx context.Context, m *consumer.Message) error {
 			calls.Add(1)
@@ -182,7 +182,7 @@ func TestPoisonJSONDeadLetteredInvalid(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		cfg.Pipeline.Guard = &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.JSONFieldKey("payment_id"), Lease: 2 * time.Second}
+		cfg.Pipeline.Guard = &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.JSONFieldKey("payment_id"), Lease: 2 * time.Second}
 		var calls atomic.Int32
 		c := newConsumer(t, env, cfg, func(ctx context.Context, m *consumer.Message) error {
 			calls.Add(1)
@@ -210,7 +210,7 @@ func TestBusyRedeliveredAfterLease(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		g := headerGuard(memstore.New(nil))
+		g := headerGuard(memstore.New(memstore.Config{}))
 		cfg.Pipeline.Guard = g
 		var (
 			mu      sync.Mutex
@@ -250,7 +250,7 @@ func TestPanicIsTransient(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		cfg.Pipeline.Guard = headerGuard(memstore.New(nil))
+		cfg.Pipeline.Guard = headerGuard(memstore.New(memstore.Config{}))
 		var calls atomic.Int32
 		c := newConsumer(t, env, cfg, func(ctx context.Context, m *consumer.Message) error {
 			if calls.Add(1) == 1 {
@@ -304,7 +304,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		cfg.Pipeline.Guard = headerGuard(memstore.New(nil)) // shared by both runs
+		cfg.Pipeline.Guard = headerGuard(memstore.New(memstore.Config{})) // shared by both runs
 		const n = 20
 		var done, started counter
 		var running atomic.Int32
@@ -349,7 +349,7 @@ func TestShutdownTimeoutHandsBackRunningMessages(t *testing.T) {
 		f := newFixture(t, env)
 		cfg := f.config()
 		cfg.ShutdownTimeout = 100 * time.Millisecond
-		cfg.Pipeline.Guard = headerGuard(memstore.New(nil))
+		cfg.Pipeline.Guard = headerGuard(memstore.New(memstore.Config{}))
 		var done counter
 		var started atomic.Int32
 		block := make(chan struct{})

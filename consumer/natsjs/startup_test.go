@@ -113,7 +113,7 @@ func TestBusyDuplicatesAreCheap(t *testing.T) {
 		cfg := f.config()
 		cfg.Concurrency = 16
 		cfg.AckWait = 10 * time.Second
-		g := headerGuard(memstore.New(nil))
+		g := headerGuard(memstore.New(memstore.Config{}))
 		g.Lease = 10 * time.Second
 		cfg.Pipeline.Guard = g
 		var effects, started atomic.Int32

@@ -68,7 +68,7 @@ func runWorker() int {
 		DeadLetter: natsjs.DeadLetterConfig{Stream: dlqStream, Subject: dlqSubject},
 		Pipeline: consumer.Config{
 			Guard: &dedupe.Guard{
-				Store: redisstore.New(rdb, &redisstore.Options{Prefix: prefix + "dedupe:"}),
+				Store: redisstore.New(rdb, redisstore.Config{Prefix: prefix + "dedupe:"}),
 				Key:   dedupe.HeaderKey("Idempotency-Key"),
 				Lease: time.Second,
 			},

@@ -6,8 +6,8 @@
 // For each unsafe request (anything but GET, HEAD, OPTIONS and TRACE):
 //
 //   - The key comes from the Idempotency-Key header. Missing: 400 with an
-//     application/problem+json body (unless Options.KeyOptional).
-//   - The body is read (over Options.MaxBodyBytes: 413) and fingerprinted
+//     application/problem+json body (unless Config.KeyOptional).
+//   - The body is read (over Config.MaxBodyBytes: 413) and fingerprinted
 //     with the guard's Fingerprinter, together with the method and path, so
 //     the same key on another endpoint or with another body is a conflict.
 //     A body that is not JSON while the Fingerprinter selects fields is

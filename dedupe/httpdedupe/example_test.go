@@ -16,7 +16,7 @@ import (
 // key with a different body gets 409, a missing key 400.
 func ExampleNew() {
 	guard := &dedupe.Guard{
-		Store:       memstore.New(nil),
+		Store:       memstore.New(memstore.Config{}),
 		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
 		Namespace:   "api",
 	}
@@ -28,7 +28,7 @@ func ExampleNew() {
 		fmt.Fprintf(w, `{"payment_id":"p-1","transfer":%d}`, transfers)
 	})
 	mux := http.NewServeMux()
-	mux.Handle("PUT /payment", httpdedupe.New(guard, nil)(pay))
+	mux.Handle("PUT /payment", httpdedupe.New(guard, httpdedupe.Config{})(pay))
 
 	send := func(key, body string) {
 		r := httptest.NewRequest("PUT", "/payment", strings.NewReader(body))

@@ -23,20 +23,20 @@ import (
 const ReplayedHeader = "Idempotent-Replayed"
 
 // TruncatedHeader is set to "true" on a replay whose body was not stored
-// because it exceeded Options.MaxResponseBytes.
+// because it exceeded Config.MaxResponseBytes.
 const TruncatedHeader = "Idempotent-Replay-Truncated"
 
-// Defaults applied by New to zero Options fields.
+// Defaults applied by New to zero Config fields.
 const (
-	// DefaultKeyHeader is Options.KeyHeader when empty.
+	// DefaultKeyHeader is Config.KeyHeader when empty.
 	DefaultKeyHeader = "Idempotency-Key"
-	// DefaultMaxBodyBytes is Options.MaxBodyBytes when zero: 1 MiB.
+	// DefaultMaxBodyBytes is Config.MaxBodyBytes when zero: 1 MiB.
 	DefaultMaxBodyBytes = 1 << 20
-	// DefaultMaxResponseBytes is Options.MaxResponseBytes when zero:
+	// DefaultMaxResponseBytes is Config.MaxResponseBytes when zero:
 	// 1 MiB less 64 KiB for the stored headers, so that the record fits the
 	// 1 MiB every store accepts.
 	DefaultMaxResponseBytes = 1<<20 - 64<<10
-	// DefaultStoreRetryAfter is Options.StoreRetryAfter when zero: 1s.
+	// DefaultStoreRetryAfter is Config.StoreRetryAfter when zero: 1s.
 	DefaultStoreRetryAfter = time.Second
 )
 
@@ -51,8 +51,8 @@ var defaultStoredHeaders = []string{
 	"ETag", "Last-Modified", "Cache-Control", "Link", "Retry-After",
 }
 
-// Options configures the middleware. A nil *Options means defaults.
-type Options struct {
+// Config configures the middleware. A nil Config means defaults.
+type Config struct {
 	// KeyHeader is the request header that carries the idempotency key.
 	// Default "Idempotency-Key".
 	KeyHeader string
@@ -85,21 +85,18 @@ type Options struct {
 }
 
 type config struct {
-	Options
+	Config
 	stored []string
 	keySrc dedupe.KeySource
 }
 
 // New returns middleware that makes unsafe requests idempotent with g (see
 // the package documentation for the behaviour). g.Key is not used: the key
-// is read from Options.KeyHeader; g.Fingerprint fingerprints the body (nil:
+// is read from Config.KeyHeader; g.Fingerprint fingerprints the body (nil:
 // only method and path are compared); g.FallbackToFingerprint, Namespace,
 // Lease, Retention and MaxKeyLen apply as for any Guard.
-func New(g *dedupe.Guard, opts *Options) func(http.Handler) http.Handler {
-	var c config
-	if opts != nil {
-		c.Options = *opts
-	}
+func New(g *dedupe.Guard, cfg Config) func(http.Handler) http.Handler {
+	c := config{Config: cfg}
 	if c.KeyHeader == "" {
 		c.KeyHeader = DefaultKeyHeader
 	}

@@ -26,7 +26,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func newGuard() *dedupe.Guard {
 	return &dedupe.Guard{
-		Store:       memstore.New(&memstore.Options{Now: func() time.Time { return frozen }}),
+		Store:       memstore.New(memstore.Config{Now: func() time.Time { return frozen }}),
 		Fingerprint: &dedupe.Fingerprinter{Exclude: []string{"timestamp"}},
 		Namespace:   "api",
 		Lease:       30 * time.Second,
@@ -91,7 +91,7 @@ func wantProblem(t *testing.T, w *httptest.ResponseRecorder, status int) {
 
 func TestReplay(t *testing.T) {
 	h := &paymentHandler{}
-	mw := httpdedupe.New(newGuard(), &httpdedupe.Options{Headers: []string{"x-custom"}, Logger: quietLogger()})(h)
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{Headers: []string{"x-custom"}, Logger: quietLogger()})(h)
 
 	first := do(t, mw, "PUT", "/payment", "k1", `{"amount":100,"timestamp":1}`)
 	if first.Code != 201 || first.Header().Get("Location") != "/payments/p-1" || first.Header().Get("X-Run") != "run" {
@@ -123,7 +123,7 @@ func TestReplay(t *testing.T) {
 
 func TestConflicts(t *testing.T) {
 	h := &paymentHandler{}
-	mw := httpdedupe.New(newGuard(), &httpdedupe.Options{Logger: quietLogger()})(h)
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{Logger: quietLogger()})(h)
 	do(t, mw, "PUT", "/payment", "k1", `{"amount":100}`)
 	wantProblem(t, do(t, mw, "PUT", "/payment", "k1", `{"amount":999}`), http.StatusConflict)
 	wantProblem(t, do(t, mw, "PUT", "/refund", "k1", `{"amount":100}`), http.StatusConflict)
@@ -137,7 +137,7 @@ func TestPathConflictWithoutFingerprinter(t *testing.T) {
 	g := newGuard()
 	g.Fingerprint = nil
 	h := &paymentHandler{}
-	mw := httpdedupe.New(g, &httpdedupe.Options{Logger: quietLogger()})(h)
+	mw := httpdedupe.New(g, httpdedupe.Config{Logger: quietLogger()})(h)
 	do(t, mw, "PUT", "/payment", "k1", `{"amount":100}`)
 	if w := do(t, mw, "PUT", "/payment", "k1", `{"amount":999}`); w.Code != 201 || w.Header().Get(httpdedupe.ReplayedHeader) != "true" {
 		t.Fatalf("without a fingerprinter the body is not compared: %d", w.Code)
@@ -153,7 +153,7 @@ func TestInFlight(t *testing.T) {
 		g := newGuard()
 		g.Lease = tt.lease
 		entered, release := make(chan struct{}), make(chan struct{})
-		mw := httpdedupe.New(g, &httpdedupe.Options{Logger: quietLogger()})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mw := httpdedupe.New(g, httpdedupe.Config{Logger: quietLogger()})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			close(entered)
 			<-release
 			w.WriteHeader(http.StatusAccepted)
@@ -178,7 +178,7 @@ func TestInFlight(t *testing.T) {
 
 func TestSafeMethodsPassThrough(t *testing.T) {
 	h := &paymentHandler{}
-	mw := httpdedupe.New(newGuard(), nil)(h)
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{})(h)
 	for _, m := range []string{"GET", "HEAD", "OPTIONS", "TRACE"} {
 		for range 2 {
 			if w := do(t, mw, m, "/payment", "k1", ""); w.Header().Get(httpdedupe.ReplayedHeader) != "" || w.Code != 201 {
@@ -193,7 +193,7 @@ func TestSafeMethodsPassThrough(t *testing.T) {
 
 func TestMissingAndInvalidKey(t *testing.T) {
 	h := &paymentHandler{}
-	mw := httpdedupe.New(newGuard(), nil)(h)
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{})(h)
 	wantProblem(t, do(t, mw, "PUT", "/payment", "", `{"amount":1}`), http.StatusBadRequest)
 	r := httptest.NewRequest("PUT", "/payment", strings.NewReader(`{}`))
 	r.Header["Idempotency-Key"] = []string{"bad\x01key"}
@@ -209,7 +209,7 @@ func TestMissingAndInvalidKey(t *testing.T) {
 
 func TestKeyOptional(t *testing.T) {
 	h := &paymentHandler{}
-	mw := httpdedupe.New(newGuard(), &httpdedupe.Options{KeyOptional: true})(h)
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{KeyOptional: true})(h)
 	do(t, mw, "PUT", "/payment", "", `{"amount":1}`)
 	do(t, mw, "PUT", "/payment", "", `{"amount":1}`)
 	if n := h.runs.Load(); n != 2 {
@@ -219,7 +219,7 @@ func TestKeyOptional(t *testing.T) {
 	g := newGuard()
 	g.FallbackToFingerprint = true
 	h = &paymentHandler{}
-	mw = httpdedupe.New(g, &httpdedupe.Options{KeyOptional: true, Logger: quietLogger()})(h)
+	mw = httpdedupe.New(g, httpdedupe.Config{KeyOptional: true, Logger: quietLogger()})(h)
 	do(t, mw, "PUT", "/payment", "", `{"amount":1,"timestamp":1}`)
 	if w := do(t, mw, "PUT", "/payment", "", `{"amount":1,"timestamp":2}`); w.Header().Get(httpdedupe.ReplayedHeader) != "true" {
 		t.Fatalf("keyless retry not replayed: %d %v", w.Code, w.Header())
@@ -233,7 +233,7 @@ func TestKeyOptional(t *testing.T) {
 
 func TestBodyTooLarge(t *testing.T) {
 	h := &paymentHandler{}
-	mw := httpdedupe.New(newGuard(), &httpdedupe.Options{MaxBodyBytes: 16})(h)
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{MaxBodyBytes: 16})(h)
 	wantProblem(t, do(t, mw, "PUT", "/payment", "k1", `{"amount":1,"pad":"xxxxxxxx"}`), http.StatusRequestEntityTooLarge)
 	// The key was not claimed: a fitting body runs.
 	if w := do(t, mw, "PUT", "/payment", "k1", `{"amount":1}`); w.Code != 201 {
@@ -259,7 +259,7 @@ func TestFailuresReleaseOrStore(t *testing.T) {
 	}
 	for _, tt := range tests {
 		h := &paymentHandler{}
-		mw := httpdedupe.New(newGuard(), &httpdedupe.Options{Logger: quietLogger()})(h)
+		mw := httpdedupe.New(newGuard(), httpdedupe.Config{Logger: quietLogger()})(h)
 		body := `{"status":` + itoa(tt.status) + `}`
 		first := do(t, mw, "PUT", "/payment", "k1", body)
 		second := do(t, mw, "PUT", "/payment", "k1", body)
@@ -287,7 +287,7 @@ func itoa(n int) string {
 
 func TestPanicReleasesAndRepanics(t *testing.T) {
 	var runs atomic.Int64
-	mw := httpdedupe.New(newGuard(), &httpdedupe.Options{Logger: quietLogger()})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{Logger: quietLogger()})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if runs.Add(1) == 1 {
 			panic("boom")
 		}
@@ -309,7 +309,7 @@ func TestPanicReleasesAndRepanics(t *testing.T) {
 
 func TestDefaultStatusAndEmptyBody(t *testing.T) {
 	var runs atomic.Int64
-	mw := httpdedupe.New(newGuard(), nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		runs.Add(1)
 	}))
 	a := do(t, mw, "DELETE", "/payment/1", "k1", "")
@@ -322,7 +322,7 @@ func TestDefaultStatusAndEmptyBody(t *testing.T) {
 func TestLargeResponseTruncatedReplay(t *testing.T) {
 	big := bytes.Repeat([]byte("x"), 5000)
 	var runs atomic.Int64
-	mw := httpdedupe.New(newGuard(), &httpdedupe.Options{MaxResponseBytes: 1000, Logger: quietLogger()})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mw := httpdedupe.New(newGuard(), httpdedupe.Config{MaxResponseBytes: 1000, Logger: quietLogger()})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		runs.Add(1)
 		w.Header().Set("Content-Type", "text/plain")
 		for i := 0; i < len(big); i += 700 {
@@ -356,7 +356,7 @@ func (failingStore) Extend(context.Context, string, string, time.Duration) error
 
 func TestStoreErrors(t *testing.T) {
 	h := &paymentHandler{}
-	mw := httpdedupe.New(&dedupe.Guard{Store: failingStore{}}, &httpdedupe.Options{StoreRetryAfter: 1500 * time.Millisecond, Logger: quietLogger()})(h)
+	mw := httpdedupe.New(&dedupe.Guard{Store: failingStore{}}, httpdedupe.Config{StoreRetryAfter: 1500 * time.Millisecond, Logger: quietLogger()})(h)
 	w := do(t, mw, "PUT", "/payment", "k1", `{}`)
 	wantProblem(t, w, http.StatusServiceUnavailable)
 	if ra := w.Header().Get("Retry-After"); ra != "2" {
@@ -369,7 +369,7 @@ func TestStoreErrors(t *testing.T) {
 
 func TestCorruptStoredResponse(t *testing.T) {
 	g := newGuard()
-	mw := httpdedupe.New(g, &httpdedupe.Options{Logger: quietLogger()})(&paymentHandler{})
+	mw := httpdedupe.New(g, httpdedupe.Config{Logger: quietLogger()})(&paymentHandler{})
 	// Record a response under the key as something other than the
 	// middleware would.
 	w := do(t, mw, "PUT", "/payment", "k1", `{}`)
@@ -403,9 +403,9 @@ func (s *countingStore) Extend(ctx context.Context, key, token string, lease tim
 }
 
 func TestHeartbeatExtendsLease(t *testing.T) {
-	cs := &countingStore{Store: memstore.New(nil), extended: make(chan struct{})}
+	cs := &countingStore{Store: memstore.New(memstore.Config{}), extended: make(chan struct{})}
 	g := &dedupe.Guard{Store: cs, Lease: 30 * time.Millisecond}
-	mw := httpdedupe.New(g, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mw := httpdedupe.New(g, httpdedupe.Config{})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-cs.extended:
 			w.WriteHeader(http.StatusCreated)
@@ -420,7 +420,7 @@ func TestHeartbeatExtendsLease(t *testing.T) {
 
 func TestConcurrentSameKey(t *testing.T) {
 	h := &paymentHandler{}
-	srv := httptest.NewServer(httpdedupe.New(newGuard(), &httpdedupe.Options{Logger: quietLogger()})(h))
+	srv := httptest.NewServer(httpdedupe.New(newGuard(), httpdedupe.Config{Logger: quietLogger()})(h))
 	defer srv.Close()
 	const n = 16
 	var wg sync.WaitGroup

@@ -16,7 +16,7 @@ import (
 // completion, the work the store does per message. The store is sized so
 // that it never fills.
 func BenchmarkClaimComplete(b *testing.B) {
-	s := memstore.New(&memstore.Options{MaxKeys: b.N + 1024})
+	s := memstore.New(memstore.Config{MaxKeys: b.N + 1024})
 	ctx := context.Background()
 	res := dedupe.Result{Data: []byte("ok")}
 	keys := make([]string, b.N)
@@ -39,7 +39,7 @@ func BenchmarkClaimComplete(b *testing.B) {
 // BenchmarkClaimCompleteParallel is BenchmarkClaimComplete from
 // GOMAXPROCS goroutines, showing the effect of sharding.
 func BenchmarkClaimCompleteParallel(b *testing.B) {
-	s := memstore.New(&memstore.Options{MaxKeys: 4_000_000})
+	s := memstore.New(memstore.Config{MaxKeys: 4_000_000})
 	ctx := context.Background()
 	res := dedupe.Result{Data: []byte("ok")}
 	var seq atomic.Uint64
@@ -62,7 +62,7 @@ func BenchmarkClaimCompleteParallel(b *testing.B) {
 
 // BenchmarkDuplicate measures the claim of a key that completed already.
 func BenchmarkDuplicate(b *testing.B) {
-	s := memstore.New(nil)
+	s := memstore.New(memstore.Config{})
 	ctx := context.Background()
 	c, _ := s.Claim(ctx, "k", "fp", 30*time.Second, time.Hour)
 	if err := s.Complete(ctx, "k", c.Token, dedupe.Result{Data: []byte("ok")}, time.Hour); err != nil {
@@ -94,7 +94,7 @@ func BenchmarkRetainedKeys1M(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		s := memstore.New(&memstore.Options{MaxKeys: n})
+		s := memstore.New(memstore.Config{MaxKeys: n})
 		for _, k := range keys {
 			c, err := s.Claim(ctx, k, fp, 30*time.Second, time.Hour)
 			if err != nil || c.Status != dedupe.Acquired {

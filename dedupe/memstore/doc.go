@@ -1,7 +1,7 @@
 // Package memstore is an in-memory dedupe.Store.
 //
 // It is sharded (one mutex per shard, keys spread by FNV-1a), bounded by
-// Options.MaxKeys and evicts records whose retention is over as it is used,
+// Config.MaxKeys and evicts records whose retention is over as it is used,
 // with no background goroutine. When it is full of live records, Claim
 // returns ErrFull rather than forget a record: a forgotten record would let a
 // redelivery run the operation twice.

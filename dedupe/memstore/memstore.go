@@ -18,8 +18,8 @@ import (
 // transient error (the consumer redelivers later).
 var ErrFull = errors.New("memstore: store is full")
 
-// Options configures a Store. A nil *Options means defaults.
-type Options struct {
+// Config configures a Store. Its zero value means defaults.
+type Config struct {
 	// MaxKeys bounds the number of live records. Default 1,000,000.
 	MaxKeys int
 	// Shards is the number of independently locked shards, rounded up to a
@@ -64,11 +64,8 @@ type entry struct {
 }
 
 // New returns an empty Store.
-func New(opts *Options) *Store {
-	var o Options
-	if opts != nil {
-		o = *opts
-	}
+func New(cfg Config) *Store {
+	o := cfg
 	if o.MaxKeys <= 0 {
 		o.MaxKeys = 1_000_000
 	}

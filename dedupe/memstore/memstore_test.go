@@ -20,19 +20,19 @@ func TestMain(m *testing.M) {
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
-		return memstore.New(&memstore.Options{Now: now})
+		return memstore.New(memstore.Config{Now: now})
 	})
 }
 
 func TestConformanceOneShard(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
-		return memstore.New(&memstore.Options{Now: now, Shards: 1, MaxKeys: 100_000})
+		return memstore.New(memstore.Config{Now: now, Shards: 1, MaxKeys: 100_000})
 	})
 }
 
 func TestFullNeverForgetsLiveRecords(t *testing.T) {
 	var clock storetest.Clock
-	s := memstore.New(&memstore.Options{Now: clock.Now, Shards: 1, MaxKeys: 10})
+	s := memstore.New(memstore.Config{Now: clock.Now, Shards: 1, MaxKeys: 10})
 	ctx := context.Background()
 	for i := range 10 {
 		if c, err := s.Claim(ctx, fmt.Sprint(i), "", time.Second, time.Minute); err != nil || c.Status != dedupe.Acquired {
@@ -62,7 +62,7 @@ func TestFullNeverForgetsLiveRecords(t *testing.T) {
 // TestHoldsMaxKeysWhateverTheSpread checks that the bound is global: with
 // many shards, keys that spread unevenly still fill the store to MaxKeys.
 func TestHoldsMaxKeysWhateverTheSpread(t *testing.T) {
-	s := memstore.New(&memstore.Options{Shards: 64, MaxKeys: 1000})
+	s := memstore.New(memstore.Config{Shards: 64, MaxKeys: 1000})
 	ctx := context.Background()
 	for i := range 1000 {
 		if _, err := s.Claim(ctx, fmt.Sprint("key-", i), "", time.Second, time.Minute); err != nil {
@@ -78,7 +78,7 @@ func TestHoldsMaxKeysWhateverTheSpread(t *testing.T) {
 // not make a full store refuse a key.
 func TestFullSweepsOtherShards(t *testing.T) {
 	var clock storetest.Clock
-	s := memstore.New(&memstore.Options{Now: clock.Now, Shards: 64, MaxKeys: 100})
+	s := memstore.New(memstore.Config{Now: clock.Now, Shards: 64, MaxKeys: 100})
 	ctx := context.Background()
 	for i := range 100 {
 		if _, err := s.Claim(ctx, fmt.Sprint("old-", i), "", time.Second, time.Second); err != nil {
@@ -98,7 +98,7 @@ func TestFullSweepsOtherShards(t *testing.T) {
 
 func TestEvictsExpiredRecordsAsItGoes(t *testing.T) {
 	var clock storetest.Clock
-	s := memstore.New(&memstore.Options{Now: clock.Now, Shards: 4, MaxKeys: 400})
+	s := memstore.New(memstore.Config{Now: clock.Now, Shards: 4, MaxKeys: 400})
 	ctx := context.Background()
 	// Many generations of short-lived keys never fill the store.
 	for gen := range 50 {
@@ -122,7 +122,7 @@ func TestEvictsExpiredRecordsAsItGoes(t *testing.T) {
 // Example shows the claim / complete cycle and a duplicate's replay.
 func Example() {
 	ctx := context.Background()
-	s := memstore.New(nil)
+	s := memstore.New(memstore.Config{})
 
 	c, _ := s.Claim(ctx, "payment-42", "fp-1", 30*time.Second, 24*time.Hour)
 	fmt.Println(c.Status)

@@ -63,7 +63,7 @@ func replicatedFactory(env *harness.NATSEnv) storetest.Factory {
 		n++
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		s, err := natskv.New(ctx, env.JS, &natskv.Options{Bucket: env.Name(fmt.Sprint("dedupe", n)), Replicas: 3, Now: now})
+		s, err := natskv.New(ctx, env.JS, natskv.Config{Bucket: env.Name(fmt.Sprint("dedupe", n)), Replicas: 3, Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,9 +31,9 @@
 //
 // # Time and retention
 //
-// Lease and retention ends are computed from Options.Now and stored in the
+// Lease and retention ends are computed from Config.Now and stored in the
 // record; the server's clock is not consulted. The bucket's TTL (stream
-// MaxAge, Options.TTL, default 72h) only collects records whose retention
+// MaxAge, Config.TTL, default 72h) only collects records whose retention
 // is over: a retention or lease longer than the TTL is rejected with
 // ErrRetentionTooLong, so the server never drops a live record. (NATS 2.9
 // has no per-key TTL; the bucket's TTL is the only physical expiry.)

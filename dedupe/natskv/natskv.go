@@ -11,11 +11,11 @@ import (
 	"github.com/idemq/idemq/dedupe"
 )
 
-// Defaults of Options.
+// Defaults of Config.
 const (
-	// DefaultBucket is the KV bucket used when Options.Bucket is empty.
+	// DefaultBucket is the KV bucket used when Config.Bucket is empty.
 	DefaultBucket = "idemq_dedupe"
-	// DefaultTTL is the bucket's TTL (stream MaxAge) when Options.TTL is
+	// DefaultTTL is the bucket's TTL (stream MaxAge) when Config.TTL is
 	// zero: 72 hours.
 	DefaultTTL = 72 * time.Hour
 	// MaxAttempts bounds how many times one operation re-reads the record
@@ -33,8 +33,8 @@ var ErrContention = errors.New("natskv: too much contention on one key")
 // delete the record while it is still live.
 var ErrRetentionTooLong = fmt.Errorf("%w: longer than the bucket TTL", dedupe.ErrInvalidLease)
 
-// Options configures a Store. A nil *Options means defaults.
-type Options struct {
+// Config configures a Store. Its zero value means defaults.
+type Config struct {
 	// Bucket is the KV bucket holding the records, created when missing.
 	// Default DefaultBucket ("idemq_dedupe").
 	Bucket string
@@ -62,11 +62,8 @@ type Store struct {
 // New returns a Store on the bucket opts.Bucket, creating the bucket (with
 // History 1, file storage, opts.TTL and opts.Replicas) when it does not
 // exist and binding to it when it does.
-func New(ctx context.Context, js jetstream.JetStream, opts *Options) (*Store, error) {
-	var o Options
-	if opts != nil {
-		o = *opts
-	}
+func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
+	o := cfg
 	if o.Bucket == "" {
 		o.Bucket = DefaultBucket
 	}

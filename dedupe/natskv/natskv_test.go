@@ -29,7 +29,7 @@ func factory(env *harness.NATSEnv) storetest.Factory {
 		n++
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		s, err := natskv.New(ctx, env.JS, &natskv.Options{Bucket: env.Name(fmt.Sprint("dedupe", n)), Now: now})
+		s, err := natskv.New(ctx, env.JS, natskv.Config{Bucket: env.Name(fmt.Sprint("dedupe", n)), Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -57,7 +57,7 @@ func TestBucketCreatedOrBound(t *testing.T) {
 	env := harness.EmbeddedNATS(t)
 	ctx := context.Background()
 	name := env.Name("bound")
-	s1, err := natskv.New(ctx, env.JS, &natskv.Options{Bucket: name, TTL: time.Hour})
+	s1, err := natskv.New(ctx, env.JS, natskv.Config{Bucket: name, TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestBucketCreatedOrBound(t *testing.T) {
 		t.Fatalf("claim: %v %v", c.Status, err)
 	}
 	// A second store binds to the bucket and its TTL, whatever it asks for.
-	s2, err := natskv.New(ctx, env.JS, &natskv.Options{Bucket: name, TTL: 5 * time.Hour})
+	s2, err := natskv.New(ctx, env.JS, natskv.Config{Bucket: name, TTL: 5 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestBucketCreatedOrBound(t *testing.T) {
 func TestKeysAreEncoded(t *testing.T) {
 	env := harness.EmbeddedNATS(t)
 	ctx := context.Background()
-	s, err := natskv.New(ctx, env.JS, &natskv.Options{Bucket: env.Name("keys")})
+	s, err := natskv.New(ctx, env.JS, natskv.Config{Bucket: env.Name("keys")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestLargeResultChunksAndLostLease(t *testing.T) {
 	ctx := context.Background()
 	var clock storetest.Clock
 	name := env.Name("chunks")
-	s, err := natskv.New(ctx, env.JS, &natskv.Options{Bucket: name, Now: clock.Now})
+	s, err := natskv.New(ctx, env.JS, natskv.Config{Bucket: name, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

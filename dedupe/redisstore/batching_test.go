@@ -113,7 +113,7 @@ func TestBatchingCoalescesConcurrentCalls(t *testing.T) {
 			g := newGate()
 			env.Client.AddHook(g)
 			var clock storetest.Clock
-			s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now, MaxBatch: maxBatch})
+			s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now, MaxBatch: maxBatch})
 			warm(t, s)
 			limit := maxBatch
 			if limit == 0 {
@@ -170,7 +170,7 @@ func TestBatchingCancelledCallers(t *testing.T) {
 	g := newGate()
 	env.Client.AddHook(g)
 	var clock storetest.Clock
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now})
 	warm(t, s)
 	ctx := context.Background()
 	g.armed.Store(true)
@@ -222,7 +222,7 @@ func TestBatchingCancelledCallers(t *testing.T) {
 func TestBatchingCancellationStorm(t *testing.T) {
 	env := harness.Redis(t)
 	var clock storetest.Clock
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now, MaxBatch: 4})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now, MaxBatch: 4})
 	ctx := context.Background()
 	for round := range 20 {
 		cctx, cancel := context.WithCancel(ctx)
@@ -261,7 +261,7 @@ func TestBatchingConcurrency(t *testing.T) {
 	const goroutines = 64
 	env := harness.Redis(t)
 	var clock storetest.Clock
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now, MaxBatch: 16})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now, MaxBatch: 16})
 	ctx := context.Background()
 
 	t.Run("OneKey", func(t *testing.T) {

@@ -32,7 +32,7 @@ func BenchmarkClaimComplete(b *testing.B) {
 	env := harness.Redis(b)
 	rt := &roundTrips{}
 	env.Client.AddHook(rt)
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix})
 	ctx := context.Background()
 	res := dedupe.Result{Data: []byte("ok")}
 	if _, err := s.Claim(ctx, "warm", "", time.Second, time.Minute); err != nil { // load the script
@@ -63,7 +63,7 @@ func BenchmarkClaimManyCompleteMany(b *testing.B) {
 	env := harness.Redis(b)
 	rt := &roundTrips{}
 	env.Client.AddHook(rt)
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix})
 	ctx := context.Background()
 	if _, err := s.ClaimMany(ctx, []redisstore.ClaimRequest{{Key: "warm", Lease: time.Second, Retention: time.Minute}}); err != nil {
 		b.Fatal(err)
@@ -121,7 +121,7 @@ func BenchmarkClaimCompleteConcurrent(b *testing.B) {
 			env := harness.Redis(b)
 			rt := &roundTrips{}
 			env.Client.AddHook(rt)
-			s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, MaxBatch: mode.maxBatch})
+			s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, MaxBatch: mode.maxBatch})
 			ctx := context.Background()
 			res := dedupe.Result{Data: []byte("ok")}
 			if _, err := s.Claim(ctx, "warm", "", time.Second, time.Minute); err != nil {

@@ -27,7 +27,7 @@ func TestConformanceRedisCluster(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
 				prefix := fmt.Sprintf("idemq-test:cluster%d:", n.Add(1))
-				return redisstore.New(cc, &redisstore.Options{Prefix: prefix, Now: now, MaxBatch: mode.maxBatch})
+				return redisstore.New(cc, redisstore.Config{Prefix: prefix, Now: now, MaxBatch: mode.maxBatch})
 			})
 		})
 	}

@@ -20,7 +20,7 @@ func TestClusterFailover(t *testing.T) {
 	c := harness.StartRedisCluster(t)
 	cc := c.Client(t)
 	var clock storetest.Clock
-	s := redisstore.New(cc, &redisstore.Options{Prefix: "idemq-test:failover:", Now: clock.Now})
+	s := redisstore.New(cc, redisstore.Config{Prefix: "idemq-test:failover:", Now: clock.Now})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 

@@ -28,7 +28,7 @@
 //
 // # Time
 //
-// Expiry is computed from Options.Now, in the client process, and passed to
+// Expiry is computed from Config.Now, in the client process, and passed to
 // the scripts; the Redis server's clock is never read, so clients of one
 // store must keep their clocks reasonably in sync (as for any lease). Times
 // are stored in whole milliseconds. Each key also gets a PEXPIRE of its
@@ -40,7 +40,7 @@
 // By default the store coalesces concurrent calls: while one pipeline is in
 // flight, Claim, Complete, Release and Extend calls from other goroutines
 // queue, and the first of them, once the pipeline returns, sends everything
-// queued (up to Options.MaxBatch operations) as the next pipeline: one round
+// queued (up to Config.MaxBatch operations) as the next pipeline: one round
 // trip for the batch instead of one per call. There is no timer and no
 // background goroutine: a lone caller sends its call at once, and a busy
 // consumer's 64 workers share a few round trips and one connection instead
@@ -59,7 +59,7 @@
 // The caller that sends a batch returns when its round trip does; the
 // round trip is cancelled only once every caller in it has given up.
 //
-// Options.MaxBatch 1 turns batching off: every call is its own command on
+// Config.MaxBatch 1 turns batching off: every call is its own command on
 // its own pool connection.
 //
 // ClaimMany and CompleteMany send an explicit batch in one pipeline (one
@@ -84,7 +84,7 @@
 //
 // # Record format
 //
-// A record is one string at Options.Prefix + key, readable with GET:
+// A record is one string at Config.Prefix + key, readable with GET:
 //
 //	byte 1        state: 'i' in progress, 'd' done, 'f' failed
 //	bytes 2-14    retention end, Unix milliseconds, 13 digits, zero-padded;

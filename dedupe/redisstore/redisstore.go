@@ -12,7 +12,7 @@ import (
 	"github.com/idemq/idemq/dedupe"
 )
 
-// DefaultPrefix is the key prefix used when Options.Prefix is empty.
+// DefaultPrefix is the key prefix used when Config.Prefix is empty.
 const DefaultPrefix = "idemq:"
 
 // GCMargin is added to a record's remaining logical lifetime (retention end,
@@ -21,8 +21,8 @@ const DefaultPrefix = "idemq:"
 // 1 minute.
 const GCMargin = time.Minute
 
-// Options configures a Store. A nil *Options means defaults.
-type Options struct {
+// Config configures a Store. Its zero value means defaults.
+type Config struct {
 	// Prefix is prepended to every key. Default DefaultPrefix ("idemq:").
 	// With Redis Cluster, a prefix holding a hash tag ("{idemq}:") would put
 	// every key in one slot; the default spreads them.
@@ -41,7 +41,7 @@ type Options struct {
 	MaxBatch int
 }
 
-// DefaultMaxBatch is Options.MaxBatch when zero: 128 operations per
+// DefaultMaxBatch is Config.MaxBatch when zero: 128 operations per
 // pipeline.
 const DefaultMaxBatch = 128
 
@@ -57,7 +57,7 @@ type Store struct {
 	del      *redis.Script
 	extend   *redis.Script
 
-	// maxBatch is Options.MaxBatch; the queue of calls waiting for a
+	// maxBatch is Config.MaxBatch; the queue of calls waiting for a
 	// pipeline, and whether a caller is flushing it, are guarded by mu.
 	maxBatch int
 	mu       sync.Mutex
@@ -69,11 +69,8 @@ type Store struct {
 // *redis.ClusterClient, *redis.Ring or failover client: every operation
 // touches exactly one key. The scripts are sent with EVALSHA and loaded with
 // EVAL the first time a server does not know them.
-func New(c redis.UniversalClient, opts *Options) *Store {
-	var o Options
-	if opts != nil {
-		o = *opts
-	}
+func New(c redis.UniversalClient, cfg Config) *Store {
+	o := cfg
 	if o.Prefix == "" {
 		o.Prefix = DefaultPrefix
 	}

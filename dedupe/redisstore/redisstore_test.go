@@ -32,7 +32,7 @@ func TestConformance(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
 				env := harness.Redis(t)
-				return redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: now, MaxBatch: mode.maxBatch})
+				return redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: now, MaxBatch: mode.maxBatch})
 			})
 		})
 	}
@@ -80,7 +80,7 @@ func TestOneRoundTripPerOperation(t *testing.T) {
 	rt := &roundTrips{}
 	env.Client.AddHook(rt)
 	var clock storetest.Clock
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now})
 	ctx := context.Background()
 
 	// Warm up: the first use of each script may add a NOSCRIPT round trip.
@@ -148,7 +148,7 @@ func TestOneRoundTripPerOperation(t *testing.T) {
 func TestClaimManyCompleteMany(t *testing.T) {
 	env := harness.Redis(t)
 	var clock storetest.Clock
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now})
 	ctx := context.Background()
 
 	// One key completed, one in progress, before the batch.
@@ -235,7 +235,7 @@ func TestClaimManyCompleteMany(t *testing.T) {
 func TestPhysicalTTLIsGarbageCollectionOnly(t *testing.T) {
 	env := harness.Redis(t)
 	var clock storetest.Clock
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix, Now: clock.Now})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now})
 	ctx := context.Background()
 	c, err := s.Claim(ctx, "k", "", 30*time.Second, 2*time.Hour)
 	if err != nil {
@@ -265,7 +265,7 @@ func Example() {
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 	defer client.Close()
 	ctx := context.Background()
-	s := redisstore.New(client, &redisstore.Options{Prefix: "orders:"})
+	s := redisstore.New(client, redisstore.Config{Prefix: "orders:"})
 
 	c, err := s.Claim(ctx, "order-7", "fp", 30*time.Second, 24*time.Hour)
 	if err != nil {
@@ -287,7 +287,7 @@ func Example() {
 
 func TestCheckDurability(t *testing.T) {
 	env := harness.Redis(t)
-	s := redisstore.New(env.Client, &redisstore.Options{Prefix: env.Prefix})
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix})
 	ctx := context.Background()
 	if err := s.Ping(ctx); err != nil {
 		t.Fatalf("Ping: %v", err)

@@ -48,7 +48,7 @@
 //
 // Times are Unix nanoseconds (lease_until is 0 once the record is done), so
 // the injected clock round-trips exactly; in psql, to_timestamp(expires_at /
-// 1e9) shows them. Every time is computed from Options.Now, never from the
+// 1e9) shows them. Every time is computed from Config.Now, never from the
 // database's now(). Keys and fingerprints are stored as bytes, so any Go
 // string works, binary or not, exactly as in the memory store; in psql,
 // convert_from(key, 'UTF8') shows a text key. Results are stored as bytes,

@@ -34,7 +34,7 @@ func ExampleStore_Claim() {
 	db, done := exampleDB()
 	defer done()
 	ctx := context.Background()
-	store, err := sqlstore.New(ctx, db, nil) // table idemq_dedupe
+	store, err := sqlstore.New(ctx, db, sqlstore.Config{}) // table idemq_dedupe
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func ExampleStore_ClaimTx() {
 	db, done := exampleDB()
 	defer done()
 	ctx := context.Background()
-	store, err := sqlstore.New(ctx, db, nil)
+	store, err := sqlstore.New(ctx, db, sqlstore.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}

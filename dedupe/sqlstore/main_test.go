@@ -57,7 +57,7 @@ func newStore(t testing.TB, db *sql.DB, now func() time.Time) *sqlstore.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := sqlstore.New(ctx, db, &sqlstore.Options{Table: nextTable(), Now: now})
+	s, err := sqlstore.New(ctx, db, sqlstore.Config{Table: nextTable(), Now: now})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

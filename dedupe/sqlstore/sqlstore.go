@@ -18,11 +18,11 @@ import (
 // (never claimed, released, or retention over).
 var ErrNotFound = errors.New("sqlstore: record not found")
 
-// ErrInvalidTable is returned by New when Options.Table is not a plain or
+// ErrInvalidTable is returned by New when Config.Table is not a plain or
 // schema-qualified SQL identifier.
 var ErrInvalidTable = errors.New("sqlstore: invalid table name")
 
-// ErrUnknownDialect is returned by New when Options.Dialect is unset and the
+// ErrUnknownDialect is returned by New when Config.Dialect is unset and the
 // dialect cannot be told from the driver of the *sql.DB.
 var ErrUnknownDialect = errors.New("sqlstore: unknown SQL dialect")
 
@@ -59,7 +59,7 @@ func (d Dialect) String() string {
 	return fmt.Sprintf("Dialect(%d)", int(d))
 }
 
-// DefaultTable is the table name used when Options.Table is empty.
+// DefaultTable is the table name used when Config.Table is empty.
 const DefaultTable = "idemq_dedupe"
 
 // DefaultCleanupBatch is the batch size Cleanup uses when limit <= 0: 1000 rows.
@@ -71,8 +71,8 @@ const maxIdentLen = 48
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// Options configures a Store. A nil *Options means defaults.
-type Options struct {
+// Config configures a Store. Its zero value means defaults.
+type Config struct {
 	// Table is the table holding the records: an identifier of letters,
 	// digits and underscores (at most 48 bytes, not starting with a digit),
 	// optionally qualified by a schema ("app.idemq_dedupe"). It is quoted in
@@ -122,11 +122,8 @@ type Store struct {
 // they are missing. Creation is safe when several processes start at once
 // (Postgres serialises it with an advisory lock, SQLite with its write lock).
 // An existing table must have the columns New would create.
-func New(ctx context.Context, db *sql.DB, opts *Options) (*Store, error) {
-	var o Options
-	if opts != nil {
-		o = *opts
-	}
+func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
+	o := cfg
 	if o.Table == "" {
 		o.Table = DefaultTable
 	}
@@ -143,7 +140,7 @@ func New(ctx context.Context, db *sql.DB, opts *Options) (*Store, error) {
 	if o.Dialect == Auto {
 		o.Dialect = detect(db)
 		if o.Dialect == Auto {
-			return nil, fmt.Errorf("%w: driver %T; set Options.Dialect", ErrUnknownDialect, db.Driver())
+			return nil, fmt.Errorf("%w: driver %T; set Config.Dialect", ErrUnknownDialect, db.Driver())
 		}
 	}
 	if o.Dialect != Postgres && o.Dialect != SQLite {

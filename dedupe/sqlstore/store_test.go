@@ -22,7 +22,7 @@ func TestCleanup(t *testing.T) {
 		var clock storetest.Clock
 		ctx := testCtx(t)
 		table := nextTable()
-		s, err := sqlstore.New(ctx, db, &sqlstore.Options{Table: table, Now: clock.Now})
+		s, err := sqlstore.New(ctx, db, sqlstore.Config{Table: table, Now: clock.Now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -118,12 +118,12 @@ func TestTableName(t *testing.T) {
 		strings.Repeat("a", 49), "main." + strings.Repeat("a", 49),
 	}
 	for _, name := range bad {
-		if _, err := sqlstore.New(ctx, db, &sqlstore.Options{Table: name}); !errors.Is(err, sqlstore.ErrInvalidTable) {
+		if _, err := sqlstore.New(ctx, db, sqlstore.Config{Table: name}); !errors.Is(err, sqlstore.ErrInvalidTable) {
 			t.Errorf("New with table %q: %v, want ErrInvalidTable", name, err)
 		}
 	}
 	for _, name := range []string{"", "idemq_dedupe", "Mixed_Case", "select", "main.qualified", strings.Repeat("a", 48)} {
-		s, err := sqlstore.New(ctx, db, &sqlstore.Options{Table: name})
+		s, err := sqlstore.New(ctx, db, sqlstore.Config{Table: name})
 		if err != nil {
 			t.Errorf("New with table %q: %v", name, err)
 			continue
@@ -145,7 +145,7 @@ func TestSchemaQualifiedPostgres(t *testing.T) {
 	if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
 		t.Fatal(err)
 	}
-	s, err := sqlstore.New(ctx, db, &sqlstore.Options{Table: schema + ".Qualified"})
+	s, err := sqlstore.New(ctx, db, sqlstore.Config{Table: schema + ".Qualified"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestConcurrentNew(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, errs[i] = sqlstore.New(ctx, db, &sqlstore.Options{Table: table})
+				_, errs[i] = sqlstore.New(ctx, db, sqlstore.Config{Table: table})
 			}()
 		}
 		wg.Wait()
@@ -192,7 +192,7 @@ func TestIncompatibleTable(t *testing.T) {
 		if _, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (id integer PRIMARY KEY)"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := sqlstore.New(ctx, db, &sqlstore.Options{Table: table}); err == nil {
+		if _, err := sqlstore.New(ctx, db, sqlstore.Config{Table: table}); err == nil {
 			t.Fatal("New on a table without the dedupe columns succeeded")
 		}
 	})
@@ -229,7 +229,7 @@ func TestClosedDB(t *testing.T) {
 	check("Get", err)
 	_, err = s.Cleanup(ctx, 0)
 	check("Cleanup", err)
-	_, err = sqlstore.New(ctx, db, nil)
+	_, err = sqlstore.New(ctx, db, sqlstore.Config{})
 	check("New", err)
 }
 
@@ -246,10 +246,10 @@ func TestDialect(t *testing.T) {
 	// A driver it does not know needs an explicit dialect.
 	unknown := sql.OpenDB(fakeConnector{})
 	defer unknown.Close()
-	if _, err := sqlstore.New(testCtx(t), unknown, nil); !errors.Is(err, sqlstore.ErrUnknownDialect) {
+	if _, err := sqlstore.New(testCtx(t), unknown, sqlstore.Config{}); !errors.Is(err, sqlstore.ErrUnknownDialect) {
 		t.Fatalf("New on an unknown driver: %v, want ErrUnknownDialect", err)
 	}
-	if _, err := sqlstore.New(testCtx(t), unknown, &sqlstore.Options{Dialect: 9}); !errors.Is(err, sqlstore.ErrUnknownDialect) {
+	if _, err := sqlstore.New(testCtx(t), unknown, sqlstore.Config{Dialect: 9}); !errors.Is(err, sqlstore.ErrUnknownDialect) {
 		t.Fatalf("New with Dialect(9): %v, want ErrUnknownDialect", err)
 	}
 }
@@ -272,7 +272,7 @@ func TestInvalidArguments(t *testing.T) {
 			t.Errorf("Complete with token %q: %v, want ErrLeaseLost", tok, err)
 		}
 	}
-	if _, err := sqlstore.New(ctx, nil, nil); err == nil {
+	if _, err := sqlstore.New(ctx, nil, sqlstore.Config{}); err == nil {
 		t.Error("New with a nil *sql.DB succeeded")
 	}
 }

@@ -5,7 +5,7 @@
 //
 //	func TestConformance(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
-//			return memstore.New(&memstore.Options{Now: now})
+//			return memstore.New(memstore.Config{Now: now})
 //		})
 //	}
 //

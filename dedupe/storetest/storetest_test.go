@@ -41,6 +41,6 @@ func TestClock(t *testing.T) {
 // that a change to the suite is checked where it is made.
 func TestRunMemstore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, now func() time.Time) dedupe.Store {
-		return memstore.New(&memstore.Options{Now: now})
+		return memstore.New(memstore.Config{Now: now})
 	})
 }

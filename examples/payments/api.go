@@ -100,7 +100,7 @@ func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log
 		Retention:   apiRetention,
 	}
 	mux := http.NewServeMux()
-	mux.Handle("PUT /payments", httpdedupe.New(guard, &httpdedupe.Options{Logger: log})(http.HandlerFunc(a.putPayment)))
+	mux.Handle("PUT /payments", httpdedupe.New(guard, httpdedupe.Config{Logger: log})(http.HandlerFunc(a.putPayment)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	a.h = mux
 	return a, nil

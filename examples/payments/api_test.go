@@ -123,7 +123,7 @@ func TestAPIContract(t *testing.T) {
 func TestAPIInFlightConflict(t *testing.T) {
 	e := newAPIEnv(t)
 	// Another request holds the key: claim it as the middleware would.
-	store, err := sqlstore.New(context.Background(), e.a.db.DB, nil)
+	store, err := sqlstore.New(context.Background(), e.a.db.DB, sqlstore.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,13 +49,13 @@ func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger
 	if err = ensureStreams(ctx, n.js); err != nil {
 		return nil, err
 	}
-	if n.store, err = sqlstore.New(ctx, n.db.DB, nil); err != nil {
+	if n.store, err = sqlstore.New(ctx, n.db.DB, sqlstore.Config{}); err != nil {
 		return nil, fmt.Errorf("dedupe store: %w", err)
 	}
-	if n.ob, err = outbox.New(ctx, n.db.DB, nil); err != nil {
+	if n.ob, err = outbox.New(ctx, n.db.DB, outbox.Config{}); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	if n.relay, err = outbox.NewRelay(n.db.DB, n.js, &outbox.RelayOptions{Streams: []string{streamPayments}, Logger: log}); err != nil {
+	if n.relay, err = outbox.NewRelay(n.db.DB, outbox.JetStream(n.js), outbox.RelayConfig{Streams: []string{streamPayments}, Logger: log}); err != nil {
 		return nil, fmt.Errorf("outbox relay: %w", err)
 	}
 	return n, nil

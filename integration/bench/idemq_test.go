@@ -75,12 +75,12 @@ func idemqVariantConc(name string, kind storeKind, conc int) variant {
 			var guard *dedupe.Guard
 			switch kind {
 			case memStore:
-				guard = &dedupe.Guard{Store: memstore.New(nil)}
+				guard = &dedupe.Guard{Store: memstore.New(memstore.Config{})}
 			case redisStore, unbatchedRedisStore:
 				env := r.fx.redis(tb)
 				s.redis = env
 				s.redisPrefix = env.Prefix + r.id + ":"
-				opts := &redisstore.Options{Prefix: s.redisPrefix}
+				opts := redisstore.Config{Prefix: s.redisPrefix}
 				if kind == unbatchedRedisStore {
 					opts.MaxBatch = 1
 				}

@@ -89,7 +89,6 @@ type workload struct {
 	effects   map[string]int
 	lastDone  time.Time
 	started   atomic.Int64
-	published []string
 }
 
 func newWorkload(t *testing.T, env *harness.NATSEnv) *workload {
@@ -252,7 +251,7 @@ func TestRedisOutage(t *testing.T) {
 	rp := startRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: rp.addr})
 	defer rdb.Close()
-	store := &countingStore{Store: redisstore.New(rdb, nil)}
+	store := &countingStore{Store: redisstore.New(rdb, redisstore.Config{})}
 	w := newWorkload(t, env)
 	logs := newLogCounter(t)
 	g := &dedupe.Guard{Store: store, Key: dedupe.HeaderKey("Idempotency-Key")}
@@ -328,7 +327,7 @@ func TestDeadLetterStreamOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := newLogCounter(t)
-	g := &dedupe.Guard{Store: memstore.New(nil), Key: dedupe.HeaderKey("Idempotency-Key")}
+	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")}
 	c, err := natsjs.New(env.JS, w.config(slog.New(logs), g, false), w.handler)
 	if err != nil {
 		t.Fatal(err)

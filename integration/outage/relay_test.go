@@ -38,12 +38,12 @@ func TestRelayBrokerRestart(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"events.>"}, Storage: jetstream.FileStorage}); err != nil {
 		t.Fatal(err)
 	}
-	ob, err := outbox.New(ctx, pg.DB, nil)
+	ob, err := outbox.New(ctx, pg.DB, outbox.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	logs := newLogCounter(t)
-	r, err := outbox.NewRelay(pg.DB, js, &outbox.RelayOptions{Logger: slog.New(logs), PublishTimeout: time.Second})
+	r, err := outbox.NewRelay(pg.DB, outbox.JetStream(js), outbox.RelayConfig{Logger: slog.New(logs), PublishTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

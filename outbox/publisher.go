@@ -1,0 +1,238 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Outgoing is one outbox row on its way to the broker.
+type Outgoing struct {
+	// ID is the row's stable id: the broker's message id where the broker
+	// dedupes by one (JetStream: Nats-Msg-Id).
+	ID string
+	// Subject is the subject (topic) to publish to.
+	Subject string
+	// Header holds the row's headers.
+	Header map[string][]string
+	// Data is the body.
+	Data []byte
+}
+
+// PublishResult is the broker's answer for one Outgoing message.
+type PublishResult struct {
+	// Err is nil when the broker acknowledged the message.
+	Err error
+	// Rejected marks an Err that is the broker's verdict on the message
+	// itself (too large, malformed, no stream for its subject): the relay
+	// marks the row failed instead of retrying it. Outages (timeouts, no
+	// responders, a stream without a leader) are never Rejected.
+	Rejected bool
+	// Duplicate is true when the broker recognised the message id and
+	// dropped the message as a republish.
+	Duplicate bool
+	// Stream names the JetStream stream that stored the message ("" for
+	// other brokers).
+	Stream string
+}
+
+// Publisher publishes outbox rows for the Relay. JetStream is the
+// built-in one; any broker with acknowledged publishes can plug in (see
+// the Watermill adapter).
+type Publisher interface {
+	// Publish publishes msgs and fills res[i] for msgs[i], waiting at most
+	// timeout for acknowledgements; a message without one by then gets
+	// ErrPublishTimeout. Messages go out in the order given only as far as
+	// the broker keeps it; the relay sends at most one message per
+	// ordering key per call. It returns an error only when ctx ended.
+	Publish(ctx context.Context, msgs []Outgoing, res []PublishResult, timeout time.Duration) error
+}
+
+// JetStreamPublisher publishes outbox rows to NATS JetStream with
+// Nats-Msg-Id = the row id, asynchronously, waiting for every PubAck; the
+// streams' Duplicates windows drop republishes. Build it with JetStream.
+type JetStreamPublisher struct {
+	js jetstream.JetStream
+}
+
+// JetStream returns the Publisher that publishes through js.
+func JetStream(js jetstream.JetStream) *JetStreamPublisher {
+	return &JetStreamPublisher{js: js}
+}
+
+// Publish implements Publisher.
+func (p *JetStreamPublisher) Publish(ctx context.Context, msgs []Outgoing, res []PublishResult, timeout time.Duration) error {
+	futures := make([]jetstream.PubAckFuture, len(msgs))
+	for i, x := range msgs {
+		msg := &nats.Msg{Subject: x.Subject, Header: nats.Header(x.Header), Data: x.Data}
+		// When the context's async window (PublishAsyncMaxPending) is
+		// full, wait for room as long as a PubAck may take instead of
+		// failing after nats.go's 200ms default: concurrent rounds share
+		// the window.
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(x.ID), jetstream.WithStallWait(timeout))
+		if err != nil {
+			res[i] = publishFailed(err)
+			continue
+		}
+		futures[i] = f
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	expired := false
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		if expired {
+			select {
+			case ack := <-f.Ok():
+				res[i] = PublishResult{Duplicate: ack.Duplicate, Stream: ack.Stream}
+			case err := <-f.Err():
+				res[i] = publishFailed(err)
+			default:
+				res[i] = PublishResult{Err: ErrPublishTimeout}
+			}
+			continue
+		}
+		select {
+		case ack := <-f.Ok():
+			res[i] = PublishResult{Duplicate: ack.Duplicate, Stream: ack.Stream}
+		case err := <-f.Err():
+			res[i] = publishFailed(err)
+		case <-timer.C:
+			expired = true
+			res[i] = PublishResult{Err: ErrPublishTimeout}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.confirmNoStream(ctx, msgs, res)
+	return nil
+}
+
+func publishFailed(err error) PublishResult {
+	return PublishResult{Err: err, Rejected: Rejected(err)}
+}
+
+// confirmNoStream asks the JetStream API, once per subject, whether a
+// stream captures the subjects of messages that no stream answered. Only a
+// confirmed absence makes such a message Rejected; anything else (a stream
+// that exists but has no leader, an API that does not answer) leaves it to
+// be retried.
+func (p *JetStreamPublisher) confirmNoStream(ctx context.Context, msgs []Outgoing, res []PublishResult) {
+	known := map[string]bool{} // subject -> no stream captures it
+	for i := range res {
+		r := &res[i]
+		if r.Err == nil || r.Rejected || !noStreamAnswered(r.Err) {
+			continue
+		}
+		subj := msgs[i].Subject
+		missing, ok := known[subj]
+		if !ok {
+			_, err := p.js.StreamNameBySubject(ctx, subj)
+			missing = errors.Is(err, jetstream.ErrStreamNotFound)
+			known[subj] = missing
+		}
+		if missing {
+			r.Rejected = true
+			r.Err = fmt.Errorf("%w %q: %w", ErrNoStream, subj, r.Err)
+		}
+	}
+}
+
+// jetStream returns the relay's JetStream context when it publishes to
+// JetStream, for the streams' Duplicates-window checks; nil otherwise.
+func (r *Relay) jetStream() jetstream.JetStream {
+	if p, ok := r.pub.(*JetStreamPublisher); ok {
+		return p.js
+	}
+	return nil
+}
+
+// Rejected reports whether a publish error is the broker's verdict on the
+// message itself, one that republishing cannot change: larger than the
+// server's max payload or the stream's max message size, a malformed
+// subject or header, or another 4xx JetStream API error (except 408 and
+// 429). The relay marks such rows failed. Outages are not verdicts: "no
+// responders", "no response from stream", timeouts, 503s and lost
+// connections are retried with backoff, whatever their number; a subject
+// that no stream answers is marked failed only once the JetStream API
+// confirms that no stream captures it.
+func Rejected(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, nats.ErrMaxPayload),
+		errors.Is(err, nats.ErrBadSubject),
+		errors.Is(err, nats.ErrBadHeaderMsg),
+		errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
+		return true
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.Code >= 400 && api.Code < 500 && api.Code != http.StatusRequestTimeout && api.Code != http.StatusTooManyRequests
+	}
+	return false
+}
+
+// noStreamAnswered reports a publish that no stream acknowledged: either no
+// stream captures the subject, or its stream has no leader right now (an
+// election, a node down).
+func noStreamAnswered(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// ErrNoStream is wrapped by the error of a row marked failed because the
+// JetStream API confirmed that no stream captures its subject.
+var ErrNoStream = errors.New("outbox: no stream captures the subject")
+
+// checkStreams validates the Duplicates window of RelayConfig.Streams.
+func (r *Relay) checkStreams(ctx context.Context) error {
+	js := r.jetStream()
+	if js == nil {
+		return nil // not JetStream: nothing to check
+	}
+	horizon := r.RedeliveryHorizon()
+	for _, name := range r.o.Streams {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			return fmt.Errorf("outbox: stream %s: %w", name, err)
+		}
+		if w := s.CachedInfo().Config.Duplicates; w < horizon {
+			return fmt.Errorf("%w: stream %s keeps ids for %v, relay needs %v", ErrDuplicatesWindow, name, w, horizon)
+		}
+		r.checked.Store(name, struct{}{})
+	}
+	return nil
+}
+
+// checkAcked warns once per stream named by a PubAck whose Duplicates window
+// is shorter than the redelivery horizon.
+func (r *Relay) checkAcked(ctx context.Context, outs []*outcome) {
+	js := r.jetStream()
+	if js == nil {
+		return
+	}
+	for _, o := range outs {
+		if o == nil || o.stream == "" {
+			continue
+		}
+		if _, seen := r.checked.LoadOrStore(o.stream, struct{}{}); seen {
+			continue
+		}
+		s, err := js.Stream(ctx, o.stream)
+		if err != nil {
+			r.checked.Delete(o.stream)
+			continue
+		}
+		if w, h := s.CachedInfo().Config.Duplicates, r.RedeliveryHorizon(); w < h {
+			r.log.Warn("stream duplicates window is shorter than the relay's redelivery horizon: a republished row may be stored twice",
+				"stream", o.stream, "duplicates", w, "horizon", h)
+		}
+	}
+}
