@@ -163,7 +163,7 @@ func TestBatchExactlyOnce(t *testing.T) {
 	}
 	reasons := map[string]string{}
 	for _, m := range streamMsgs(t, ctx, e.dlq) {
-		reasons[m.Header.Get(natsjs.HeaderOriginalMsgID)] = m.Header.Get(natsjs.HeaderReason)
+		reasons[m.Header.Get(consumer.HeaderOriginalMsgID)] = m.Header.Get(consumer.HeaderReason)
 	}
 	// Batches run concurrently (Concurrency 4), so either message of key k7
 	// may commit first; the other one is the conflict.
@@ -380,7 +380,7 @@ func TestBatchFallbackToSavepoints(t *testing.T) {
 			}
 			dead := streamMsgs(t, ctx, e.dlq)
 			switch {
-			case bad == "poison" && (len(dead) != 1 || dead[0].Header.Get(natsjs.HeaderReason) != "permanent" || string(dead[0].Data) != "poison"):
+			case bad == "poison" && (len(dead) != 1 || dead[0].Header.Get(consumer.HeaderReason) != "permanent" || string(dead[0].Data) != "poison"):
 				t.Fatalf("dead letters = %d, want the poison message with reason permanent", len(dead))
 			case bad == "panic" && len(dead) != 0:
 				t.Fatalf("%d dead letters, want none", len(dead))

@@ -248,7 +248,7 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Fatalf("no replay on orders.created: %v", err)
 	}
 	if string(m.Data) != demoLetters[0].body || m.Header.Get("Nats-Msg-Id") != "replay.DLQ.1" ||
-		m.Header.Get("Idemq-Replayed-From") != "DLQ:1" || m.Header.Get(natsjs.HeaderReason) != "" {
+		m.Header.Get("Idemq-Replayed-From") != "DLQ:1" || m.Header.Get(consumer.HeaderReason) != "" {
 		t.Errorf("replayed message %q, headers %v", m.Data, m.Header)
 	}
 

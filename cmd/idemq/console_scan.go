@@ -7,9 +7,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/idemq/idemq/consumer"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/idemq/idemq/consumer/natsjs"
 )
 
 // scanBatch is how many messages one pull request of a console scan asks
@@ -174,7 +173,7 @@ func tallyStream(ctx context.Context, js jetstream.JetStream, stream string) tal
 			return true, nil
 		}
 		reasons[dash(l.reason())]++
-		subjects[l.get(natsjs.HeaderOriginalSubject)]++
+		subjects[l.get(consumer.HeaderOriginalSubject)]++
 		return true, nil
 	})
 	t.Err = err

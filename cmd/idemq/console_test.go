@@ -21,7 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/idemq/idemq/consumer/natsjs"
+	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/integration/harness"
 	"github.com/idemq/idemq/outbox"
 )
@@ -342,7 +342,7 @@ func TestConsoleLetter(t *testing.T) {
 			t.Error("detail shows the body without -show-bodies")
 		}
 		page = cc.get("/dlq/"+f.dlq+"/msg/3", http.StatusOK)
-		if !strings.Contains(page, `id="error-text">`+natsjs.ErrorText(errLong)+"</pre>") {
+		if !strings.Contains(page, `id="error-text">`+consumer.ErrorText(errLong)+"</pre>") {
 			t.Error("detail does not show the whole error text")
 		}
 		if !strings.Contains(cc.get("/dlq/"+f.dlq+"/msg/5", http.StatusOK), "Not an idemq dead letter") {

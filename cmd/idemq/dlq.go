@@ -19,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/idemq/idemq/consumer"
-	"github.com/idemq/idemq/consumer/natsjs"
 )
 
 // errNoLetter is returned when the requested DLQ sequence holds no message.
@@ -27,7 +26,7 @@ var errNoLetter = errors.New("no message at that sequence")
 
 // errNotDeadLetter is returned for a message without the idemq dead-letter
 // headers (no Idemq-Original-Subject): it cannot be replayed.
-var errNotDeadLetter = errors.New("not an idemq dead letter (no " + natsjs.HeaderOriginalSubject + " header)")
+var errNotDeadLetter = errors.New("not an idemq dead letter (no " + consumer.HeaderOriginalSubject + " header)")
 
 // connectTimeout bounds the initial connection to NATS.
 const connectTimeout = 5 * time.Second
@@ -77,11 +76,11 @@ func (l *letter) get(name string) string {
 }
 
 // reason returns the Idemq-Reason header.
-func (l *letter) reason() string { return l.get(natsjs.HeaderReason) }
+func (l *letter) reason() string { return l.get(consumer.HeaderReason) }
 
 // isDeadLetter reports whether the message carries the idemq dead-letter
 // format (it knows where it came from).
-func (l *letter) isDeadLetter() bool { return l.get(natsjs.HeaderOriginalSubject) != "" }
+func (l *letter) isDeadLetter() bool { return l.get(consumer.HeaderOriginalSubject) != "" }
 
 // dlq reads a dead-letter stream without consuming anything: every read is
 // a JetStream message get by sequence, so no consumer, ack or redelivery is
@@ -205,7 +204,7 @@ func (sel selector) matches(l letter) bool {
 	switch {
 	case sel.Reason != "" && l.reason() != sel.Reason:
 		return false
-	case sel.OriginalSubject != "" && !subjectMatches(sel.OriginalSubject, l.get(natsjs.HeaderOriginalSubject)):
+	case sel.OriginalSubject != "" && !subjectMatches(sel.OriginalSubject, l.get(consumer.HeaderOriginalSubject)):
 		return false
 	case !sel.Since.IsZero() && l.Stored.Before(sel.Since):
 		return false
@@ -280,14 +279,14 @@ func entryOf(l letter) listEntry {
 		Subject:          l.Subject,
 		StoredAt:         l.Stored.UTC(),
 		Reason:           l.reason(),
-		OriginalSubject:  l.get(natsjs.HeaderOriginalSubject),
-		OriginalStream:   l.get(natsjs.HeaderOriginalStream),
-		OriginalSequence: l.get(natsjs.HeaderOriginalSequence),
-		Consumer:         l.get(natsjs.HeaderConsumer),
-		Attempts:         l.get(natsjs.HeaderAttempts),
-		FailedAt:         l.get(natsjs.HeaderFailedAt),
-		Host:             l.get(natsjs.HeaderHost),
-		Error:            l.get(natsjs.HeaderError),
+		OriginalSubject:  l.get(consumer.HeaderOriginalSubject),
+		OriginalStream:   l.get(consumer.HeaderOriginalStream),
+		OriginalSequence: l.get(consumer.HeaderOriginalSequence),
+		Consumer:         l.get(consumer.HeaderConsumer),
+		Attempts:         l.get(consumer.HeaderAttempts),
+		FailedAt:         l.get(consumer.HeaderFailedAt),
+		Host:             l.get(consumer.HeaderHost),
+		Error:            l.get(consumer.HeaderError),
 		Size:             len(l.Data),
 	}
 }

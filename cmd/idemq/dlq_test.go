@@ -210,7 +210,7 @@ func TestDLQList(t *testing.T) {
 		}
 		if e.Seq != 3 || e.Reason != "exhausted" || e.OriginalStream != f.orders || e.OriginalSequence != "13" ||
 			e.Attempts != "5" || e.Consumer != "worker" || e.Host != "test-host" || e.Size != 5 ||
-			e.Error != natsjs.ErrorText(errLong) || e.FailedAt != t0.Format(time.RFC3339) {
+			e.Error != consumer.ErrorText(errLong) || e.FailedAt != t0.Format(time.RFC3339) {
 			t.Errorf("-json entry %+v", e)
 		}
 

@@ -10,11 +10,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/idemq/idemq/consumer"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
-
-	"github.com/idemq/idemq/consumer/natsjs"
 )
 
 // headerReplayedFrom marks a replayed message with the dead letter it came
@@ -25,10 +24,10 @@ const headerReplayedFrom = "Idemq-Replayed-From"
 // removes them (and the DLQ's Nats-Msg-Id) so that the republished message
 // carries the original headers only.
 var deadLetterHeaders = []string{
-	natsjs.HeaderReason, natsjs.HeaderError, natsjs.HeaderOriginalSubject,
-	natsjs.HeaderOriginalStream, natsjs.HeaderOriginalSequence, natsjs.HeaderConsumer,
-	natsjs.HeaderAttempts, natsjs.HeaderFailedAt, natsjs.HeaderHost,
-	natsjs.HeaderOriginalMsgID, headerReplayedFrom, jetstream.MsgIDHeader,
+	consumer.HeaderReason, consumer.HeaderError, consumer.HeaderOriginalSubject,
+	consumer.HeaderOriginalStream, consumer.HeaderOriginalSequence, consumer.HeaderConsumer,
+	consumer.HeaderAttempts, consumer.HeaderFailedAt, consumer.HeaderHost,
+	consumer.HeaderOriginalMsgID, headerReplayedFrom, jetstream.MsgIDHeader,
 }
 
 // stripped reports the headers replay does not copy: the dead-letter
@@ -76,11 +75,11 @@ func replayMsg(stream string, l letter, keepMsgID bool) *nats.Msg {
 	}
 	h.Set(headerReplayedFrom, stream+":"+strconv.FormatUint(l.Seq, 10))
 	id := replayMsgID(stream, l.Seq)
-	if orig := l.get(natsjs.HeaderOriginalMsgID); keepMsgID && orig != "" {
+	if orig := l.get(consumer.HeaderOriginalMsgID); keepMsgID && orig != "" {
 		id = orig
 	}
 	h.Set(jetstream.MsgIDHeader, id)
-	return &nats.Msg{Subject: l.get(natsjs.HeaderOriginalSubject), Header: h, Data: l.Data}
+	return &nats.Msg{Subject: l.get(consumer.HeaderOriginalSubject), Header: h, Data: l.Data}
 }
 
 // waiter paces replays; *rate.Limiter is one.

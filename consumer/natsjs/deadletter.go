@@ -8,46 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/idemq/idemq/consumer"
 )
-
-// Dead-letter headers: a wire format other tools (cmd/idemq, dashboards)
-// read. The names are fixed.
-const (
-	// HeaderReason carries consumer.Reason.String(): "permanent",
-	// "exhausted", "conflict" or "invalid".
-	HeaderReason = "Idemq-Reason"
-	// HeaderError carries the error text, newlines replaced by "; ", capped
-	// at MaxErrorLen bytes.
-	HeaderError = "Idemq-Error"
-	// HeaderOriginalSubject is the subject the message was published to.
-	HeaderOriginalSubject = "Idemq-Original-Subject"
-	// HeaderOriginalStream is the stream the message was stored in.
-	HeaderOriginalStream = "Idemq-Original-Stream"
-	// HeaderOriginalSequence is its stream sequence, in decimal.
-	HeaderOriginalSequence = "Idemq-Original-Sequence"
-	// HeaderConsumer is the durable consumer that gave up on it.
-	HeaderConsumer = "Idemq-Consumer"
-	// HeaderAttempts is the number of deliveries, in decimal.
-	HeaderAttempts = "Idemq-Attempts"
-	// HeaderFailedAt is when it was dead-lettered, RFC 3339 in UTC.
-	HeaderFailedAt = "Idemq-Failed-At"
-	// HeaderHost is the host name of the process that dead-lettered it.
-	HeaderHost = "Idemq-Host"
-	// HeaderOriginalMsgID keeps the original Nats-Msg-Id, which the dead
-	// letter replaces with "<stream>:<sequence>"; absent when the original
-	// had none. Replay tools restore it.
-	HeaderOriginalMsgID = "Idemq-Original-Msg-Id"
-)
-
-// MaxErrorLen caps the Idemq-Error header: 1 KiB. Longer texts are cut at a
-// UTF-8 boundary and end with "...".
-const MaxErrorLen = 1024
 
 // ErrNoSubject is returned by DeadLetterer when its Subject is empty.
 var ErrNoSubject = errors.New("natsjs: dead-letter subject is empty")
@@ -143,7 +109,7 @@ func (d *DeadLetterer) Msg(l Letter) *nats.Msg {
 	for k, v := range l.Header {
 		if k == jetstream.MsgIDHeader {
 			if len(v) > 0 && v[0] != "" {
-				h.Set(HeaderOriginalMsgID, v[0])
+				h.Set(consumer.HeaderOriginalMsgID, v[0])
 			}
 			continue
 		}
@@ -162,36 +128,19 @@ func (d *DeadLetterer) Msg(l Letter) *nats.Msg {
 	}
 	errText := ""
 	if l.Err != nil {
-		errText = ErrorText(l.Err)
+		errText = consumer.ErrorText(l.Err)
 	}
-	h.Set(HeaderReason, l.Reason.String())
-	h.Set(HeaderError, errText)
-	h.Set(HeaderOriginalSubject, l.Subject)
-	h.Set(HeaderOriginalStream, l.Stream)
-	h.Set(HeaderOriginalSequence, strconv.FormatUint(l.Sequence, 10))
-	h.Set(HeaderConsumer, l.Consumer)
-	h.Set(HeaderAttempts, strconv.Itoa(l.Attempts))
-	h.Set(HeaderFailedAt, now().UTC().Format(time.RFC3339))
-	h.Set(HeaderHost, host)
+	h.Set(consumer.HeaderReason, l.Reason.String())
+	h.Set(consumer.HeaderError, errText)
+	h.Set(consumer.HeaderOriginalSubject, l.Subject)
+	h.Set(consumer.HeaderOriginalStream, l.Stream)
+	h.Set(consumer.HeaderOriginalSequence, strconv.FormatUint(l.Sequence, 10))
+	h.Set(consumer.HeaderConsumer, l.Consumer)
+	h.Set(consumer.HeaderAttempts, strconv.Itoa(l.Attempts))
+	h.Set(consumer.HeaderFailedAt, now().UTC().Format(time.RFC3339))
+	h.Set(consumer.HeaderHost, host)
 	h.Set(jetstream.MsgIDHeader, l.Stream+":"+strconv.FormatUint(l.Sequence, 10))
 	return &nats.Msg{Subject: d.Subject, Header: h, Data: l.Data}
-}
-
-// ErrorText renders err for the Idemq-Error header: line breaks (which a
-// NATS header cannot hold) become "; ", and the text is capped at
-// MaxErrorLen bytes at a UTF-8 boundary, ending with "..." when cut.
-func ErrorText(err error) string {
-	s := err.Error()
-	s = strings.ReplaceAll(s, "\r\n", "; ")
-	s = strings.NewReplacer("\n", "; ", "\r", "; ").Replace(s)
-	if len(s) <= MaxErrorLen {
-		return s
-	}
-	cut := MaxErrorLen - len("...")
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
 }
 
 // directive reports headers that instruct the server on publish; copying

@@ -21,15 +21,15 @@ func TestErrorText(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"plain", "plain"},
 		{"a\nb\r\nc\rd", "a; b; c; d"},
-		{strings.Repeat("x", natsjs.MaxErrorLen), strings.Repeat("x", natsjs.MaxErrorLen)},
+		{strings.Repeat("x", consumer.MaxErrorLen), strings.Repeat("x", consumer.MaxErrorLen)},
 	}
 	for _, tc := range tests {
-		if got := natsjs.ErrorText(errors.New(tc.in)); got != tc.want {
+		if got := consumer.ErrorText(errors.New(tc.in)); got != tc.want {
 			t.Errorf("ErrorText(%.20q) = %.20q, want %.20q", tc.in, got, tc.want)
 		}
 	}
-	got := natsjs.ErrorText(errors.New(long))
-	if len(got) > natsjs.MaxErrorLen || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") || len(got) < natsjs.MaxErrorLen-4 {
+	got := consumer.ErrorText(errors.New(long))
+	if len(got) > consumer.MaxErrorLen || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") || len(got) < consumer.MaxErrorLen-4 {
 		t.Errorf("capped text: %d bytes, valid=%v, suffix %q", len(got), utf8.ValidString(got), got[len(got)-3:])
 	}
 }

@@ -56,7 +56,7 @@ func Example() {
 	go func() { done <- c.Run(ctx) }()
 
 	dl, _ := dlq.NextMsg(10 * time.Second)
-	fmt.Println("dead letter:", dl.Header.Get(natsjs.HeaderReason), dl.Header.Get(natsjs.HeaderError), string(dl.Data))
+	fmt.Println("dead letter:", dl.Header.Get(consumer.HeaderReason), dl.Header.Get(consumer.HeaderError), string(dl.Data))
 	cancel()
 	fmt.Println("stopped:", <-done)
 	// Output:
