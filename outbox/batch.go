@@ -477,7 +477,7 @@ func (b *Batch) processFast(ctx context.Context, msgs []jetstream.Msg, conv []*c
 				it.m.SetResult(c.Result.Data)
 			}
 		case dedupe.Conflict:
-			it.err = retry.Permanent(ErrConflict)
+			it.err = retry.Permanent(conflictError(it.key))
 		case dedupe.Busy:
 			d := c.RetryAfter + consumer.BusyMargin
 			if claimed[it.key] {
@@ -701,7 +701,7 @@ func (o *Outbox) insertRows(ctx context.Context, tx Querier, rows []row) error {
 		return nil
 	}
 	now := o.now()
-	if o.d.kind != Postgres {
+	if o.d.kind != sqlstore.Postgres {
 		for start := 0; start < len(rows); start += insertChunk {
 			end := min(start+insertChunk, len(rows))
 			q, args := o.d.insertSQL(o.table, rows[start:end], now, false, "")

@@ -3,76 +3,30 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
-	"reflect"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/idemq/idemq/dedupe/sqlstore"
 )
-
-// Dialect is the SQL dialect of the outbox table.
-type Dialect uint8
-
-const (
-	// Postgres is PostgreSQL 12 or later, through the pgx stdlib driver
-	// ("pgx"); relays share work with FOR UPDATE SKIP LOCKED and wake on
-	// LISTEN/NOTIFY.
-	Postgres Dialect = 1
-	// SQLite is SQLite 3.35 or later (modernc.org/sqlite, driver "sqlite");
-	// relays poll and serialise on the database's write lock.
-	SQLite Dialect = 2
-)
-
-// String returns "postgres" or "sqlite".
-func (d Dialect) String() string {
-	switch d {
-	case Postgres:
-		return "postgres"
-	case SQLite:
-		return "sqlite"
-	}
-	return "Dialect(" + strconv.Itoa(int(d)) + ")"
-}
-
-// ErrUnknownDialect is returned when the dialect is neither given nor
-// recognisable from the database driver.
-var ErrUnknownDialect = errors.New("outbox: unknown SQL dialect")
-
-// DetectDialect guesses the dialect from db's driver: the pgx stdlib driver
-// gives Postgres, a driver from a package named sqlite gives SQLite, anything
-// else 0.
-func DetectDialect(db *sql.DB) Dialect {
-	t := reflect.TypeOf(db.Driver())
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	pkg := t.PkgPath()
-	switch {
-	case strings.HasSuffix(pkg, "/pgx/v5/stdlib"), strings.HasSuffix(pkg, "/pgx/v4/stdlib"), strings.Contains(pkg, "lib/pq"):
-		return Postgres
-	case strings.Contains(pkg, "sqlite"):
-		return SQLite
-	}
-	return 0
-}
 
 // dialect holds the SQL differences between Postgres and SQLite.
 type dialect struct {
-	kind Dialect
+	kind sqlstore.Dialect
 }
 
-func dialectFor(d Dialect) (dialect, error) {
+func dialectFor(d sqlstore.Dialect) (dialect, error) {
 	switch d {
-	case Postgres, SQLite:
+	case sqlstore.Postgres, sqlstore.SQLite:
 		return dialect{kind: d}, nil
 	}
-	return dialect{}, fmt.Errorf("%w: %v (set Config.Dialect)", ErrUnknownDialect, d)
+	return dialect{}, fmt.Errorf("%w: %v (set Config.Dialect)", sqlstore.ErrUnknownDialect, d)
 }
 
 // ph returns the placeholder for the i-th argument (from 1).
 func (d dialect) ph(i int) string {
-	if d.kind == Postgres {
+	if d.kind == sqlstore.Postgres {
 		return "$" + strconv.Itoa(i)
 	}
 	return "?"
@@ -93,7 +47,7 @@ func (d dialect) list(from, n int) string {
 // ts converts t to the stored representation: timestamptz on Postgres, Unix
 // microseconds on SQLite.
 func (d dialect) ts(t time.Time) any {
-	if d.kind == Postgres {
+	if d.kind == sqlstore.Postgres {
 		return t.UTC()
 	}
 	return t.UnixMicro()
@@ -138,7 +92,7 @@ func schemaOf(table string) string {
 // ddl returns the statements that create the table and its indexes.
 func (d dialect) ddl(table string) []string {
 	base := unqualified(table)
-	if d.kind == Postgres {
+	if d.kind == sqlstore.Postgres {
 		return []string{
 			`CREATE TABLE IF NOT EXISTS ` + table + ` (
 	seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -195,7 +149,7 @@ func createTable(ctx context.Context, db *sql.DB, d dialect, table string) error
 		return fmt.Errorf("outbox: create table %s: %w", table, err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if d.kind == Postgres {
+	if d.kind == sqlstore.Postgres {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "idemq.outbox.ddl."+table); err != nil {
 			return fmt.Errorf("outbox: create table %s: %w", table, err)
 		}

@@ -41,7 +41,7 @@
 //	go relay.Run(ctx)
 //
 // Inbox.Handle is the same without a consumer: Duplicate replays the stored
-// result, Conflict (same key, different fingerprint) returns ErrConflict,
+// result, Conflict (same key, different fingerprint) returns an error wrapping consumer.ErrConflict,
 // a result with Failed set is a business failure that is committed and
 // replayed, and any error rolls back. Ids of messages added without one are
 // derived from the causing message's id and their position (WithCause), so

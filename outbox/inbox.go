@@ -12,11 +12,12 @@ import (
 	"github.com/idemq/idemq/retry"
 )
 
-// ErrConflict is returned by Inbox.Handle when the key was already completed
-// with a different fingerprint: the same key reused for a different
-// operation. It matches consumer.ErrConflict too (errors.Is), so the pipeline
-// and its tools recognise it.
-var ErrConflict = fmt.Errorf("outbox: inbox conflict: %w", consumer.ErrConflict)
+// conflictError is Inbox.Handle's error when the key was already completed
+// with a different fingerprint: it wraps consumer.ErrConflict, the one
+// conflict sentinel, so the pipeline dead-letters it as "conflict".
+func conflictError(key string) error {
+	return fmt.Errorf("inbox key %q completed with another fingerprint: %w", key, consumer.ErrConflict)
+}
 
 // ErrBusy is returned by Inbox.Handle when a committed in-progress record
 // with a live lease holds the key: a non-transactional Claim on the same
@@ -89,7 +90,7 @@ type InboxOutcome struct {
 // Handle runs fn exactly once per key: begin, claim key in the transaction,
 // fn, complete, commit. A key completed before answers Duplicate with the
 // stored result and fn is not called (the caller acknowledges). A key
-// completed with a different fingerprint returns ErrConflict (dead-letter it
+// completed with a different fingerprint returns an error wrapping consumer.ErrConflict (dead-letter it
 // as "conflict"). An error from fn, or from the database, rolls back and is
 // returned as is: the caller redelivers. key is the stored key as the
 // caller wants it (see Guard.Resolve for namespacing); fingerprint may be
@@ -126,7 +127,7 @@ func (i *Inbox) handleTx(ctx context.Context, tx *sql.Tx, key, fingerprint strin
 	case dedupe.Duplicate:
 		return InboxOutcome{Status: dedupe.Duplicate, Result: c.Result}, nil
 	case dedupe.Conflict:
-		return InboxOutcome{Status: dedupe.Conflict}, ErrConflict
+		return InboxOutcome{Status: dedupe.Conflict}, conflictError(key)
 	case dedupe.Busy:
 		return InboxOutcome{Status: dedupe.Busy}, retry.After(c.RetryAfter+consumer.BusyMargin, ErrBusy)
 	case dedupe.Acquired:
@@ -164,7 +165,7 @@ type MessageFunc func(ctx context.Context, tx *sql.Tx, m *consumer.Message) erro
 // consumer/natsjs.New, configured without a Guard: the inbox is the dedupe)
 // that runs fn in the inbox transaction. The key and fingerprint come from
 // the Inbox's Guard; invalid input and key conflicts are returned as
-// retry.Permanent errors wrapping the dedupe error or ErrConflict, so the
+// retry.Permanent errors wrapping the dedupe error or consumer.ErrConflict, so the
 // message is dead-lettered; a duplicate is acknowledged with its stored
 // result (m.SetResult, or a consumer.Reject for a stored failure) and fn is
 // not called. Outbox messages fn adds get the delivery's id as causation id
@@ -199,7 +200,7 @@ func (i *Inbox) handleMessage(ctx context.Context, m *consumer.Message, fn Messa
 		return dedupe.Result{Data: data}, nil
 	})
 	switch {
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, consumer.ErrConflict):
 		return retry.Permanent(err)
 	case err != nil:
 		return err

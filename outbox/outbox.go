@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/idemq/idemq/dedupe/sqlstore"
 )
 
 // DefaultTable is the outbox table name when Config.Table is empty.
@@ -39,14 +41,10 @@ var ErrInvalidMessage = errors.New("outbox: invalid message")
 // MaxIDLen is the longest outbox id AddTx accepts, in bytes.
 const MaxIDLen = 1024
 
-// Querier is what AddTx needs from the caller's transaction: *sql.Tx,
-// *sql.Conn and *sql.DB all satisfy it. Pass the transaction that holds the
-// handler's own writes, so that the messages commit (or roll back) with them.
-type Querier interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
+// Querier is sqlstore.Querier: *sql.Tx, *sql.Conn and *sql.DB satisfy it.
+// Pass AddTx the transaction that holds the handler's own writes, so that
+// the messages commit (or roll back) with them.
+type Querier = sqlstore.Querier
 
 // Message is one outgoing message written to the outbox.
 type Message struct {
@@ -78,7 +76,7 @@ type Config struct {
 	Table string
 	// Dialect selects the SQL dialect. Default: detected from the driver of
 	// the *sql.DB ("pgx" → Postgres, modernc "sqlite" → SQLite).
-	Dialect Dialect
+	Dialect sqlstore.Dialect
 	// Channel is the Postgres NOTIFY channel AddTx signals so that relays
 	// wake on commit. Default: the table name without schema.
 	Channel string
@@ -114,9 +112,9 @@ var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_
 // resolveTable fills the defaults that Config and RelayConfig share — the
 // dialect detected from db, DefaultTable, a channel named after the table —
 // validates the table name, and returns the dialect's SQL.
-func resolveTable(db *sql.DB, kind *Dialect, table, channel *string) (dialect, error) {
-	if *kind == 0 {
-		*kind = DetectDialect(db)
+func resolveTable(db *sql.DB, kind *sqlstore.Dialect, table, channel *string) (dialect, error) {
+	if *kind == sqlstore.Auto {
+		*kind = sqlstore.DetectDialect(db)
 	}
 	d, err := dialectFor(*kind)
 	if err != nil {
@@ -149,7 +147,7 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Outbox, error) {
 		d:       d,
 		table:   o.Table,
 		channel: o.Channel,
-		notify:  !o.NoNotify && d.kind == Postgres,
+		notify:  !o.NoNotify && d.kind == sqlstore.Postgres,
 		inject:  o.InjectTrace,
 		now:     o.Now,
 	}
@@ -165,7 +163,7 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Outbox, error) {
 func (o *Outbox) Table() string { return o.table }
 
 // Dialect returns the SQL dialect in use.
-func (o *Outbox) Dialect() Dialect { return o.d.kind }
+func (o *Outbox) Dialect() sqlstore.Dialect { return o.d.kind }
 
 // Channel returns the Postgres NOTIFY channel ("" on SQLite or with NoNotify).
 func (o *Outbox) Channel() string {

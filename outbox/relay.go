@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/idemq/idemq/dedupe/sqlstore"
 	"github.com/idemq/idemq/retry"
 )
 
@@ -59,7 +60,7 @@ type RelayConfig struct {
 	// Table is the outbox table. Default DefaultTable.
 	Table string
 	// Dialect of db. Default: detected from the driver.
-	Dialect Dialect
+	Dialect sqlstore.Dialect
 	// Channel is the Postgres LISTEN channel. Default: the table name
 	// without schema, as Outbox uses.
 	Channel string
@@ -197,7 +198,7 @@ func NewRelay(db *sql.DB, pub Publisher, cfg RelayConfig) (*Relay, error) {
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = DefaultPostgresPoll
-		if d.kind == SQLite {
+		if d.kind == sqlstore.SQLite {
 			o.PollInterval = DefaultSQLitePoll
 		}
 	}
@@ -207,7 +208,7 @@ func NewRelay(db *sql.DB, pub Publisher, cfg RelayConfig) (*Relay, error) {
 	if o.Workers <= 0 {
 		o.Workers = DefaultRelayWorkers
 	}
-	if d.kind == SQLite {
+	if d.kind == sqlstore.SQLite {
 		o.Workers = 1
 	}
 	if o.Backoff == nil {
@@ -287,7 +288,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		cancel()
 		wg.Wait()
 	}()
-	if r.d.kind == Postgres && !r.o.NoListen {
+	if r.d.kind == sqlstore.Postgres && !r.o.NoListen {
 		wg.Go(func() { r.listen(lctx, wakeAll) })
 	}
 	errs := make(chan error, r.o.Workers)
@@ -531,7 +532,7 @@ const (
 // is sent after the claim and the publishes, not at BEGIN, so that it costs
 // nothing on the path from commit to publish and nothing in an empty round.
 func (r *Relay) asyncCommit(ctx context.Context, q Querier) error {
-	if r.d.kind != Postgres {
+	if r.d.kind != sqlstore.Postgres {
 		return nil
 	}
 	if _, err := q.ExecContext(ctx, "SET LOCAL synchronous_commit TO OFF"); err != nil {
@@ -550,7 +551,7 @@ type relayTx struct {
 }
 
 func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
-	if r.d.kind == Postgres {
+	if r.d.kind == sqlstore.Postgres {
 		tx, err := r.db.BeginTx(ctx, nil)
 		if err != nil {
 			return nil, fmt.Errorf("outbox: begin: %w", err)
@@ -597,7 +598,7 @@ func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64
 	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts FROM ` + r.o.Table +
 		` WHERE state = 'pending' AND seq >= ` + r.d.ph(1) + ` AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(2) +
 		`) ORDER BY seq LIMIT ` + r.d.ph(3)
-	if r.d.kind == Postgres {
+	if r.d.kind == sqlstore.Postgres {
 		query += ` FOR UPDATE SKIP LOCKED`
 	}
 	rs, err := q.QueryContext(ctx, query, floor, r.d.ts(now), r.o.BatchSize)
@@ -804,7 +805,7 @@ func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome
 			}
 		}
 	}
-	if r.d.kind == Postgres && len(sent) > 0 {
+	if r.d.kind == sqlstore.Postgres && len(sent) > 0 {
 		seqs := make([]int64, len(sent))
 		for i, v := range sent {
 			seqs[i] = v.(int64)
@@ -854,7 +855,7 @@ func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
 	}
 	cutoff := r.d.ts(r.o.Now().Add(-r.o.Retention))
 	sub := `SELECT seq FROM ` + r.o.Table + ` WHERE state = 'sent' AND sent_at < ` + r.d.ph(1) + ` LIMIT ` + r.d.ph(2)
-	if r.d.kind == Postgres {
+	if r.d.kind == sqlstore.Postgres {
 		sub += ` FOR UPDATE SKIP LOCKED`
 	}
 	var total int64

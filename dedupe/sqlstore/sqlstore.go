@@ -31,7 +31,8 @@ var ErrUnknownDialect = errors.New("sqlstore: unknown SQL dialect")
 // BEGIN). Use Claim for a claim in its own transaction.
 var ErrNotInTx = errors.New("sqlstore: ClaimTx needs a transaction, not a *sql.DB")
 
-// Dialect is the SQL dialect a Store speaks.
+// Dialect is a SQL dialect: of the dedupe table here, and of the outbox
+// table in package outbox, which shares this type.
 type Dialect int
 
 const (
@@ -86,7 +87,9 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Querier runs statements. It is satisfied by *sql.DB, *sql.Tx and *sql.Conn.
+// Querier runs statements: *sql.DB, *sql.Tx and *sql.Conn satisfy it. The
+// *Tx variants here and outbox's AddTx take one, so that records and
+// outgoing messages commit (or roll back) with the caller's own writes.
 type Querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -138,7 +141,7 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if o.Dialect == Auto {
-		o.Dialect = detect(db)
+		o.Dialect = DetectDialect(db)
 		if o.Dialect == Auto {
 			return nil, fmt.Errorf("%w: driver %T; set Config.Dialect", ErrUnknownDialect, db.Driver())
 		}
@@ -182,9 +185,11 @@ func splitTable(table string) (schema, name string, err error) {
 // quote double-quotes an identifier already validated by splitTable.
 func quote(ident string) string { return `"` + ident + `"` }
 
-// detect tells the dialect from the package of the driver's type, without
-// importing (and so linking and registering) any driver.
-func detect(db *sql.DB) Dialect {
+// DetectDialect tells the dialect from the package of db's driver type,
+// without importing (and so linking and registering) any driver: pgx and
+// lib/pq are Postgres, modernc.org/sqlite and mattn/go-sqlite3 SQLite,
+// anything else Auto (unknown).
+func DetectDialect(db *sql.DB) Dialect {
 	t := reflect.TypeOf(db.Driver())
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()

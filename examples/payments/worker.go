@@ -187,8 +187,7 @@ type outcomeEvent struct {
 // event to the outbox and complete the record in one transaction. A key seen
 // before is acknowledged with its stored result without running apply.
 //
-// The inbox reports a key conflict (outbox.ErrConflict, which wraps
-// consumer.ErrConflict) and a body that is not a payment (dedupe invalid
+// The inbox reports a key conflict (an error wrapping consumer.ErrConflict) and a body that is not a payment (dedupe invalid
 // input from paymentKey) as errors the pipeline dead-letters on
 // dlq.payments with reasons "conflict" and "invalid".
 func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
@@ -202,7 +201,7 @@ func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
 	})(ctx, m)
 	var rej *consumer.RejectError
 	switch {
-	case errors.Is(err, outbox.ErrConflict):
+	case errors.Is(err, consumer.ErrConflict):
 		w.log.Warn("payments worker: dead-lettering", "event", "dead_letter", "reason", consumer.ReasonConflict.String(), "id", m.ID, "err", err)
 	case dedupe.IsInvalidInput(err):
 		w.log.Warn("payments worker: dead-lettering", "event", "dead_letter", "reason", consumer.ReasonInvalid.String(), "id", m.ID, "err", err)
