@@ -166,3 +166,15 @@ func (e *PanicError) Error() string { return ErrPanic.Error() + ": " + panicText
 // Unwrap returns ErrPanic. It deliberately does not return a panicked
 // error: a panic is always transient, even panic(retry.Permanent(err)).
 func (e *PanicError) Unwrap() error { return ErrPanic }
+
+// BatchHandler processes several messages together — typically in one
+// database transaction — and returns one error per message, in order, each
+// with Handler's meaning (nil, Reject, ErrConflict, Invalid,
+// retry.Permanent, retry.After, transient). batchErr non-nil means the
+// batch as a whole did not take effect (the transaction did not commit):
+// every message is then redelivered, and errs is ignored. A BatchHandler
+// may call SetResult on the messages. Transports run the pipeline's
+// classification on each message's error, so a batch is retried and
+// dead-lettered message by message exactly as Handler errors are
+// (natsjs.NewBatch; outbox.Inbox.BatchHandler builds one).
+type BatchHandler func(ctx context.Context, msgs []*Message) (errs []error, batchErr error)

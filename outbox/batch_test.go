@@ -66,18 +66,24 @@ func (e *batchEnv) handler(ctx context.Context, tx *sql.Tx, m *consumer.Message)
 	return e.ob.AddTx(ctx, tx, outbox.Message{Subject: "out.done", Data: m.Data})
 }
 
-func (e *batchEnv) batch(t testing.TB, size int) *outbox.Batch {
+func (e *batchEnv) batch(t testing.TB, size int) *natsjs.Consumer {
 	t.Helper()
-	b, err := outbox.NewBatch(e.in, e.nats.JS, outbox.BatchConfig{
+	return e.batchWith(t, size, e.in.BatchHandler(e.handler))
+}
+
+func (e *batchEnv) batchWith(t testing.TB, size int, h consumer.BatchHandler) *natsjs.Consumer {
+	t.Helper()
+	b, err := natsjs.NewBatch(e.nats.JS, natsjs.Config{
 		Stream:     e.stream,
 		Durable:    e.nats.Name("batch"),
 		BatchSize:  size,
-		PullWait:   200 * time.Millisecond,
-		AckWait:    time.Second,
+		AckWait:    2 * time.Second,
 		DeadLetter: natsjs.DeadLetterConfig{Subject: e.nats.Subject("dlq.in"), Stream: e.nats.Name("DLQ")},
-		Pipeline:   consumer.Config{Retry: retry.Policy{MaxAttempts: 3, Backoff: retry.Constant(50 * time.Millisecond)}},
-		Logger:     quiet,
-	}, e.handler)
+		Pipeline: consumer.Config{
+			Retry:  retry.Policy{MaxAttempts: 3, Backoff: retry.Constant(50 * time.Millisecond)},
+			Logger: quiet,
+		},
+	}, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +118,7 @@ func (e *batchEnv) settled(ctx context.Context) (bool, error) {
 	return info.NumPending == 0 && info.NumAckPending == 0, nil
 }
 
-func runBatch(t testing.TB, b *outbox.Batch) (stop func() error) {
+func runBatch(t testing.TB, b *natsjs.Consumer) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -185,25 +191,31 @@ func TestBatchCrashBetweenCommitAndAck(t *testing.T) {
 	for i := range n {
 		e.publish(t, ctx, fmt.Sprint("m", i), fmt.Sprint("k", i), "v")
 	}
+	// The first batch commits, then the process "dies" before its acks:
+	// the batch error hands every message back unacknowledged.
 	crashed := errors.New("killed after commit")
-	first := e.batch(t, 50)
-	outbox.SetAfterCommit(first, func() error { return crashed })
-	if err := first.Run(ctx); !errors.Is(err, crashed) {
-		t.Fatalf("first Run = %v, want the crash", err)
+	inner := e.in.BatchHandler(e.handler)
+	var once atomic.Bool
+	var committed int
+	h := func(ctx context.Context, msgs []*consumer.Message) ([]error, error) {
+		errs, err := inner(ctx, msgs)
+		if err == nil && once.CompareAndSwap(false, true) {
+			committed = len(msgs)
+			return nil, crashed
+		}
+		return errs, err
 	}
-	committed := len(e.effects(t, ctx))
-	if committed == 0 {
-		t.Fatal("first batch committed nothing")
-	}
-	callsBefore := e.calls.Load()
-
-	// A new consumer gets the unacknowledged messages again after AckWait:
-	// the committed ones are acked as duplicates without running again.
-	stop := runBatch(t, e.batch(t, 50))
+	// The redeliveries of the committed messages are acked as duplicates
+	// without running again.
+	stop := runBatch(t, e.batchWith(t, 50, h))
 	eventually(t, 20*time.Second, "all messages settled", func() (bool, error) { return e.settled(ctx) })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+	if committed == 0 {
+		t.Fatal("the first batch committed nothing")
+	}
+	callsBefore := int32(committed)
 	eff := e.effects(t, ctx)
 	if len(eff) != n {
 		t.Fatalf("%d keys with effects, want %d", len(eff), n)

@@ -96,7 +96,7 @@ func BenchmarkInboxBatchVsPerMessage(b *testing.B) {
 		// One transaction per message.
 		in := benchInput(b, env, "SINGLE"+strconv.Itoa(i), singleN)
 		c, err := natsjs.New(env.JS, natsjs.Config{
-			Stream: in, Durable: env.Name("single"), DeadLetter: natsjs.DeadLetterConfig{Subject: env.Subject("dlq.x")},
+			Stream: in, Durable: env.Name("single"), DeadLetter: benchDLQ(env),
 			Pipeline: consumer.Config{Logger: quiet},
 		}, e.in.Handler(benchHandler(e.ob)))
 		if err != nil {
@@ -118,10 +118,11 @@ func BenchmarkInboxBatchVsPerMessage(b *testing.B) {
 
 		// Batches.
 		in = benchInput(b, env, "BATCH"+strconv.Itoa(i), batchN)
-		bc, err := outbox.NewBatch(e.in, env.JS, outbox.BatchConfig{
+		bc, err := natsjs.NewBatch(env.JS, natsjs.Config{
 			Stream: in, Durable: env.Name("batch"), // BatchSize and Concurrency: the defaults
-			DeadLetter: natsjs.DeadLetterConfig{Subject: env.Subject("dlq.x")}, Logger: quiet,
-		}, benchHandler(e.ob))
+			DeadLetter: benchDLQ(env),
+			Pipeline:   consumer.Config{Logger: quiet},
+		}, e.in.BatchHandler(benchHandler(e.ob)))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -148,4 +149,9 @@ func BenchmarkInboxBatchVsPerMessage(b *testing.B) {
 	b.ReportMetric(batchRate/singleRate, "batch/per_msg")
 	b.ReportMetric(batchStmts/float64(b.N), "batch_stmts/msg")
 	b.ReportMetric(singleStmts/float64(b.N), "per_msg_stmts/msg")
+}
+
+// benchDLQ is the benchmarks' dead-letter stream, created at Run.
+func benchDLQ(env *harness.NATSEnv) natsjs.DeadLetterConfig {
+	return natsjs.DeadLetterConfig{Subject: env.Subject("dlq.x"), Stream: env.Name("DLQ"), CreateStream: true, StreamSubjects: []string{env.Subject("dlq.>")}}
 }

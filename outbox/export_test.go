@@ -13,6 +13,3 @@ func Round(ctx context.Context, r *Relay) (claimed, done int, err error) { retur
 // ErrHook is the error Run wraps around a failpoint's error.
 var ErrHook = errHook
 
-// SetAfterCommit installs a failpoint that runs after a batch commits and
-// before its messages are acknowledged; an error ends Run without acking.
-func SetAfterCommit(b *Batch, f func() error) { b.afterCommit = f }

@@ -175,13 +175,14 @@ func TestPostgresOutageRecovery(t *testing.T) {
 		}
 		return e.ob.AddTx(ctx, tx, outbox.Message{Subject: env.Subject("out.done"), Data: m.Data})
 	}
-	b, err := outbox.NewBatch(e.in, env.JS, outbox.BatchConfig{
-		Stream: e.stream, Durable: env.Name("batch"), BatchSize: 20, PullWait: 200 * time.Millisecond, AckWait: 2 * time.Second,
-		MaxDeliver: -1,
+	b, err := natsjs.NewBatch(env.JS, natsjs.Config{
+		Stream: e.stream, Durable: env.Name("batch"), BatchSize: 20, AckWait: 2 * time.Second,
 		DeadLetter: natsjs.DeadLetterConfig{Subject: env.Subject("dlq.in"), Stream: env.Name("DLQ"), RetryDelay: 500 * time.Millisecond},
-		Pipeline:   consumer.Config{Retry: retry.Policy{MaxAttempts: 100, Backoff: retry.Constant(100 * time.Millisecond)}},
-		Logger:     quiet,
-	}, handler)
+		Pipeline: consumer.Config{
+			Retry:  retry.Policy{MaxAttempts: 100, Backoff: retry.Constant(100 * time.Millisecond)},
+			Logger: quiet,
+		},
+	}, e.in.BatchHandler(handler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,9 @@ type Config struct {
 	// NATS server 2.10 or later (Run fails clearly on older servers).
 	FilterSubjects []string
 	// Concurrency is the number of worker goroutines, the most handlers
-	// running at once. Default DefaultConcurrency (64).
+	// running at once. Default DefaultConcurrency (64); in batch mode the
+	// number of batches processed at once, default DefaultBatchConcurrency
+	// (4).
 	Concurrency int
 	// FetchBatch is how many messages the adapter keeps buffered ahead of
 	// the workers (nats.go PullMaxMessages): when half of them were handed
@@ -80,6 +82,10 @@ type Config struct {
 	// still buffered at shutdown are handed back unstarted. Default
 	// Concurrency.
 	FetchBatch int
+	// BatchSize is, in batch mode (NewBatch), the most messages given to
+	// the batch handler at once. Default DefaultBatchSize (250). Unused by
+	// New.
+	BatchSize int
 	// PullWait is how long one pull request waits at the server for
 	// messages (nats.go PullExpiry); idle heartbeats arrive every half of
 	// it. It does not delay shutdown. Values below MinPullWait (1s) are

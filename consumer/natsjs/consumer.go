@@ -30,6 +30,7 @@ var ErrServerTooOld = errors.New("natsjs: NATS server too old for this configura
 // heartbeats, a pause while a dependency does not answer, and graceful
 // shutdown. Build it with New and start it with Run.
 type Consumer struct {
+	batch   consumer.BatchHandler // batch mode (NewBatch); nil otherwise
 	js      jetstream.JetStream
 	cfg     Config
 	pipe    *consumer.Pipeline
@@ -47,12 +48,24 @@ type Consumer struct {
 // numbers that disagree) and returns a Consumer running h. It does no I/O:
 // Run checks and creates the streams and the durable consumer.
 func New(js jetstream.JetStream, cfg Config, h consumer.Handler) (*Consumer, error) {
+	if h == nil {
+		return nil, fmt.Errorf("%w: handler is nil", ErrInvalidConfig)
+	}
+	return newConsumer(js, cfg, h, false)
+}
+
+// newConsumer builds a Consumer running h, or batchResult in batch mode.
+func newConsumer(js jetstream.JetStream, cfg Config, h consumer.Handler, batch bool) (*Consumer, error) {
 	if js == nil {
 		return nil, fmt.Errorf("%w: JetStream is nil", ErrInvalidConfig)
 	}
 	cfg, err := cfg.resolve()
 	if err != nil {
 		return nil, err
+	}
+	if batch {
+		h = batchResult
+		cfg.Pipeline.HeartbeatInterval = -1 // a batch is short; AckWait covers it
 	}
 	log := cfg.Pipeline.Logger
 	if log == nil {
@@ -150,6 +163,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if adv != nil {
 		bg.Go(func() { c.watchAdvisories(ctx, adv) })
 	}
+	if c.batch != nil {
+		err = c.runBatches(ctx, cons)
+		bg.Wait()
+		return err
+	}
 	p := newPool(c.cfg.Concurrency)
 	err = c.consume(ctx, hctx, cons, p)
 
@@ -169,6 +187,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.parked.Wait()
 	bg.Wait()
 	return err
+}
+
+// markReady closes the current Ready channel (once).
+func (c *Consumer) markReady() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
 }
 
 // checkDurability logs, once per Run, what the dedupe store says a restart
@@ -346,13 +375,7 @@ func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work 
 	if err != nil {
 		return false, fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, err)
 	}
-	c.mu.Lock()
-	select {
-	case <-c.ready:
-	default:
-		close(c.ready)
-	}
-	c.mu.Unlock()
+	c.markReady()
 	select {
 	case <-ctx.Done():
 		leave(false)

@@ -38,6 +38,11 @@ func (c *Consumer) setup(ctx context.Context) (cons, adv jetstream.Consumer, err
 		MaxDeliver:    c.cfg.MaxDeliver,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
+	if c.batch != nil {
+		// Every worker may hold a full batch while the last batches' acks
+		// are on their way.
+		cc.MaxAckPending = max(2*c.cfg.Concurrency*c.cfg.BatchSize, MinBatchMaxAckPending)
+	}
 	switch len(c.cfg.FilterSubjects) {
 	case 0:
 	case 1:
