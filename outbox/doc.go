@@ -35,8 +35,9 @@
 //		}
 //		return ob.AddTx(ctx, tx, outbox.Message{ID: "completed." + key, Subject: "payments.completed", Data: body})
 //	})
-//	// run h with consumer/natsjs (no Guard: the inbox is the dedupe), or
-//	// with NewBatch for many messages per transaction; and run a relay:
+//	// run h with natsjs.New (no Guard: the inbox is the dedupe), or run
+//	// in.BatchHandler(fn) with natsjs.NewBatch for many messages per
+//	// transaction; and run a relay:
 //	relay, _ := outbox.NewRelay(db, outbox.JetStream(js), outbox.RelayConfig{Streams: []string{"PAYMENTS"}})
 //	go relay.Run(ctx)
 //
@@ -48,11 +49,11 @@
 // a retried handler emits the same ids; the causation id and W3C trace
 // context travel in headers.
 //
-// NewBatch fetches up to BatchSize messages (default 250) and runs them in
-// one transaction: one statement claims every key (sqlstore.ClaimManyTx),
+// Inbox.BatchHandler runs the messages a transport fetched together
+// (natsjs.NewBatch: up to BatchSize, default 250) in one transaction: one statement claims every key (sqlstore.ClaimManyTx),
 // handlers run for the keys acquired, one statement completes them, the
 // batch's outbox rows go in with one multi-row insert, the transaction
-// commits once, and the acks go out only after it. If any handler fails or
+// commits once, and the transport acks only after it. If any handler fails or
 // panics, the transaction is rolled back and the batch runs again with a
 // SAVEPOINT per message, so a failing message is rolled back alone and
 // retried or dead-lettered by the consumer pipeline's rules while the

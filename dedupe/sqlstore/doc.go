@@ -33,7 +33,7 @@
 // transaction, each answer exactly what the single calls made one after
 // another would give (a key twice in one batch: Acquired, then Busy). On
 // Postgres a batch costs one INSERT (plus one SELECT when some keys already
-// existed) and one UPDATE, whatever its size; outbox.Batch uses them to
+// existed) and one UPDATE, whatever its size; outbox.Inbox.BatchHandler uses them to
 // process hundreds of messages per transaction.
 //
 // # Table
