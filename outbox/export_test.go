@@ -12,4 +12,3 @@ func Round(ctx context.Context, r *Relay) (claimed, done int, err error) { retur
 
 // ErrHook is the error Run wraps around a failpoint's error.
 var ErrHook = errHook
-
