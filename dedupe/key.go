@@ -1,6 +1,7 @@
 package dedupe
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -145,6 +146,30 @@ func (messageIDKey) Key(in Input) (string, error) {
 		return "", &KeyError{Source: "message id", Err: err}
 	}
 	return in.MessageID, nil
+}
+
+// FirstKey returns a KeySource that asks each source in turn and takes the
+// first key found: a source answering ErrMissingKey passes to the next; any
+// other error (an invalid key) stops there. With no key anywhere it fails
+// with ErrMissingKey. FirstKey(HeaderKey("Idempotency-Key"), MessageIDKey())
+// is natsjs's default.
+func FirstKey(sources ...KeySource) KeySource { return firstKey(slices.Clone(sources)) }
+
+type firstKey []KeySource
+
+func (f firstKey) Key(in Input) (string, error) {
+	var missing []string
+	for _, src := range f {
+		k, err := src.Key(in)
+		if err == nil {
+			return k, nil
+		}
+		if !errors.Is(err, ErrMissingKey) {
+			return "", err
+		}
+		missing = append(missing, err.Error())
+	}
+	return "", &KeyError{Source: "any of: " + strings.Join(missing, "; "), Err: ErrMissingKey}
 }
 
 // CheckKey reports whether key may be used as an idempotency key: it must be

@@ -190,3 +190,24 @@ func FuzzKey(f *testing.F) {
 		}
 	})
 }
+
+func TestFirstKey(t *testing.T) {
+	src := dedupe.FirstKey(dedupe.HeaderKey("Idempotency-Key"), dedupe.MessageIDKey())
+	in := dedupe.Input{Header: map[string][]string{"Idempotency-Key": {"k1"}}, MessageID: "S:1"}
+	if k, err := src.Key(in); err != nil || k != "k1" {
+		t.Fatalf("with the header: %q, %v", k, err)
+	}
+	in.Header = nil
+	if k, err := src.Key(in); err != nil || k != "S:1" {
+		t.Fatalf("without the header: %q, %v, want the message id", k, err)
+	}
+	in.MessageID = ""
+	if _, err := src.Key(in); !errors.Is(err, dedupe.ErrMissingKey) {
+		t.Fatalf("with neither: %v, want ErrMissingKey", err)
+	}
+	// An invalid key is not skipped over.
+	in = dedupe.Input{Header: map[string][]string{"Idempotency-Key": {"bad\x00"}}, MessageID: "S:1"}
+	if _, err := src.Key(in); !errors.Is(err, dedupe.ErrInvalidKey) {
+		t.Fatalf("invalid header key: %v, want ErrInvalidKey", err)
+	}
+}

@@ -153,5 +153,5 @@ func BenchmarkInboxBatchVsPerMessage(b *testing.B) {
 
 // benchDLQ is the benchmarks' dead-letter stream, created at Run.
 func benchDLQ(env *harness.NATSEnv) natsjs.DeadLetterConfig {
-	return natsjs.DeadLetterConfig{Subject: env.Subject("dlq.x"), Stream: env.Name("DLQ"), CreateStream: true, StreamSubjects: []string{env.Subject("dlq.>")}}
+	return natsjs.DeadLetterConfig{Subject: env.Subject("dlq.x"), Stream: env.Name("DLQ"), StreamSubjects: []string{env.Subject("dlq.>")}}
 }

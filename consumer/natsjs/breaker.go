@@ -147,12 +147,12 @@ func (c *Consumer) probe(ctx context.Context, dep consumer.Dependency) error {
 }
 
 // probeDeadLetter checks that the dead-letter stream exists (recreating it
-// when DeadLetter.CreateStream allows), has a leader that answers, and
+// when DeadLetter.NoCreateStream does not forbid), has a leader that answers, and
 // captures the dead-letter subject.
 func (c *Consumer) probeDeadLetter(ctx context.Context) error {
 	dl := c.cfg.DeadLetter
 	s, err := c.js.Stream(ctx, dl.Stream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) && dl.CreateStream {
+	if errors.Is(err, jetstream.ErrStreamNotFound) && !dl.NoCreateStream {
 		if err := c.checkDeadLetterStream(ctx, jetstream.StreamConfig{}); err != nil {
 			return err
 		}

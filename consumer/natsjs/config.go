@@ -37,6 +37,12 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 	// DefaultShutdownNakDelay is Config.ShutdownNakDelay when zero: 1s.
 	DefaultShutdownNakDelay = time.Second
+	// DefaultDeadLetterPrefix starts DeadLetterConfig.Subject when empty:
+	// "dlq." + the lower-case stream name.
+	DefaultDeadLetterPrefix = "dlq."
+	// DefaultKeyHeader is the header DefaultGuard reads the idempotency key
+	// from: "Idempotency-Key".
+	DefaultKeyHeader = "Idempotency-Key"
 	// DefaultDeadLetterStream is DeadLetterConfig.Stream when empty: "DLQ".
 	DefaultDeadLetterStream = "DLQ"
 	// DefaultDeadLetterRetryDelay is DeadLetterConfig.RetryDelay when zero:
@@ -55,14 +61,21 @@ const (
 // ErrInvalidConfig is wrapped by New's validation errors.
 var ErrInvalidConfig = errors.New("natsjs: invalid config")
 
-// Config configures a Consumer. Stream, Durable and DeadLetter.Subject are
-// required; every other field has a default.
+// Config configures a Consumer. Stream and Durable are required; every
+// other field has a default.
 type Config struct {
 	// Stream is the JetStream stream to consume. Required.
 	Stream string
 	// Durable names the durable pull consumer, created or updated by Run.
 	// Required.
 	Durable string
+	// Store, when set, dedupes messages with DefaultGuard(Store, Durable):
+	// by the Idempotency-Key header, else Nats-Msg-Id, else the stream
+	// sequence, with the whole payload fingerprinted so that a reused key
+	// with another payload is a conflict. Set Pipeline.Guard instead for
+	// another key, fingerprint, lease or retention (not both). Default nil:
+	// no dedupe.
+	Store dedupe.Store
 	// FilterSubjects restricts the consumer to these subjects. Empty: the
 	// whole stream. One subject works on every server; more than one needs
 	// NATS server 2.10 or later (Run fails clearly on older servers).
@@ -146,21 +159,25 @@ type Config struct {
 	Pipeline consumer.Config
 }
 
-// DeadLetterConfig says where dead letters go.
+// DeadLetterConfig says where dead letters go. Its zero value is usable:
+// dead letters of stream ORDERS go to subject "dlq.orders" in stream "DLQ"
+// (subjects "dlq.>"), created when missing.
 type DeadLetterConfig struct {
-	// Subject receives the dead letters, e.g. "dlq.payments". Required.
+	// Subject receives the dead letters. Default "dlq." followed by the
+	// source stream's name in lower case ("dlq.payments" for PAYMENTS).
 	Subject string
 	// Stream stores them. Default "DLQ". Publishes expect it.
 	Stream string
-	// CreateStream makes Run create Stream when it does not exist, with
-	// StreamSubjects, file storage and limits retention, and create it again
-	// if it disappears while the consumer runs. Without it Run fails when
-	// the stream does not exist; if it disappears later, the consumer pauses
-	// until it exists again: messages wait, none is lost.
-	CreateStream bool
-	// StreamSubjects are the subjects of a stream created by CreateStream.
-	// Default: Subject's first token followed by ".>" ("dlq.>" for
-	// "dlq.payments").
+	// NoCreateStream stops Run from creating Stream when it does not exist
+	// (with StreamSubjects, file storage and limits retention) and from
+	// creating it again if it disappears while the consumer runs. With it,
+	// a missing stream is a warning at start, and while it is missing the
+	// consumer pauses at the first dead letter until it exists again:
+	// messages wait, none is lost. Default false: the stream is created.
+	NoCreateStream bool
+	// StreamSubjects are the subjects of a stream Run creates.
+	// Default: Subject without its last token, followed by ".>" ("dlq.>"
+	// for "dlq.payments"); a one-token Subject itself.
 	StreamSubjects []string
 	// RetryDelay is the redelivery delay of MAX_DELIVERIES advisories
 	// whose dead letter could not be published, and of messages whose
@@ -187,7 +204,13 @@ func (cfg Config) resolve() (Config, error) {
 		return bad("Durable %q must not contain '.', '*', '>' or spaces", cfg.Durable)
 	}
 	if cfg.DeadLetter.Subject == "" {
-		return bad("DeadLetter.Subject is required: dead letters must go somewhere")
+		cfg.DeadLetter.Subject = DefaultDeadLetterPrefix + strings.ToLower(cfg.Stream)
+	}
+	if cfg.Store != nil {
+		if cfg.Pipeline.Guard != nil {
+			return bad("both Store and Pipeline.Guard are set: set Store for the default guard, or Pipeline.Guard for your own")
+		}
+		cfg.Pipeline.Guard = DefaultGuard(cfg.Store, cfg.Durable)
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
@@ -247,10 +270,9 @@ func (cfg Config) resolve() (Config, error) {
 		dl.Stream = DefaultDeadLetterStream
 	}
 	if len(dl.StreamSubjects) == 0 {
-		first, _, _ := strings.Cut(dl.Subject, ".")
-		dl.StreamSubjects = []string{first + ".>"}
-		if first == dl.Subject {
-			dl.StreamSubjects = []string{dl.Subject}
+		dl.StreamSubjects = []string{dl.Subject}
+		if i := strings.LastIndexByte(dl.Subject, '.'); i > 0 {
+			dl.StreamSubjects = []string{dl.Subject[:i] + ".>"}
 		}
 	}
 	if dl.RetryDelay <= 0 {
@@ -316,4 +338,18 @@ func satMul(d time.Duration, n int) time.Duration {
 		return math.MaxInt64
 	}
 	return d * time.Duration(n)
+}
+
+// DefaultGuard is the guard Config.Store gets: keys from the
+// Idempotency-Key header, else the Nats-Msg-Id header, else the message's
+// "<stream>:<sequence>" (Convert's ID, so a message without either is still
+// deduped against its own redeliveries); the whole payload fingerprinted
+// (canonical JSON, or the raw bytes); keys namespaced by the durable name;
+// the default lease (30s) and retention (24h).
+func DefaultGuard(store dedupe.Store, durable string) *dedupe.Guard {
+	return &dedupe.Guard{
+		Store:     store,
+		Key:       dedupe.FirstKey(dedupe.HeaderKey(DefaultKeyHeader), dedupe.MessageIDKey()),
+		Namespace: durable,
+	}
 }

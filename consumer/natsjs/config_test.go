@@ -35,7 +35,10 @@ func TestNewValidates(t *testing.T) {
 		{"no stream", func(c *natsjs.Config) { c.Stream = "" }, []string{"Stream"}},
 		{"no durable", func(c *natsjs.Config) { c.Durable = "" }, []string{"Durable"}},
 		{"bad durable", func(c *natsjs.Config) { c.Durable = "a.b" }, []string{"Durable"}},
-		{"no dead-letter subject", func(c *natsjs.Config) { c.DeadLetter.Subject = "" }, []string{"DeadLetter.Subject"}},
+		{"store and guard", func(c *natsjs.Config) {
+			c.Store = memstore.New(memstore.Config{})
+			c.Pipeline.Guard = &dedupe.Guard{Store: c.Store}
+		}, []string{"Store", "Pipeline.Guard"}},
 		{"max deliver equal to attempts", func(c *natsjs.Config) {
 			c.MaxDeliver = 5
 		}, []string{"MaxDeliver 5", "5 attempts", "at least 6"}},
@@ -184,4 +187,32 @@ func TestDoubleAck(t *testing.T) {
 			t.Fatalf("handled %d messages, want 3", calls.total())
 		}
 	})
+}
+
+func TestDefaultDeadLetterAndGuard(t *testing.T) {
+	env := harness.EmbeddedNATS(t)
+	cfg := validConfig()
+	cfg.Stream = "ORDERS"
+	cfg.DeadLetter = natsjs.DeadLetterConfig{}
+	cfg.Store = memstore.New(memstore.Config{})
+	c, err := natsjs.New(env.JS, cfg, nop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Config()
+	if dl := got.DeadLetter; dl.Subject != "dlq.orders" || dl.Stream != "DLQ" || dl.NoCreateStream || len(dl.StreamSubjects) != 1 || dl.StreamSubjects[0] != "dlq.>" {
+		t.Errorf("default dead letters: %+v", dl)
+	}
+	g := got.Pipeline.Guard
+	if g == nil || g.Store != cfg.Store || g.Namespace != cfg.Durable || g.NoFingerprint {
+		t.Fatalf("default guard: %+v", g)
+	}
+	tk, err := g.Claim(context.Background(), dedupe.Input{MessageID: "ORDERS:7", Data: []byte(`{}`)})
+	if err != nil || tk.Key != cfg.Durable+":ORDERS:7" || tk.Fingerprint == "" {
+		t.Fatalf("claim without Idempotency-Key: %+v, %v; want the message id as key, a fingerprint", tk, err)
+	}
+	tk, err = g.Claim(context.Background(), dedupe.Input{Header: map[string][]string{"Idempotency-Key": {"k"}}, MessageID: "ORDERS:8"})
+	if err != nil || tk.Key != cfg.Durable+":k" {
+		t.Fatalf("claim with Idempotency-Key: %+v, %v", tk, err)
+	}
 }

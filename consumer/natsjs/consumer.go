@@ -107,8 +107,8 @@ func (c *Consumer) Ready() <-chan struct{} {
 // ctx ends. Before taking any message it checks, with errors that wrap
 // ErrSetup and name the stream and subjects: that the source stream exists
 // and captures every filter subject; that DeadLetter.Stream, when it
-// exists, captures DeadLetter.Subject (it is created with
-// DeadLetter.CreateStream; a missing one is only a warning, and the first
+// exists, captures DeadLetter.Subject (it is created unless
+// DeadLetter.NoCreateStream; a missing one is only a warning, and the first
 // dead letter pauses consumption until it exists), and that the source
 // stream does not capture it; that the advisory capture (finite
 // MaxDeliver) does not collide with another stream. Then it creates or

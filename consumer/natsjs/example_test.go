@@ -31,7 +31,7 @@ func Example() {
 
 	c, err := natsjs.New(js, natsjs.Config{
 		Stream: "PAYMENTS", Durable: "worker", Concurrency: 1,
-		DeadLetter: natsjs.DeadLetterConfig{Subject: "dlq.payments", CreateStream: true}, // stream "DLQ"
+		DeadLetter: natsjs.DeadLetterConfig{Subject: "dlq.payments"}, // stream "DLQ"
 		Pipeline: consumer.Config{
 			Guard:  &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")},
 			Retry:  retry.Policy{MaxAttempts: 5, Backoff: retry.Exponential{Initial: time.Second}},
@@ -63,6 +63,45 @@ func Example() {
 	// processed pay-1
 	// dead letter: permanent not a payment garbage
 	// stopped: <nil>
+}
+
+// The common case with defaults only: dedupe by Idempotency-Key (else
+// Nats-Msg-Id) with a conflict check on the whole payload, five attempts
+// with jittered backoff, dead letters on "dlq.payments" in stream DLQ
+// (created), the server never giving up on a message. Swap memstore for
+// redisstore.New(rdb, redisstore.Config{}) to share the records between
+// processes.
+func Example_defaults() {
+	nc, stop := exampleServer()
+	defer stop()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, _ = js.CreateStream(ctx, jetstream.StreamConfig{Name: "PAYMENTS", Subjects: []string{"payments.>"}})
+	for _, key := range []string{"pay-1", "pay-1", "pay-2"} {
+		_, _ = js.PublishMsg(ctx, &nats.Msg{Subject: "payments.requested", Header: nats.Header{"Idempotency-Key": {key}}, Data: []byte(`{"amount":100}`)})
+	}
+
+	processed := make(chan string)
+	c, err := natsjs.New(js, natsjs.Config{
+		Stream:  "PAYMENTS",
+		Durable: "worker",
+		Store:   memstore.New(memstore.Config{}),
+	}, func(ctx context.Context, m *consumer.Message) error {
+		processed <- m.Header["Idempotency-Key"][0] // charge the card here
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	a, b := <-processed, <-processed // pay-1's duplicate never runs
+	fmt.Println(min(a, b), max(a, b))
+	cancel()
+	fmt.Println("stopped:", <-done, "dead letters to", c.Config().DeadLetter.Subject)
+	// Output:
+	// pay-1 pay-2
+	// stopped: <nil> dead letters to dlq.payments
 }
 
 // exampleServer starts an embedded NATS server with JetStream in a temporary

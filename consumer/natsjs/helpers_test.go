@@ -91,7 +91,6 @@ func (f *fixture) config() natsjs.Config {
 		DeadLetter: natsjs.DeadLetterConfig{
 			Subject:        f.dlqSubject,
 			Stream:         f.dlqStream,
-			CreateStream:   true,
 			StreamSubjects: []string{f.env.Subject("dlq.>")},
 			RetryDelay:     200 * time.Millisecond,
 		},

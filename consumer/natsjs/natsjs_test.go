@@ -272,7 +272,7 @@ func TestDeadLetterStreamMissingLosesNothing(t *testing.T) {
 	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
 		f := newFixture(t, env)
 		cfg := f.config()
-		cfg.DeadLetter.CreateStream = false
+		cfg.DeadLetter.NoCreateStream = true
 		var calls atomic.Int32
 		c := newConsumer(t, env, cfg, func(ctx context.Context, m *consumer.Message) error {
 			calls.Add(1)

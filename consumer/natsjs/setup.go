@@ -85,8 +85,8 @@ func (c *Consumer) checkSource(ctx context.Context) (jetstream.StreamConfig, err
 }
 
 // checkDeadLetterStream checks that the dead-letter subject is stored by
-// DeadLetter.Stream — creating the stream when DeadLetter.CreateStream
-// allows, and only warning when it is missing otherwise — and is not a
+// DeadLetter.Stream — creating the stream unless DeadLetter.NoCreateStream,
+// and only warning when it is missing otherwise — and is not a
 // subject of the source stream src (dead letters would be consumed again).
 // src is the zero config when unknown.
 func (c *Consumer) checkDeadLetterStream(ctx context.Context, src jetstream.StreamConfig) error {
@@ -97,7 +97,7 @@ func (c *Consumer) checkDeadLetterStream(ctx context.Context, src jetstream.Stre
 	}
 	s, err := c.js.Stream(ctx, dl.Stream)
 	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound) && dl.CreateStream:
+	case errors.Is(err, jetstream.ErrStreamNotFound) && !dl.NoCreateStream:
 		_, err = c.js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:     dl.Stream,
 			Subjects: dl.StreamSubjects,
@@ -113,7 +113,7 @@ func (c *Consumer) checkDeadLetterStream(ctx context.Context, src jetstream.Stre
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		// Not fatal: good messages can be processed meanwhile, and the
 		// first dead letter pauses the consumer until the stream exists.
-		c.log.Warn("natsjs: the dead-letter stream does not exist; dead letters wait, and the consumer pauses at the first one, until it is created (or set DeadLetter.CreateStream)",
+		c.log.Warn("natsjs: the dead-letter stream does not exist; dead letters wait, and the consumer pauses at the first one, until it is created (or unset DeadLetter.NoCreateStream)",
 			"dead_letter_stream", dl.Stream, "dead_letter_subject", dl.Subject)
 		return nil
 	case err != nil:

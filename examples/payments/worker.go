@@ -122,7 +122,7 @@ func newWorker(ctx context.Context, dbURL, natsURL string, concurrency int, ackW
 		FilterSubjects: []string{subjRequested},
 		Concurrency:    concurrency,
 		AckWait:        ackWait,
-		DeadLetter:     natsjs.DeadLetterConfig{Subject: subjDLQ, Stream: streamDLQ, CreateStream: true},
+		DeadLetter:     natsjs.DeadLetterConfig{Subject: subjDLQ, Stream: streamDLQ},
 		// No Guard: the inbox is the dedupe (outbox.Inbox.Handler).
 		Pipeline: consumer.Config{Retry: workerRetry, Logger: log},
 	}

@@ -111,7 +111,7 @@ func (w *workload) config(log *slog.Logger, g *dedupe.Guard, createDLQ bool) nat
 		Stream:  w.stream,
 		Durable: "worker",
 		DeadLetter: natsjs.DeadLetterConfig{
-			Subject: w.dlqSubj, Stream: w.dlqStream, CreateStream: createDLQ,
+			Subject: w.dlqSubj, Stream: w.dlqStream, NoCreateStream: !createDLQ,
 			StreamSubjects: []string{w.env.Subject("dlq.>")},
 		},
 		AdvisoryStream: w.env.Name("ADV"),
@@ -313,7 +313,7 @@ func TestRedisOutage(t *testing.T) {
 }
 
 // TestDeadLetterStreamOutage deletes the dead-letter stream for three
-// minutes while poison messages arrive among good ones (CreateStream off,
+// minutes while poison messages arrive among good ones (NoCreateStream set,
 // defaults otherwise): once the stream is back every poison message is in
 // it, once, every good one was applied once, and nothing is stranded.
 func TestDeadLetterStreamOutage(t *testing.T) {
