@@ -1,0 +1,162 @@
+package natsjs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// pool is the fixed set of worker goroutines; each records the message it
+// is working on, so that a shutdown past its deadline can hand it back.
+type pool struct {
+	wg    sync.WaitGroup
+	slots []slot
+}
+
+// slot is one worker's message in flight (nil when idle).
+type slot struct {
+	mu  sync.Mutex
+	msg jetstream.Msg
+	_   [40]byte // keep workers' slots on separate cache lines
+}
+
+func newPool(n int) *pool { return &pool{slots: make([]slot, n)} }
+
+func (s *slot) set(m jetstream.Msg) {
+	s.mu.Lock()
+	s.msg = m
+	s.mu.Unlock()
+}
+
+// handBack Naks every running message so that the server can redeliver it
+// without waiting for AckWait. The late Ack or Nak of a handler that
+// finishes afterwards is refused by the client (already acknowledged).
+func (p *pool) handBack(delay time.Duration) int {
+	n := 0
+	for i := range p.slots {
+		s := &p.slots[i]
+		s.mu.Lock()
+		if s.msg != nil {
+			_ = s.msg.NakWithDelay(delay)
+			n++
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// consume runs the pool's workers on nats.go Consume subscriptions until
+// ctx ends or a fatal error occurs. A subscription keeps at most FetchBatch
+// messages buffered ahead of the workers and asks for more when half of
+// them were taken, so pull requests stay few (about one per FetchBatch/2
+// messages) whatever the handlers' speed; its callback hands each message
+// to an idle worker, waiting for one, so nothing is buffered beyond that.
+//
+// When the breaker opens (a dependency is down) the subscription is
+// drained — buffered messages are handed back with the pipeline's
+// unavailable delay, unstarted — and a new one starts once waitDependency
+// says the dependency answers again. On shutdown it stops the workers from
+// taking messages, drains the subscription (buffered messages are handed
+// back with NakWithDelay(ShutdownNakDelay)) and returns; running handlers
+// are left to Run.
+func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p *pool) error {
+	work := make(chan jetstream.Msg)
+	stopping := make(chan struct{})
+	defer close(stopping)
+	for i := range p.slots {
+		s := &p.slots[i]
+		p.wg.Go(func() {
+			for {
+				select {
+				case <-stopping:
+					return
+				case msg := <-work:
+					s.set(msg)
+					c.handle(ctx, hctx, msg)
+					s.set(nil)
+				}
+			}
+		})
+	}
+	for {
+		paused, err := c.subscribe(ctx, cons, work)
+		if err != nil || !paused {
+			return err
+		}
+		if !c.waitDependency(ctx) {
+			return nil
+		}
+	}
+}
+
+// subscribe runs one Consume subscription feeding work until ctx ends
+// (paused false), a fatal error, or the breaker opens (paused true).
+func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) (paused bool, err error) {
+	leaving := make(chan struct{})
+	leaveDelay := c.cfg.ShutdownNakDelay
+	var once sync.Once
+	leave := func(pause bool) {
+		once.Do(func() {
+			if pause {
+				leaveDelay = c.pipe.UnavailableDelay()
+			}
+			close(leaving)
+		})
+	}
+	fatalc := make(chan error, 1)
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case <-leaving:
+			_ = msg.NakWithDelay(leaveDelay)
+			return
+		default:
+		}
+		select {
+		case work <- msg:
+		case <-leaving:
+			_ = msg.NakWithDelay(leaveDelay)
+		}
+	},
+		jetstream.PullMaxMessages(c.cfg.FetchBatch),
+		jetstream.PullExpiry(c.cfg.PullWait),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if fatal(err) {
+				select {
+				case fatalc <- err:
+				default:
+				}
+				return
+			}
+			c.log.Warn("natsjs: pull failed; nats.go retries", "err", err)
+		}),
+	)
+	if err != nil {
+		return false, fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, err)
+	}
+	c.markReady()
+	select {
+	case <-ctx.Done():
+		leave(false)
+	case <-c.brk.trip:
+		leave(true)
+		paused = true
+	case ferr := <-fatalc:
+		leave(false)
+		err = fmt.Errorf("natsjs: consume from %s: %w", c.cfg.Durable, ferr)
+	}
+	cc.Drain()
+	closeWait := time.NewTimer(c.cfg.ShutdownTimeout)
+	defer closeWait.Stop()
+	select {
+	case <-cc.Closed():
+	case <-closeWait.C:
+		// The drain could not complete (the connection is down): what was
+		// buffered is redelivered after AckWait.
+		cc.Stop()
+		c.log.Warn("natsjs: draining the subscription timed out; buffered messages are redelivered after AckWait", "timeout", c.cfg.ShutdownTimeout)
+	}
+	return paused && err == nil && ctx.Err() == nil, err
+}

@@ -1,0 +1,264 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/idemq/idemq/dedupe/sqlstore"
+)
+
+// relayTx is a claim transaction: *sql.Tx on Postgres, BEGIN IMMEDIATE on a
+// dedicated connection on SQLite (so the claim holds the write lock from the
+// start instead of failing to upgrade a read lock).
+type relayTx struct {
+	q        Querier
+	commit   func() error
+	rollback func()
+}
+
+func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
+	if r.d.kind == sqlstore.Postgres {
+		tx, err := r.db.BeginTx(ctx, nil)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: begin: %w", err)
+		}
+		return &relayTx{q: tx, commit: tx.Commit, rollback: func() { _ = tx.Rollback() }}, nil
+	}
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: begin: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("outbox: begin: %w", err)
+	}
+	finished := false
+	return &relayTx{
+		q: conn,
+		commit: func() error {
+			finished = true
+			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "COMMIT"); err != nil {
+				_, _ = conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+				_ = conn.Close()
+				return fmt.Errorf("outbox: commit: %w", err)
+			}
+			return conn.Close()
+		},
+		rollback: func() {
+			if finished {
+				return
+			}
+			finished = true
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_, _ = conn.ExecContext(rctx, "ROLLBACK")
+			_ = conn.Close()
+		},
+	}, nil
+}
+
+// claim selects up to BatchSize due pending rows with seq at least floor in
+// sequence order; on Postgres they are locked (FOR UPDATE SKIP LOCKED), so
+// concurrent relays take disjoint batches.
+func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64) ([]row, error) {
+	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts FROM ` + r.o.Table +
+		` WHERE state = 'pending' AND seq >= ` + r.d.ph(1) + ` AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(2) +
+		`) ORDER BY seq LIMIT ` + r.d.ph(3)
+	if r.d.kind == sqlstore.Postgres {
+		query += ` FOR UPDATE SKIP LOCKED`
+	}
+	rs, err := q.QueryContext(ctx, query, floor, r.d.ts(now), r.o.BatchSize)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	defer rs.Close()
+	var rows []row
+	for rs.Next() {
+		var x row
+		if err := rs.Scan(&x.Seq, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, &x.Attempts); err != nil {
+			return nil, fmt.Errorf("outbox: claim: %w", err)
+		}
+		if x.Data == nil {
+			x.Data = []byte{}
+		}
+		rows = append(rows, x)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	return rows, nil
+}
+
+// keepOrder drops the claimed rows that may not be published yet because an
+// older row with the same ordering key is still pending and not in this
+// batch (claimed by another relay, or waiting for a retry). For each key it
+// keeps the longest run of claimed rows that starts at the key's oldest
+// pending row and has no gap. The check reads committed state: another
+// relay's rows stay pending until it has their PubAcks and commits, so two
+// relays never hold publishable rows of one key at once.
+func (r *Relay) keepOrder(ctx context.Context, q Querier, rows []row) ([]row, error) {
+	mine := map[string][]int64{} // key → claimed seqs, ascending
+	var maxSeq int64
+	for _, x := range rows {
+		if x.OrderingKey != "" {
+			mine[x.OrderingKey] = append(mine[x.OrderingKey], x.Seq)
+			maxSeq = max(maxSeq, x.Seq)
+		}
+	}
+	if len(mine) == 0 {
+		return rows, nil
+	}
+	keys := make([]string, 0, len(mine))
+	for k := range mine {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	allowed := map[int64]bool{}
+	for start := 0; start < len(keys); start += insertChunk {
+		chunk := keys[start:min(start+insertChunk, len(keys))]
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, maxSeq)
+		for _, k := range chunk {
+			args = append(args, k)
+		}
+		rs, err := q.QueryContext(ctx, `SELECT ordering_key, seq FROM `+r.o.Table+
+			` WHERE state = 'pending' AND ordering_key <> '' AND seq <= `+r.d.ph(1)+
+			` AND ordering_key IN (`+r.d.list(2, len(chunk))+`) ORDER BY ordering_key, seq`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: order check: %w", err)
+		}
+		cur, pos, blocked := "", 0, false
+		for rs.Next() {
+			var k string
+			var seq int64
+			if err := rs.Scan(&k, &seq); err != nil {
+				rs.Close()
+				return nil, fmt.Errorf("outbox: order check: %w", err)
+			}
+			if k != cur {
+				cur, pos, blocked = k, 0, false
+			}
+			if blocked {
+				continue
+			}
+			m := mine[k]
+			if pos < len(m) && m[pos] == seq {
+				allowed[seq] = true
+				pos++
+				continue
+			}
+			blocked = true // an older pending row of k is not ours
+		}
+		err = rs.Err()
+		rs.Close()
+		if err != nil {
+			return nil, fmt.Errorf("outbox: order check: %w", err)
+		}
+	}
+	kept := rows[:0]
+	for _, x := range rows {
+		if x.OrderingKey == "" || allowed[x.Seq] {
+			kept = append(kept, x)
+		}
+	}
+	return kept, nil
+}
+
+// mark records the outcome of a round in the claim transaction.
+func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome, now time.Time) (int, error) {
+	var sent []any
+	done := 0
+	for i, o := range outs {
+		switch {
+		case o == nil:
+		case o.err == nil:
+			sent = append(sent, rows[i].Seq)
+		case o.permanent:
+			done++
+			msg := truncate(o.err.Error(), 1024)
+			r.log.Warn("broker rejected outbox message; marked failed", "id", rows[i].ID, "subject", rows[i].Subject, "err", o.err)
+			if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'failed', attempts = attempts + 1, last_error = `+
+				r.d.ph(1)+` WHERE seq = `+r.d.ph(2), msg, rows[i].Seq); err != nil {
+				return 0, fmt.Errorf("outbox: mark failed: %w", err)
+			}
+		default:
+			attempt := rows[i].Attempts + 1
+			next := now.Add(r.o.Backoff.Delay(attempt))
+			if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET attempts = attempts + 1, last_error = `+r.d.ph(1)+
+				`, next_attempt_at = `+r.d.ph(2)+` WHERE seq = `+r.d.ph(3), truncate(o.err.Error(), 1024), r.d.ts(next), rows[i].Seq); err != nil {
+				return 0, fmt.Errorf("outbox: mark retry: %w", err)
+			}
+		}
+	}
+	if r.d.kind == sqlstore.Postgres && len(sent) > 0 {
+		seqs := make([]int64, len(sent))
+		for i, v := range sent {
+			seqs[i] = v.(int64)
+		}
+		var err error
+		if r.o.DeleteSent {
+			_, err = q.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq = ANY($1::bigint[])`, seqs)
+		} else {
+			_, err = q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'sent', sent_at = $1, attempts = attempts + 1, last_error = NULL WHERE seq = ANY($2::bigint[])`,
+				r.d.ts(now), seqs)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("outbox: mark sent: %w", err)
+		}
+		return done + len(sent), nil
+	}
+	for start := 0; start < len(sent); start += insertChunk {
+		chunk := sent[start:min(start+insertChunk, len(sent))]
+		var err error
+		if r.o.DeleteSent {
+			_, err = q.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq IN (`+r.d.list(1, len(chunk))+`)`, chunk...)
+		} else {
+			args := append([]any{r.d.ts(now)}, chunk...)
+			_, err = q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'sent', sent_at = `+r.d.ph(1)+
+				`, attempts = attempts + 1, last_error = NULL WHERE seq IN (`+r.d.list(2, len(chunk))+`)`, args...)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("outbox: mark sent: %w", err)
+		}
+	}
+	return done + len(sent), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// Cleanup deletes sent rows older than the retention, in batches of
+// CleanupBatch, and returns how many it deleted. Run calls it every
+// CleanupInterval.
+func (r *Relay) Cleanup(ctx context.Context) (int64, error) {
+	if r.o.Retention < 0 {
+		return 0, nil
+	}
+	cutoff := r.d.ts(r.o.Now().Add(-r.o.Retention))
+	sub := `SELECT seq FROM ` + r.o.Table + ` WHERE state = 'sent' AND sent_at < ` + r.d.ph(1) + ` LIMIT ` + r.d.ph(2)
+	if r.d.kind == sqlstore.Postgres {
+		sub += ` FOR UPDATE SKIP LOCKED`
+	}
+	var total int64
+	for {
+		res, err := r.db.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq IN (`+sub+`)`, cutoff, r.o.CleanupBatch)
+		if err != nil {
+			return total, fmt.Errorf("outbox: cleanup: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, fmt.Errorf("outbox: cleanup: %w", err)
+		}
+		total += n
+		r.deleted.Add(n)
+		if n < int64(r.o.CleanupBatch) {
+			return total, nil
+		}
+	}
+}
