@@ -29,8 +29,10 @@ const (
 // redelivery arrives just after the other attempt's lease ends: 25ms.
 const BusyMargin = 25 * time.Millisecond
 
-// ErrInvalidConfig is wrapped by NewPipeline's validation errors.
-var ErrInvalidConfig = errors.New("consumer: invalid config")
+// ErrInvalidConfig is wrapped by the validation errors of NewPipeline and
+// of the transports' constructors (natsjs.ErrInvalidConfig is the same
+// error), so one errors.Is check covers a configuration error anywhere.
+var ErrInvalidConfig = errors.New("idemq: invalid config")
 
 // ErrConflict is Outcome.Err when the idempotency key was already completed
 // with a different fingerprint (Reason conflict). A handler whose own dedupe

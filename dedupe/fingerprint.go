@@ -75,7 +75,7 @@ func (f *Fingerprinter) Fingerprint(in Input) (string, error) {
 		writeField(h, []byte("json"))
 		writeField(h, buf.Bytes())
 	case selects:
-		return "", fmt.Errorf("dedupe: fingerprint with field selection: %w", err)
+		return "", fmt.Errorf("%w (Include and Exclude need a JSON payload)", err)
 	default:
 		writeField(h, []byte("raw"))
 		writeField(h, in.Data)

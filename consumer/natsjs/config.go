@@ -1,7 +1,6 @@
 package natsjs
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -58,8 +57,9 @@ const (
 	DefaultAdvisoryMaxAge = 7 * 24 * time.Hour
 )
 
-// ErrInvalidConfig is wrapped by New's validation errors.
-var ErrInvalidConfig = errors.New("natsjs: invalid config")
+// ErrInvalidConfig is wrapped by New's and NewBatch's validation errors; it
+// is consumer.ErrInvalidConfig.
+var ErrInvalidConfig = consumer.ErrInvalidConfig
 
 // Config configures a Consumer. Stream and Durable are required; every
 // other field has a default.

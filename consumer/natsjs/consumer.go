@@ -83,7 +83,7 @@ func newConsumer(js jetstream.JetStream, cfg Config, h consumer.Handler, batch b
 	pcfg.DeadLetter = c.publishDeadLetter
 	c.pipe, err = consumer.NewPipeline(pcfg, h)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		return nil, err // wraps consumer.ErrInvalidConfig, which is ErrInvalidConfig
 	}
 	return c, nil
 }
