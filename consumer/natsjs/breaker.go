@@ -162,10 +162,12 @@ func (c *Consumer) probeDeadLetter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range s.CachedInfo().Config.Subjects {
-		if subjectMatches(p, dl.Subject) {
-			return nil
-		}
+	rt, err := parseRoute(dl.Subject)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("%w: dead-letter stream %s no longer captures %q", ErrSetup, dl.Stream, dl.Subject)
+	if miss := uncovered(s.CachedInfo().Config.Subjects, rt.patterns(c.cfg.Stream)); len(miss) > 0 {
+		return fmt.Errorf("%w: dead-letter stream %s no longer captures %q", ErrSetup, dl.Stream, miss[0])
+	}
+	return nil
 }

@@ -165,6 +165,14 @@ type Config struct {
 type DeadLetterConfig struct {
 	// Subject receives the dead letters. Default "dlq." followed by the
 	// source stream's name in lower case ("dlq.payments" for PAYMENTS).
+	//
+	// It may be a template that routes dead letters by stream, reason and
+	// original subject, with whole-token placeholders {stream} (lower
+	// case), {reason} and {subject} (the original subject, last token
+	// only): "dlq.{stream}.{reason}" sends a conflict of PAYMENTS to
+	// "dlq.payments.conflict"; "dlq.{reason}.{subject}" keeps the original
+	// subject. Run checks that the dead-letter stream captures every subject
+	// the template can produce.
 	Subject string
 	// Stream stores them. Default "DLQ". Publishes expect it.
 	Stream string
@@ -176,8 +184,9 @@ type DeadLetterConfig struct {
 	// messages wait, none is lost. Default false: the stream is created.
 	NoCreateStream bool
 	// StreamSubjects are the subjects of a stream Run creates.
-	// Default: Subject without its last token, followed by ".>" ("dlq.>"
-	// for "dlq.payments"); a one-token Subject itself.
+	// Default: Subject's literal tokens before its first placeholder, or
+	// without its last token, followed by ".>" ("dlq.>" for "dlq.payments"
+	// and for "dlq.{stream}.{reason}"); a one-token Subject itself.
 	StreamSubjects []string
 	// RetryDelay is the redelivery delay of MAX_DELIVERIES advisories
 	// whose dead letter could not be published, and of messages whose
@@ -269,11 +278,12 @@ func (cfg Config) resolve() (Config, error) {
 	if dl.Stream == "" {
 		dl.Stream = DefaultDeadLetterStream
 	}
+	rt, err := parseRoute(dl.Subject)
+	if err != nil {
+		return Config{}, err
+	}
 	if len(dl.StreamSubjects) == 0 {
-		dl.StreamSubjects = []string{dl.Subject}
-		if i := strings.LastIndexByte(dl.Subject, '.'); i > 0 {
-			dl.StreamSubjects = []string{dl.Subject[:i] + ".>"}
-		}
+		dl.StreamSubjects = rt.streamSubjects()
 	}
 	if dl.RetryDelay <= 0 {
 		dl.RetryDelay = DefaultDeadLetterRetryDelay

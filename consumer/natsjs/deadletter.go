@@ -51,8 +51,9 @@ type Letter struct {
 type DeadLetterer struct {
 	// JS publishes. Required.
 	JS jetstream.JetStream
-	// Subject receives the dead letters, e.g. "dlq.payments". A stream must
-	// capture it. Required.
+	// Subject receives the dead letters, e.g. "dlq.payments", or a
+	// template with {stream}, {reason} and {subject} placeholders (see
+	// DeadLetterConfig.Subject). A stream must capture it. Required.
 	Subject string
 	// Stream, when set, is the stream expected to store the dead letters
 	// (the publish fails if another stream answers). Empty: any stream.
@@ -92,13 +93,16 @@ func (d *DeadLetterer) PublishLetter(ctx context.Context, l Letter) error {
 	if d.Subject == "" {
 		return ErrNoSubject
 	}
+	if _, err := parseRoute(d.Subject); err != nil {
+		return err
+	}
 	out := d.Msg(l)
 	var opts []jetstream.PublishOpt
 	if d.Stream != "" {
 		opts = append(opts, jetstream.WithExpectStream(d.Stream))
 	}
 	if _, err := d.JS.PublishMsg(ctx, out, opts...); err != nil {
-		return fmt.Errorf("natsjs: dead-letter %s:%d to %s: %w", l.Stream, l.Sequence, d.Subject, err)
+		return fmt.Errorf("natsjs: dead-letter %s:%d to %s: %w", l.Stream, l.Sequence, out.Subject, err)
 	}
 	return nil
 }
@@ -140,7 +144,11 @@ func (d *DeadLetterer) Msg(l Letter) *nats.Msg {
 	h.Set(consumer.HeaderFailedAt, now().UTC().Format(time.RFC3339))
 	h.Set(consumer.HeaderHost, host)
 	h.Set(jetstream.MsgIDHeader, l.Stream+":"+strconv.FormatUint(l.Sequence, 10))
-	return &nats.Msg{Subject: d.Subject, Header: h, Data: l.Data}
+	subject := d.Subject
+	if rt, err := parseRoute(d.Subject); err == nil {
+		subject = rt.subject(l.Stream, l.Reason, l.Subject)
+	}
+	return &nats.Msg{Subject: subject, Header: h, Data: l.Data}
 }
 
 // directive reports headers that instruct the server on publish; copying

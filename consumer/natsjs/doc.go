@@ -33,6 +33,19 @@
 // advisories durably in a stream (IDEMQ_ADVISORIES by default), fetches each
 // original by its stream sequence and dead-letters it with reason exhausted.
 //
+// Dead letters go to DeadLetter.Subject, "dlq.<stream>" by default, in a
+// stream DLQ created when missing. The subject may be a template that
+// routes by stream, reason and original subject ("dlq.{stream}.{reason}",
+// "dlq.{reason}.{subject}"); Run checks that the dead-letter stream
+// captures every subject it can produce.
+//
+// # Batch mode
+//
+// NewBatch gives a consumer.BatchHandler up to BatchSize messages at a time
+// (outbox.Inbox.BatchHandler runs them in one database transaction) and
+// translates each message's result through the same pipeline and the same
+// broker actions as New's consumer.
+//
 // # Start-up checks
 //
 // New refuses configurations that would lose or double messages, naming the

@@ -91,12 +91,22 @@ func (c *Consumer) checkSource(ctx context.Context) (jetstream.StreamConfig, err
 // src is the zero config when unknown.
 func (c *Consumer) checkDeadLetterStream(ctx context.Context, src jetstream.StreamConfig) error {
 	dl := c.cfg.DeadLetter
-	if slices.ContainsFunc(src.Subjects, func(p string) bool { return subjectMatches(p, dl.Subject) }) {
-		return fmt.Errorf("%w: dead-letter subject %q is captured by the source stream %s (subjects %s): dead letters would be consumed again",
-			ErrSetup, dl.Subject, c.cfg.Stream, strings.Join(src.Subjects, ", "))
+	rt, err := parseRoute(dl.Subject)
+	if err != nil {
+		return err
+	}
+	routed := rt.patterns(c.cfg.Stream)
+	for _, p := range routed {
+		if slices.ContainsFunc(src.Subjects, func(s string) bool { return subjectsOverlap(s, p) }) {
+			return fmt.Errorf("%w: dead-letter subject %q is captured by the source stream %s (subjects %s): dead letters would be consumed again",
+				ErrSetup, p, c.cfg.Stream, strings.Join(src.Subjects, ", "))
+		}
 	}
 	s, err := c.js.Stream(ctx, dl.Stream)
 	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && !dl.NoCreateStream && len(uncovered(dl.StreamSubjects, routed)) > 0:
+		return fmt.Errorf("%w: DeadLetter.StreamSubjects (%s) do not capture dead-letter subject %q", ErrSetup,
+			strings.Join(dl.StreamSubjects, ", "), uncovered(dl.StreamSubjects, routed)[0])
 	case errors.Is(err, jetstream.ErrStreamNotFound) && !dl.NoCreateStream:
 		_, err = c.js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:     dl.Stream,
@@ -120,11 +130,22 @@ func (c *Consumer) checkDeadLetterStream(ctx context.Context, src jetstream.Stre
 		return fmt.Errorf("natsjs: dead-letter stream %s: %w", dl.Stream, err)
 	}
 	subjects := s.CachedInfo().Config.Subjects
-	if !slices.ContainsFunc(subjects, func(p string) bool { return subjectMatches(p, dl.Subject) }) {
+	if miss := uncovered(subjects, routed); len(miss) > 0 {
 		return fmt.Errorf("%w: dead-letter stream %s (subjects %s) does not capture dead-letter subject %q; add it to the stream or change DeadLetter.Subject",
-			ErrSetup, dl.Stream, strings.Join(subjects, ", "), dl.Subject)
+			ErrSetup, dl.Stream, strings.Join(subjects, ", "), miss[0])
 	}
 	return nil
+}
+
+// uncovered returns the routed subjects that no pattern of subjects covers.
+func uncovered(subjects, routed []string) []string {
+	var out []string
+	for _, p := range routed {
+		if coveredBy(subjects, p) == "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // errCodeSubjectOverlap is the JetStream API error code of a stream whose

@@ -15,6 +15,7 @@ import (
 	"github.com/idemq/idemq/consumer/natsjs"
 	"github.com/idemq/idemq/dedupe/memstore"
 	"github.com/idemq/idemq/integration/harness"
+	"github.com/idemq/idemq/retry"
 )
 
 // runErr runs c until it returns or a short deadline passes.
@@ -160,4 +161,44 @@ func TestBusyDuplicatesAreCheap(t *testing.T) {
 		t.Logf("100 duplicates acknowledged %v after the original completed (handler %v)", settled.Sub(doneAt).Round(time.Millisecond), handlerTime)
 		mu.Unlock()
 	})
+}
+
+func TestDeadLetterRouting(t *testing.T) {
+	t.Parallel()
+	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
+		f := newFixture(t, env)
+		cfg := f.config()
+		cfg.DeadLetter.Subject = env.Subject("dlq.{stream}.{reason}")
+		cfg.Pipeline.Guard = headerGuard(memstore.New(memstore.Config{}))
+		h := func(ctx context.Context, m *consumer.Message) error {
+			return retry.Permanent(errors.New("no"))
+		}
+		c := newConsumer(t, env, cfg, h)
+		start(t, c)
+		<-c.Ready()
+		f.publish(t, "k1", `{"a":1}`, nil)
+		dl := f.deadLetters(t, 1)[0]
+		want := env.Subject("dlq." + strings.ToLower(f.stream) + ".permanent")
+		if dl.Subject != want {
+			t.Fatalf("dead letter on %q, want %q", dl.Subject, want)
+		}
+	})
+}
+
+func TestDeadLetterRoutingCaptureCheck(t *testing.T) {
+	t.Parallel()
+	nop := func(context.Context, *consumer.Message) error { return nil }
+	env := harness.EmbeddedNATS(t)
+	f := newFixture(t, env)
+	f.dlqStream = env.Name("DLQ_PART")
+	only := env.Subject("dlq.permanent")
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if _, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: f.dlqStream, Subjects: []string{only}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := f.config()
+	cfg.DeadLetter.Subject = env.Subject("dlq.{reason}")
+	cfg.DeadLetter.Stream = f.dlqStream
+	wantSetupError(t, runErr(t, newConsumer(t, env, cfg, nop)), f.dlqStream, only, env.Subject("dlq.exhausted"))
 }
