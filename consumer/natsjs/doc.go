@@ -7,10 +7,16 @@
 // broker action:
 //
 //	Ack         Ack (DoubleAck when Config.DoubleAck)
-//	Retry       NakWithDelay(Outcome.Delay): the backoff of the broker's NumDelivered,
-//	            a retry.After delay, the long budget delay, or a Busy lease remainder
-//	DeadLetter  publish to DeadLetter.Subject and await the PubAck, then Term;
-//	            when the publish fails: NakWithDelay(DeadLetter.RetryDelay), never lose it
+//	Retry       NakWithDelay(Outcome.Delay): the backoff of the attempt (handler runs,
+//	            counted in the dedupe record), a retry.After delay, the long budget
+//	            delay, or a Busy recheck; a Busy duplicate of a local original is held
+//	            and handed back when the original ends
+//	DeadLetter  the pipeline has published it to DeadLetter.Subject and the stream
+//	            stored it: Term. When the publish fails the message is retried,
+//	            never lost, and the consumer pauses until the stream answers
+//	Unavailable the dedupe store or the dead-letter stream did not answer: after
+//	            three such deliveries the consumer stops pulling, hands buffered
+//	            messages back, probes, and resumes when it answers
 //
 // While a handler runs, the message is marked InProgress and the dedupe lease
 // extended every HeartbeatInterval (AckWait/2 by default).
@@ -27,11 +33,12 @@
 // Idemq-Original-Msg-Id. DeadLetterer publishes them and is reusable on its
 // own (the outbox relay, the payments example).
 //
-// Messages the server itself stops redelivering — MaxDeliver reached while
-// no worker answered, after crashes — are announced by a MAX_DELIVERIES
-// advisory. With Config.CaptureMaxDeliveries the adapter captures those
-// advisories durably in a stream (IDEMQ_ADVISORIES by default), fetches each
-// original by its stream sequence and dead-letters it with reason exhausted.
+// MaxDeliver is unlimited by default, so the server never gives up on a
+// message idemq has not decided. With a finite MaxDeliver the server stops
+// redelivering a message after that many deliveries and announces it with a
+// MAX_DELIVERIES advisory; Run then captures those advisories durably in a
+// stream (IDEMQ_ADVISORIES by default), fetches each original by its stream
+// sequence and dead-letters it with reason exhausted.
 //
 // Dead letters go to DeadLetter.Subject, "dlq.<stream>" by default, in a
 // stream DLQ created when missing. The subject may be a template that
@@ -53,7 +60,9 @@
 // give up before idemq dead-letters), AckWait longer than the dedupe lease,
 // a heartbeat not shorter than AckWait, and a dedupe retention shorter than
 // the redelivery horizon (Horizon: backoff + AckWait × attempts + replay
-// window).
+// window). Run then checks the streams before taking a message (see Run):
+// the source stream and its filter subjects, the dead-letter stream and
+// every routed subject, the advisory capture; Ready closes once it pulls.
 //
 // # Concurrency and shutdown
 //
