@@ -462,4 +462,3 @@ func publishKey(t *testing.T, pub message.Publisher, topic, key, body string) st
 	}
 	return m.UUID
 }
-
