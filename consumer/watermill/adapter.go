@@ -175,6 +175,7 @@ type Adapter struct {
 
 	streak  atomic.Int32 // deliveries in a row that found a dependency down
 	watches sync.Map     // *message.Message → chan struct{} (superseded)
+	nwatch  atomic.Int64 // watches running: supersede is free while none
 	warned  atomic.Bool  // double wrap logged
 
 	stats struct {
@@ -496,10 +497,12 @@ func (a *Adapter) watch(msg *message.Message) {
 		return
 	}
 	done := make(chan struct{})
+	a.nwatch.Add(1)
 	if old, loaded := a.watches.Swap(msg, done); loaded {
 		close(old.(chan struct{}))
 	}
 	go func() {
+		defer a.nwatch.Add(-1)
 		defer a.watches.CompareAndDelete(msg, done)
 		t := time.NewTimer(swallowWatch)
 		defer t.Stop()
@@ -522,6 +525,9 @@ func (a *Adapter) watch(msg *message.Message) {
 
 // supersede ends the watch of msg: the wrapper runs again for it.
 func (a *Adapter) supersede(msg *message.Message) {
+	if a.nwatch.Load() == 0 {
+		return
+	}
 	if old, loaded := a.watches.LoadAndDelete(msg); loaded {
 		close(old.(chan struct{}))
 	}
