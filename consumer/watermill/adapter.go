@@ -328,7 +328,7 @@ func (a *Adapter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 }
 
 // NoPublishHandler wraps h in the pipeline, as Middleware does, for
-// router.AddNoPublisherHandler (AddConsumerHandler).
+// router.AddConsumerHandler.
 func (a *Adapter) NoPublishHandler(h message.NoPublishHandlerFunc) message.NoPublishHandlerFunc {
 	mw := a.Middleware(func(msg *message.Message) ([]*message.Message, error) { return nil, h(msg) })
 	return func(msg *message.Message) error {
@@ -338,7 +338,7 @@ func (a *Adapter) NoPublishHandler(h message.NoPublishHandlerFunc) message.NoPub
 }
 
 // Handler runs h, an idemq consumer.Handler, as a Watermill handler for
-// router.AddNoPublisherHandler: h gets a consumer.Message (ID = UUID,
+// router.AddConsumerHandler: h gets a consumer.Message (ID = UUID,
 // Subject = the subscribed topic, Header = the metadata, Native = the
 // *message.Message) and may call SetResult, return consumer.Reject,
 // consumer.Invalid or retry.Permanent, with the outcomes of Middleware.

@@ -332,8 +332,8 @@ func TestKeysNamespacedPerHandler(t *testing.T) {
 			t.Fatal(err)
 		}
 		r.AddMiddleware(a.Middleware)
-		r.AddNoPublisherHandler("billing", b.w.Topic, b.sub, func(*message.Message) error { billing.Add(1); return nil })
-		r.AddNoPublisherHandler("shipping", b.w.Topic, b.sub, func(*message.Message) error { shipping.Add(1); return nil })
+		r.AddConsumerHandler("billing", b.w.Topic, b.sub, func(*message.Message) error { billing.Add(1); return nil })
+		r.AddConsumerHandler("shipping", b.w.Topic, b.sub, func(*message.Message) error { shipping.Add(1); return nil })
 		startRouter(t, r)
 		publishKey(t, b.pub, b.w.Topic, "order-1", `{"id":1}`)
 		publishKey(t, b.pub, b.w.Topic, "order-1", `{"id":1}`)
@@ -431,7 +431,7 @@ func TestDoubleWrapPassesThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.AddMiddleware(a.Middleware)
-	h := r.AddNoPublisherHandler("orders", b.w.Topic, b.sub, func(*message.Message) error { runs.Add(1); return nil })
+	h := r.AddConsumerHandler("orders", b.w.Topic, b.sub, func(*message.Message) error { runs.Add(1); return nil })
 	h.AddMiddleware(a.Middleware)
 	startRouter(t, r)
 	publishKey(t, b.pub, b.w.Topic, "pay-1", `{"amount":100}`)

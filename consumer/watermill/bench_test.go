@@ -109,7 +109,7 @@ func benchRouter(b *testing.B, mw message.HandlerMiddleware) float64 {
 			return out, err
 		}
 	}, mw)
-	r.AddNoPublisherHandler("bench", "bench", gc, func(*message.Message) error { return nil })
+	r.AddConsumerHandler("bench", "bench", gc, func(*message.Message) error { return nil })
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- r.Run(ctx) }()

@@ -55,7 +55,7 @@ func ExampleAdapter_Middleware() {
 	}
 	router.AddMiddleware(a.Middleware)
 	runs, applied := 0, 0
-	router.AddNoPublisherHandler("charge", "payments", pubsub, func(m *message.Message) error {
+	router.AddConsumerHandler("charge", "payments", pubsub, func(m *message.Message) error {
 		runs++
 		if runs == 1 {
 			return errors.New("bank timed out")

@@ -71,7 +71,7 @@ func runRouter(t *testing.T, sub message.Subscriber, topic, name string, h messa
 		t.Fatal(err)
 	}
 	r.AddMiddleware(mws...)
-	r.AddNoPublisherHandler(name, topic, sub, h)
+	r.AddConsumerHandler(name, topic, sub, h)
 	startRouter(t, r)
 	return r
 }

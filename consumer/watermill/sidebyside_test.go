@@ -68,8 +68,8 @@ func TestSideBySide(t *testing.T) {
 		}
 	}
 	wmTopic, idemqTopic, nackTopic := b.w.Topic+".watermill", b.w.Topic+".idemq", b.w.Topic+".nack"
-	r.AddNoPublisherHandler("watermill", wmTopic, b.sub, failOnce(wm)).AddMiddleware(deduplicator().Middleware)
-	r.AddNoPublisherHandler("idemq", idemqTopic, b.sub, failOnce(idemq)).AddMiddleware(a.Middleware)
+	r.AddConsumerHandler("watermill", wmTopic, b.sub, failOnce(wm)).AddMiddleware(deduplicator().Middleware)
+	r.AddConsumerHandler("idemq", idemqTopic, b.sub, failOnce(idemq)).AddMiddleware(a.Middleware)
 	startRouter(t, r)
 
 	// The same Deduplicator without Retry, in a router of its own: the
@@ -79,7 +79,7 @@ func TestSideBySide(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2.AddNoPublisherHandler("watermill-nack", nackTopic, b.sub, failOnce(nack)).AddMiddleware(deduplicator().Middleware)
+	r2.AddConsumerHandler("watermill-nack", nackTopic, b.sub, failOnce(nack)).AddMiddleware(deduplicator().Middleware)
 	startRouter(t, r2)
 
 	for _, topic := range []string{wmTopic, idemqTopic, nackTopic} {

@@ -96,7 +96,7 @@ func runWorker() int {
 		}
 	}
 	router.AddMiddleware(report, a.Middleware)
-	router.AddNoPublisherHandler("orders", w.Topic, b.sub, func(m *message.Message) error {
+	router.AddConsumerHandler("orders", w.Topic, b.sub, func(m *message.Message) error {
 		ctx := m.Context()
 		if err := rdb.Incr(ctx, prefix+"started").Err(); err != nil {
 			return err

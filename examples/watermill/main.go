@@ -129,8 +129,8 @@ func run(w io.Writer) int {
 	// Router-wide, as Watermill's documentation sets it up.
 	router.AddMiddleware(middleware.Retry{MaxRetries: 3, InitialInterval: 10 * time.Millisecond}.Middleware)
 	wm, idemq := newLedger(), newLedger()
-	router.AddNoPublisherHandler("watermill", watermillTopic, pubsub, wm.charge).AddMiddleware(dedup.Middleware)
-	router.AddNoPublisherHandler("idemq", idemqTopic, pubsub, idemq.charge).AddMiddleware(a.Middleware)
+	router.AddConsumerHandler("watermill", watermillTopic, pubsub, wm.charge).AddMiddleware(dedup.Middleware)
+	router.AddConsumerHandler("idemq", idemqTopic, pubsub, idemq.charge).AddMiddleware(a.Middleware)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
