@@ -3,7 +3,10 @@ package idemqwm_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,77 +28,139 @@ import (
 // waits for a slot, the router's outermost middleware frees it.
 const benchWindow = 64
 
-// baselineNsPerMsg is the Deduplicator variant's result in this run, set
-// by its last (reported) round; the other variants report their
-// throughput relative to it.
-var baselineNsPerMsg float64
-
-// BenchmarkRouter compares, on the same gochannel pub/sub and router, one
-// message per op with a fresh Idempotency-Key each (no duplicates):
-//
-//	deduplicator    Watermill's middleware.Deduplicator, in-memory repository (the baseline)
-//	idemq-memstore  idemq's middleware with the memory store
-//	idemq-redis     idemq's middleware with the Redis store (IDEMQ_REDIS_URL)
-//
-// The idemq variants report vs_dedup: their throughput divided by the
-// baseline's, measured in the same run (run the whole benchmark, not one
-// variant, to get it). Run: go test -run '^$' -bench Router -benchtime 20000x ./consumer/watermill/
-func BenchmarkRouter(b *testing.B) {
-	b.Run("deduplicator", func(b *testing.B) {
-		repo, err := middleware.NewMapExpiringKeyRepository(24 * time.Hour)
-		if err != nil {
-			b.Fatal(err)
-		}
-		d := &middleware.Deduplicator{
-			KeyFactory: func(m *message.Message) (string, error) {
-				if k := m.Metadata.Get("Idempotency-Key"); k != "" {
-					return k, nil
-				}
-				return "", errors.New("no Idempotency-Key")
-			},
-			Repository: repo,
-			Timeout:    5 * time.Second,
-		}
-		ns := benchRouter(b, d.Middleware)
-		baselineNsPerMsg = ns
-	})
-	idemq := func(b *testing.B, store dedupe.Store) {
-		gc := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
-		defer gc.Close()
-		a, err := idemqwm.New(idemqwm.Config{
-			Pipeline: consumer.Config{
-				Guard:  &dedupe.Guard{Store: store, Key: dedupe.HeaderKey("Idempotency-Key")},
-				Retry:  retry.Policy{},
-				Logger: quiet(),
-			},
-			PoisonPublisher: gc,
-			PoisonTopic:     "poison",
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ns := benchRouter(b, a.Middleware)
-		if baselineNsPerMsg > 0 {
-			b.ReportMetric(baselineNsPerMsg/ns, "vs_dedup")
-		}
-	}
-	b.Run("idemq-memstore", func(b *testing.B) { idemq(b, memstore.New(memstore.Config{})) })
-	b.Run("idemq-redis", func(b *testing.B) {
-		rd := harness.Redis(b)
-		idemq(b, redisstore.New(rd.Client, redisstore.Config{Prefix: rd.Prefix}))
-	})
+// benchVariant is one middleware stack on the same router and gochannel
+// pub/sub.
+type benchVariant struct {
+	name string
+	// middleware builds the stack for one round.
+	middleware func(tb testing.TB) message.HandlerMiddleware
 }
 
-// benchRouter runs b.N messages through a router with mw on a fresh
-// GoChannel, benchWindow in flight, and returns and reports ns per message
-// and messages per second.
-func benchRouter(b *testing.B, mw message.HandlerMiddleware) float64 {
-	b.Helper()
+// benchVariants: Watermill's Deduplicator (the baseline) and idemq's
+// middleware with the memory and the Redis store. Every message has a fresh
+// Idempotency-Key (no duplicates), the steady state of a consumer.
+func benchVariants(tb testing.TB) []benchVariant {
+	idemq := func(store func() dedupe.Store) func(testing.TB) message.HandlerMiddleware {
+		return func(tb testing.TB) message.HandlerMiddleware {
+			a, err := idemqwm.New(idemqwm.Config{
+				Pipeline: consumer.Config{
+					Guard:  &dedupe.Guard{Store: store(), Key: dedupe.HeaderKey("Idempotency-Key")},
+					Retry:  retry.Policy{},
+					Logger: quiet(),
+				},
+				PoisonPublisher: &recorder{},
+				PoisonTopic:     "poison",
+			})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return a.Middleware
+		}
+	}
+	rd := harness.Redis(tb)
+	return []benchVariant{
+		{"deduplicator", func(tb testing.TB) message.HandlerMiddleware {
+			repo, err := middleware.NewMapExpiringKeyRepository(24 * time.Hour)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			d := &middleware.Deduplicator{
+				KeyFactory: func(m *message.Message) (string, error) {
+					if k := m.Metadata.Get("Idempotency-Key"); k != "" {
+						return k, nil
+					}
+					return "", errors.New("no Idempotency-Key")
+				},
+				Repository: repo,
+				Timeout:    5 * time.Second,
+			}
+			return d.Middleware
+		}},
+		{"idemq-memstore", idemq(func() dedupe.Store { return memstore.New(memstore.Config{}) })},
+		{"idemq-redis", idemq(func() dedupe.Store { return redisstore.New(rd.Client, redisstore.Config{Prefix: rd.Prefix}) })},
+	}
+}
+
+// BenchmarkRouter measures each variant alone: ns and allocations per
+// message. Compare variants with BenchmarkRatios, which is robust to the
+// machine's background load.
+func BenchmarkRouter(b *testing.B) {
+	for _, v := range benchVariants(b) {
+		b.Run(v.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.StopTimer()
+			d := benchRound(b, v.middleware(b), b.N, b.StartTimer, b.StopTimer)
+			b.ReportMetric(float64(b.N)/d.Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkRatios is the measurement of record. Each iteration is one
+// cycle: every variant runs benchRoundSize messages, in an order rotated
+// from one cycle to the next, so that background load falls on all
+// variants alike. A variant's x_dedup is its throughput divided by the
+// Deduplicator's in the same cycle; the metrics are the medians over the
+// cycles, and a table with their spread is printed. Run at least
+// -benchtime=5x.
+func BenchmarkRatios(b *testing.B) {
+	b.StopTimer()
+	vs := benchVariants(b)
+	rates := map[string][]float64{}
+	ratios := map[string][]float64{}
+	var elapsed time.Duration
+	for i := range b.N {
+		cycle := map[string]float64{}
+		for j := range vs {
+			v := vs[(i+j)%len(vs)]
+			d := benchRound(b, v.middleware(b), benchRoundSize, func() {}, func() {})
+			elapsed += d
+			cycle[v.name] = benchRoundSize / d.Seconds()
+		}
+		for _, v := range vs {
+			rates[v.name] = append(rates[v.name], cycle[v.name])
+			ratios[v.name] = append(ratios[v.name], cycle[v.name]/cycle[vs[0].name])
+		}
+	}
+	var tbl strings.Builder
+	fmt.Fprintf(&tbl, "\n%d cycles of %d messages per variant, gochannel, %d in flight\n", b.N, benchRoundSize, benchWindow)
+	fmt.Fprintf(&tbl, "%-16s %22s %24s\n", "variant", "msg/s median (min..max)", "x_dedup median (min..max)")
+	for _, v := range vs {
+		r, x := median(rates[v.name]), median(ratios[v.name])
+		b.ReportMetric(r[0], v.name+":msg/s")
+		if v.name != vs[0].name {
+			b.ReportMetric(x[0], v.name+":x_dedup")
+		}
+		fmt.Fprintf(&tbl, "%-16s %7.0f (%.0f..%.0f) %10.2f (%.2f..%.2f)\n", v.name, r[0], r[1], r[2], x[0], x[1], x[2])
+	}
+	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(b.N*len(vs)*benchRoundSize), "ns/op")
+	fmt.Print(tbl.String())
+}
+
+// benchRoundSize is the number of messages per variant per cycle.
+const benchRoundSize = 20000
+
+// median returns the median, min and max of xs.
+func median(xs []float64) [3]float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return [3]float64{m, s[0], s[len(s)-1]}
+}
+
+// benchRound runs n messages through a fresh router with mw on a fresh
+// GoChannel, benchWindow in flight, calling start just before the first
+// publish and stop just after the last was handled, and returns the time in
+// between.
+func benchRound(tb testing.TB, mw message.HandlerMiddleware, n int, start, stop func()) time.Duration {
+	tb.Helper()
 	gc := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: benchWindow}, watermill.NopLogger{})
 	defer gc.Close()
 	r, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	slots := make(chan struct{}, benchWindow)
 	done := make(chan struct{}, benchWindow)
@@ -116,7 +181,7 @@ func benchRouter(b *testing.B, mw message.HandlerMiddleware) float64 {
 	<-r.Running()
 	defer func() { cancel(); <-ran }()
 
-	msgs := make([]*message.Message, b.N)
+	msgs := make([]*message.Message, n)
 	for i := range msgs {
 		m := message.NewMessage(watermill.NewUUID(), []byte(`{"amount":100}`))
 		m.Metadata.Set("Idempotency-Key", "k-"+strconv.Itoa(i)+"-"+m.UUID[:8])
@@ -124,22 +189,21 @@ func benchRouter(b *testing.B, mw message.HandlerMiddleware) float64 {
 	}
 	finished := make(chan struct{})
 	go func() {
-		for range b.N {
+		for range n {
 			<-done
 		}
 		close(finished)
 	}()
-	b.ReportAllocs()
-	b.ResetTimer()
+	start()
+	t0 := time.Now()
 	for _, m := range msgs {
 		slots <- struct{}{}
 		if err := gc.Publish("bench", m); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 	<-finished
-	b.StopTimer()
-	ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-	b.ReportMetric(1e9/ns, "msgs/s")
-	return ns
+	d := time.Since(t0)
+	stop()
+	return d
 }
