@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
 	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	_ "modernc.org/sqlite"
 
@@ -159,6 +161,47 @@ func TestOutboxRelayToJetStreamDedupesRepublish(t *testing.T) {
 				t.Fatalf("stream holds %d messages after the republish, want 3", info.State.Msgs)
 			}
 		})
+	}
+}
+
+// watermill-nats' pkg/jetstream publisher has no TrackMsgId, but it sends
+// metadata as headers: OutboxConfig.IDMetadata "Nats-Msg-Id" makes
+// JetStream drop the republished row all the same.
+func TestOutboxIDMetadataDedupesOnPkgJetStream(t *testing.T) {
+	t.Parallel()
+	env := harness.NATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	stream, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: env.Name("OUT"), Subjects: []string{env.Subject("out.>")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wmpub, err := wmjs.NewPublisher(wmjs.PublisherConfig{Conn: nc, Logger: watermill.NopLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = wmpub.Close() }) // closes nc
+	pub, err := idemqwm.NewOutboxPublisher(wmpub, idemqwm.OutboxConfig{IDMetadata: "Nats-Msg-Id"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := []outbox.Outgoing{{ID: "completed.pay-1", Subject: env.Subject("out.completed"), Data: []byte(`{}`)}}
+	res := make([]outbox.PublishResult, 1)
+	for range 2 { // the publish, and a relay's republish after a crash
+		if err := pub.Publish(ctx, row, res, 5*time.Second); err != nil || res[0].Err != nil {
+			t.Fatalf("publish: %v %v", err, res[0].Err)
+		}
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages, want 1", info.State.Msgs)
 	}
 }
 
