@@ -46,8 +46,9 @@
 //	                                   returns the first run's again, see Config.NoReplayProduced)
 //	Retry (transient error)            wait min(backoff, MaxWait), then return an error wrapping
 //	                                   ErrRedeliver: the router Nacks
-//	Retry, Busy (key held elsewhere)   wait until the local original ends, or min(lease remainder,
-//	                                   1s, MaxWait), then Nack: the redelivery is a duplicate
+//	Retry, Busy (key held elsewhere)   an original in this process: wait until it ends, at most
+//	                                   min(lease remainder, MaxWait); elsewhere: min(lease remainder,
+//	                                   1s, MaxWait); then Nack: the redelivery is a duplicate
 //	Retry, Unavailable (store or       wait UnavailableDelay (1s), doubling after PauseThreshold
 //	  poison publisher down)           deliveries in a row, capped at MaxWait; no attempt is used
 //	Retry, Interrupted (shutdown)      Nack at once
