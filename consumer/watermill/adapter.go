@@ -283,8 +283,9 @@ func runInner(ctx context.Context, m *consumer.Message) error {
 // An idemq layer that finds itself inside another one (the same Adapter
 // added twice, router-wide and per handler) runs h directly and logs a
 // warning once (Stats.DoubleWrapped): the outer layer already guards the
-// message. Put Watermill's Deduplicator, PoisonQueue, Retry, IgnoreErrors
-// and InstantAck away; see the package documentation for why.
+// message. Remove Watermill's Deduplicator, PoisonQueue, IgnoreErrors and
+// InstantAck (Retry is unnecessary); see the package documentation for
+// why.
 func (a *Adapter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		if a.doubleWrapped(msg) {

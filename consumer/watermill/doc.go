@@ -81,11 +81,16 @@
 //	                 subscriber's AckWaitTimeout, 30s) must exceed the handler plus MaxWait; no
 //	                 InProgress is sent
 //	AMQP (v3)        Nack requeues at once (NoRequeueOnNack must stay false, or a Nack drops the
-//	                 message); no delay
+//	                 message); no delay. Declare the poison queue before the first dead letter
+//	                 (Subscriber.SubscribeInitialize(PoisonTopic)): the publisher declares no
+//	                 queue, and RabbitMQ confirms a message that no queue takes and drops it
 //	SQL (v4)         a Nack is resent after SubscriberConfig.ResendInterval (1s by default) in
 //	                 the same transaction, blocking the messages behind it; AckDeadline (30s)
 //	                 must exceed the handler plus MaxWait. Set MaxWait negative to rely on
-//	                 ResendInterval alone
+//	                 ResendInterval alone. UUIDs are VARCHAR(36) and payloads JSON by default.
+//	                 DefaultPostgreSQLSchema delivers a row only once every transaction older
+//	                 than it has ended on the server (pg_snapshot_xmin): one session idle in a
+//	                 transaction stalls delivery; PostgreSQLQueueSchema (row locks) does not
 //
 // Watermill's DelayOnError and the SQL DelayedRequeuer republish a message
 // through a poison topic to delay it; they work with idemq (the republished
