@@ -461,3 +461,70 @@ func TestRedeliverErrorWrapsCause(t *testing.T) {
 		t.Fatalf("error %v: want it to wrap ErrRedeliver and the cause", err)
 	}
 }
+
+// MaxWait caps the in-handler wait: with an hour of backoff, the retry
+// still comes at once.
+func TestMaxWaitCapsBackoff(t *testing.T) {
+	t.Parallel()
+	b := gochannelBus(t)
+	cfg := testConfig(b, nil)
+	cfg.Pipeline.Retry = retry.Policy{MaxAttempts: 3, Backoff: retry.Constant(time.Hour)}
+	cfg.MaxWait = 10 * time.Millisecond
+	a, err := idemqwm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCounter()
+	runRouter(t, b.sub, b.w.Topic, "orders", a.NoPublishHandler(func(*message.Message) error {
+		if c.run("k") == 1 {
+			return errors.New("bank timed out")
+		}
+		c.apply("k")
+		return nil
+	}))
+	publishKey(t, b.pub, b.w.Topic, "pay-1", `{"amount":100}`) // returns once acked
+	if runs, applied := c.get("k"); runs != 2 || applied != 1 {
+		t.Fatalf("handler ran %d, applied %d; want 2 and 1", runs, applied)
+	}
+}
+
+// A wait in the handler ends with the message's context: a router shutting
+// down does not wait for MaxWait.
+func TestShutdownEndsWait(t *testing.T) {
+	t.Parallel()
+	b := gochannelBusWith(t, false)
+	cfg := testConfig(b, nil)
+	cfg.Pipeline.Retry = retry.Policy{MaxAttempts: 3, Backoff: retry.Constant(time.Hour)}
+	cfg.MaxWait = time.Hour
+	a, err := idemqwm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: waitFor}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.AddConsumerHandler("orders", b.w.Topic, b.sub, a.NoPublishHandler(func(*message.Message) error {
+		runs.Add(1)
+		return errors.New("bank timed out")
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	<-r.Running()
+	publishKey(t, b.pub, b.w.Topic, "pay-1", `{"amount":100}`)
+	eventually(t, "the handler failed once", func() bool { return runs.Load() == 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("router: %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatalf("router still closing after %v: the wait ignored the message's context", waitFor)
+	}
+	if runs.Load() != 1 {
+		t.Fatalf("handler ran %d times, want 1", runs.Load())
+	}
+}
