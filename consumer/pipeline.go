@@ -277,11 +277,14 @@ func (p *Pipeline) Process(ctx context.Context, m *Message) Outcome {
 	switch {
 	case attempt > p.policy.Attempts():
 		// A redelivery past the limit, e.g. after a failed dead-letter
-		// publish: dead-letter without running the handler again.
-		out = p.exhausted(ctx, m, &t, attempt, attempt-1)
+		// publish: dead-letter without running the handler again. Every
+		// Acquired claim counts, also these that did not run it, so the
+		// handler ran at most the policy's attempts.
+		out = p.exhausted(ctx, m, &t, attempt, min(attempt-1, p.policy.Attempts()))
 	case p.maxDeliveries > 0 && m.Attempt > p.maxDeliveries:
-		err := fmt.Errorf("%w: delivered %d times (the cap is %d) while the handler ran %d times", ErrExhausted, m.Attempt, p.maxDeliveries, attempt-1)
-		out = p.dead(ctx, m, &t, ReasonExhausted, err, attempt-1)
+		runs := min(attempt-1, p.policy.Attempts())
+		err := fmt.Errorf("%w: delivered %d times (the cap is %d) while the handler ran at most %d times", ErrExhausted, m.Attempt, p.maxDeliveries, runs)
+		out = p.dead(ctx, m, &t, ReasonExhausted, err, runs)
 	default:
 		err, leaseLost := p.call(ctx, m, &t)
 		out = p.classify(ctx, m, attempt, err, leaseLost, &t)

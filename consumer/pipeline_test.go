@@ -717,3 +717,28 @@ func TestInvalidError(t *testing.T) {
 		t.Fatal("ErrInvalid matched an unrelated error, or Invalid is marked permanent")
 	}
 }
+
+// TestAttemptsHeaderCountsRuns: a dead letter whose publish failed several
+// times reports the handler's runs, not the claims that did not run it.
+func TestAttemptsHeaderCountsRuns(t *testing.T) {
+	fails := 3
+	var got consumer.DeadLetterInfo
+	cfg := consumer.Config{
+		Guard: guard(memstore.New(memstore.Config{})),
+		DeadLetter: func(_ context.Context, _ *consumer.Message, l consumer.DeadLetterInfo) error {
+			if fails > 0 {
+				fails--
+				return errors.New("down")
+			}
+			got = l
+			return nil
+		},
+	}
+	p := newPipeline(t, cfg, func(ctx context.Context, m *consumer.Message) error { return errBoom })
+	for d := 1; got.Reason == 0 && d < 20; d++ {
+		p.Process(context.Background(), msg("k", d))
+	}
+	if got.Reason != consumer.ReasonExhausted || got.Attempts != policy.Attempts() {
+		t.Fatalf("dead letter %+v, want exhausted after %d runs", got, policy.Attempts())
+	}
+}
