@@ -24,6 +24,21 @@
 //     reused a key for another operation. Never run it, never drop it
 //     silently: HTTP 409, dead-letter reason "conflict".
 //
+// # Fencing
+//
+// Every Acquired claim carries two fencing tokens: Claim.Token, an opaque
+// string the store itself checks on Complete, Release, Delete and Extend,
+// and Claim.Fence, a number that grows with every lease of the key — first
+// claim, claim after Release, takeover — for systems the store does not
+// know. A handler passes the fence along with its writes (a column, a
+// header, a conditional update "WHERE fence < $1"); the downstream system
+// keeps the largest fence it has accepted per key and refuses smaller ones,
+// so a holder that stalled past its lease and was taken over cannot
+// overwrite its successor's effects. Fences grow without any clock
+// assumption while the key's record exists; across a Delete or the end of
+// retention they rely on the clocks of the processes sharing the store
+// (NextFence says exactly how).
+//
 // Long handlers call Guard.Extend as a heartbeat. Decide is the one
 // implementation of these rules; stores call it, or mirror it server-side
 // and are held to it by the conformance suite in dedupe/storetest.

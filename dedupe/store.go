@@ -114,6 +114,14 @@ type Claim struct {
 	// Takeover is true when Acquired replaced an in-progress record whose
 	// lease had expired (the previous attempt crashed or stalled).
 	Takeover bool
+	// Fence is the fencing token of the new lease as a number (Acquired
+	// only): larger than the Fence of every earlier lease of the same key,
+	// so that a downstream system can refuse writes from a holder that was
+	// taken over (it remembers the largest Fence it has seen per key and
+	// rejects smaller ones). Token is the store's own check; Fence is for
+	// systems the store does not know. Never 0 for an Acquired claim. See
+	// NextFence for how it is made and what its order relies on.
+	Fence uint64
 	// Attempt is the number of this attempt (Acquired only): 1 for the first
 	// claim of a key, one more for every later claim that is Acquired after
 	// a Release or a takeover. It counts runs of the operation, not
@@ -188,6 +196,9 @@ type Record struct {
 	// Attempts is the number of leases granted for the key: the attempt
 	// number of the current (or last) one.
 	Attempts int
+	// Fence is the numeric fencing token of the current (or last) lease, see
+	// Claim.Fence and NextFence; 0 in records written before fences existed.
+	Fence uint64
 	// LeaseUntil is when the in-progress lease ends.
 	LeaseUntil time.Time
 	// Result is the stored result (done or failed).
@@ -258,6 +269,9 @@ var (
 //   - in progress, lease expired → new token: Acquired with Takeover, Attempt + 1
 //   - done/failed, same fingerprint (or either empty) → Duplicate
 //   - done/failed, different fingerprint → Conflict
+//
+// Every Acquired answer carries a new Fence: NextFence of the fence stored
+// in cur (also when cur's retention is over), or of 0 when cur is nil.
 func Decide(cur *Record, key, fingerprint string, now time.Time, lease, retention time.Duration) (Claim, *Record) {
 	if cur.Live(now) {
 		switch cur.State {
@@ -270,9 +284,10 @@ func Decide(cur *Record, key, fingerprint string, now time.Time, lease, retentio
 			next.Fingerprint = fingerprint
 			next.Token = NewToken()
 			next.Attempts = max(cur.Attempts, 0) + 1
+			next.Fence = NextFence(cur.Fence, now)
 			next.LeaseUntil = now.Add(lease)
 			next.ExpiresAt = laterOf(now.Add(retention), next.LeaseUntil)
-			return Claim{Status: Acquired, Token: next.Token, Takeover: !released, Attempt: next.Attempts}, &next
+			return Claim{Status: Acquired, Token: next.Token, Fence: next.Fence, Takeover: !released, Attempt: next.Attempts}, &next
 		case StateDone, StateFailed:
 			if fingerprint != "" && cur.Fingerprint != "" && fingerprint != cur.Fingerprint {
 				return Claim{Status: Conflict, Fingerprint: cur.Fingerprint}, nil
@@ -284,17 +299,24 @@ func Decide(cur *Record, key, fingerprint string, now time.Time, lease, retentio
 			}, nil
 		}
 	}
+	// A record whose retention is over but that the store still holds
+	// counts as absent, yet its fence still orders the new one.
+	var prev uint64
+	if cur != nil {
+		prev = cur.Fence
+	}
 	rec := &Record{
 		Key:         key,
 		Fingerprint: fingerprint,
 		State:       StateInProgress,
 		Token:       NewToken(),
 		Attempts:    1,
+		Fence:       NextFence(prev, now),
 		LeaseUntil:  now.Add(lease),
 		CreatedAt:   now,
 	}
 	rec.ExpiresAt = laterOf(now.Add(retention), rec.LeaseUntil)
-	return Claim{Status: Acquired, Token: rec.Token, Attempt: 1}, rec
+	return Claim{Status: Acquired, Token: rec.Token, Fence: rec.Fence, Attempt: 1}, rec
 }
 
 // CompleteRecord applies Complete to cur and returns the record to store.
@@ -356,4 +378,49 @@ func laterOf(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// NextFence returns the fence of a new lease on a key whose last lease had
+// fence prev (0 for none): the larger of prev+1 and the Unix time of now in
+// microseconds. Decide calls it for every Acquired answer; stores that run
+// the state machine server-side store its result.
+//
+// # Ordering guarantee
+//
+// Fences of one key only grow, in the order the store granted the leases,
+// with no clock assumption, for as long as the store keeps the key's record:
+// each lease's fence is at least the previous one plus one, and a takeover
+// always has a larger fence than the lease it replaced. A downstream system
+// that records the largest fence it accepted for a key and refuses smaller
+// ones therefore refuses every write of a holder that was taken over, even
+// one that stalled past its lease and wakes up later.
+//
+// # Limits: resets and clocks
+//
+// Delete (after a dead letter) removes the record, and a store may collect
+// a record once its retention is over; the next claim then starts a new
+// record with no memory of the old fences. Its fence is the clock reading
+// alone, in microseconds, so it is larger than the old record's last fence
+// — the microsecond of the old record's last grant, plus one for each lease
+// granted less than a microsecond after the one before — when the clock
+// that stamps the new claim reads later than that. Clocks of the processes
+// sharing a store must therefore not be apart, nor be set back, by more
+// than the time between a reset and the next claim of the key: a retention
+// (hours) after an expiry, the delay before a dead letter is replayed after
+// a Delete. A store's injected clock that stands still (a test's fake
+// clock) must move on between a reset and the next claim, by a microsecond
+// per lease (a millisecond for the Redis store, which keeps times in
+// milliseconds).
+//
+// A record whose retention is over but which the store still holds (Redis
+// and NATS KV until their physical expiry, SQL until Cleanup) keeps the
+// order clock-free: Decide continues from its fence. Fences read as
+// microseconds since 1970, so they stay below 2^53 (exact in JavaScript and
+// in JSON numbers) until the year 2255.
+func NextFence(prev uint64, now time.Time) uint64 {
+	var clock uint64
+	if us := now.UnixMicro(); us > 0 {
+		clock = uint64(us)
+	}
+	return max(prev+1, clock)
 }

@@ -59,6 +59,7 @@ type entry struct {
 	leaseUntil  int64
 	createdAt   int64
 	expiresAt   int64
+	fence       uint64
 	attempts    int32
 	state       dedupe.State
 }
@@ -116,6 +117,7 @@ func toRecord(key string, e entry) *dedupe.Record {
 		State:       e.state,
 		Token:       e.token,
 		Attempts:    int(e.attempts),
+		Fence:       e.fence,
 		LeaseUntil:  time.Unix(0, e.leaseUntil),
 		Result:      e.result,
 		CreatedAt:   time.Unix(0, e.createdAt),
@@ -128,6 +130,7 @@ func toEntry(r *dedupe.Record) entry {
 		fingerprint: r.Fingerprint,
 		token:       r.Token,
 		attempts:    int32(min(r.Attempts, math.MaxInt32)),
+		fence:       r.Fence,
 		result:      r.Result,
 		createdAt:   r.CreatedAt.UnixNano(),
 		expiresAt:   r.ExpiresAt.UnixNano(),

@@ -161,6 +161,7 @@ type pendingClaim struct {
 	op                        *op
 	key, fingerprint, token   string
 	now, leaseMs, retentionMs int64
+	fence                     uint64
 }
 
 func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration) *pendingClaim {
@@ -170,7 +171,8 @@ func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration
 	}
 	leaseEnd := p.now + p.leaseMs
 	expires := max(p.now+p.retentionMs, leaseEnd)
-	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.token, fingerprint, nil)
+	p.fence = dedupe.NextFence(0, time.UnixMilli(p.now))
+	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.fence, p.token, fingerprint, nil)
 	k := s.Key(key)
 	p.op = &op{key: k, args: []any{"set", k, val, "px", expires - p.now + gcMargin, "nx", "get"}}
 	return p
@@ -181,7 +183,7 @@ func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration
 func (s *Store) settle(p *pendingClaim) (dedupe.Claim, *op, error) {
 	cmd, err := p.op.result()
 	if errors.Is(err, redis.Nil) {
-		return dedupe.Claim{Status: dedupe.Acquired, Token: p.token, Attempt: 1}, nil, nil
+		return dedupe.Claim{Status: dedupe.Acquired, Token: p.token, Fence: p.fence, Attempt: 1}, nil, nil
 	}
 	if err != nil {
 		return dedupe.Claim{}, nil, fmt.Errorf("redisstore: claim %q: %w", p.key, err)

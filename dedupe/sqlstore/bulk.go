@@ -113,6 +113,7 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 		leases    = make([]int64, n)
 		created   = make([]int64, n)
 		expires   = make([]int64, n)
+		fences    = make([]int64, n)
 		newRecord = make([]*dedupe.Record, n)
 	)
 	for j, i := range firsts {
@@ -121,8 +122,9 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 		claims[i], newRecord[j] = c, rec
 		keys[j], fps[j], tokens[j] = bytesOf(rec.Key), bytesOf(rec.Fingerprint), rec.Token
 		leases[j], created[j], expires[j] = nanos(rec.LeaseUntil), nanos(rec.CreatedAt), nanos(rec.ExpiresAt)
+		fences[j] = int64(rec.Fence)
 	}
-	inserted, err := s.keySet(ctx, tx, s.qInsertMany(), n, keys, fps, tokens, leases, created, expires)
+	inserted, err := s.keySet(ctx, tx, s.qInsertMany(), n, keys, fps, tokens, leases, created, expires, fences)
 	if err != nil {
 		return err
 	}
@@ -186,11 +188,11 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 
 // qInsertMany inserts one in-progress record per array element ($1 keys,
 // $2 fingerprints, $3 tokens, $4 lease_until, $5 created_at, $6
-// expires_at) and returns the keys it inserted.
+// expires_at, $7 fence) and returns the keys it inserted.
 func (s *Store) qInsertMany() string {
 	return "INSERT INTO " + s.table + " (" + columns + ") " +
-		"SELECT u.k, u.f, 'in_progress', u.tok, u.lu, NULL, u.ca, u.ea, 1 " +
-		"FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) AS u(k, f, tok, lu, ca, ea) " +
+		"SELECT u.k, u.f, 'in_progress', u.tok, u.lu, NULL, u.ca, u.ea, 1, u.fe " +
+		"FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) AS u(k, f, tok, lu, ca, ea, fe) " +
 		"ON CONFLICT (key) DO NOTHING RETURNING key"
 }
 

@@ -42,9 +42,13 @@
 // and an index on expires_at if they are missing:
 //
 //	key bytea PRIMARY KEY, fingerprint bytea, state text ('in_progress' | 'done' | 'failed'),
-//	token text, lease_until bigint, result bytea, created_at bigint, expires_at bigint
+//	token text, lease_until bigint, result bytea, created_at bigint, expires_at bigint,
+//	attempts integer, fence bigint
 //
-// (BLOB and INTEGER on SQLite).
+// (BLOB and INTEGER on SQLite). attempts counts the leases granted for the
+// key; fence is the numeric fencing token of the last one
+// (dedupe.Claim.Fence). New adds either column to a table created before
+// it existed.
 //
 // Times are Unix nanoseconds (lease_until is 0 once the record is done), so
 // the injected clock round-trips exactly; in psql, to_timestamp(expires_at /

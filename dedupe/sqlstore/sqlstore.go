@@ -206,14 +206,14 @@ func DetectDialect(db *sql.DB) Dialect {
 	return Auto
 }
 
-const columns = "key, fingerprint, state, token, lease_until, result, created_at, expires_at, attempts"
+const columns = "key, fingerprint, state, token, lease_until, result, created_at, expires_at, attempts, fence"
 
 func (s *Store) prepareSQL() {
 	t := s.table
-	s.qInsert = "INSERT INTO " + t + " (" + columns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key) DO NOTHING"
+	s.qInsert = "INSERT INTO " + t + " (" + columns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (key) DO NOTHING"
 	s.qGet = "SELECT " + columns + " FROM " + t + " WHERE key = $1"
 	s.qLock = s.qGet + " FOR UPDATE"
-	s.qUpdate = "UPDATE " + t + " SET fingerprint = $2, state = $3, token = $4, lease_until = $5, result = $6, created_at = $7, expires_at = $8, attempts = $9 WHERE key = $1"
+	s.qUpdate = "UPDATE " + t + " SET fingerprint = $2, state = $3, token = $4, lease_until = $5, result = $6, created_at = $7, expires_at = $8, attempts = $9, fence = $10 WHERE key = $1"
 	// The WHERE clause of the next three is dedupe's ownership rule: the
 	// current token of a live in-progress record. An expired lease nobody
 	// took over is still owned.
@@ -245,7 +245,8 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 	result      ` + blob + `,
 	created_at  ` + integer + ` NOT NULL,
 	expires_at  ` + integer + ` NOT NULL,
-	attempts    integer NOT NULL DEFAULT 0
+	attempts    integer NOT NULL DEFAULT 0,
+	fence       ` + integer + ` NOT NULL DEFAULT 0
 )`
 	idx := name + "_expires_at_idx"
 	var index string
@@ -272,8 +273,10 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 		if _, err := tx.ExecContext(ctx, create); err != nil {
 			return err
 		}
-		if err := s.addAttempts(ctx, tx, schema, name); err != nil {
-			return err
+		for _, c := range addedColumns {
+			if err := s.addColumn(ctx, tx, schema, name, c.name, c.def(s.dialect)); err != nil {
+				return err
+			}
 		}
 		_, err := tx.ExecContext(ctx, index)
 		return err
@@ -288,24 +291,41 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 	return rows.Close()
 }
 
-// addAttempts adds the attempts column to a table created before it
-// existed: records already stored count as attempt 0.
-func (s *Store) addAttempts(ctx context.Context, tx *sql.Tx, schema, name string) error {
+// addedColumns are the columns added after the table's first version, which
+// New adds to a table that lacks them: attempts (records already stored
+// count as attempt 0) and fence (their fence counts as 0, and the next lease
+// continues from the clock, see dedupe.NextFence).
+var addedColumns = []struct {
+	name string
+	def  func(Dialect) string
+}{
+	{"attempts", func(Dialect) string { return "integer NOT NULL DEFAULT 0" }},
+	{"fence", func(d Dialect) string {
+		if d == SQLite {
+			return "INTEGER NOT NULL DEFAULT 0"
+		}
+		return "bigint NOT NULL DEFAULT 0"
+	}},
+}
+
+// addColumn adds column col (definition def) to a table created before it
+// existed.
+func (s *Store) addColumn(ctx context.Context, tx *sql.Tx, schema, name, col, def string) error {
 	// Look first: ALTER TABLE would take an exclusive lock on a table that
 	// running consumers use, even when the column exists.
 	var n int
 	var err error
 	if s.dialect == Postgres {
 		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM information_schema.columns "+
-			"WHERE table_schema = COALESCE(NULLIF($1, ''), current_schema()) AND table_name = $2 AND column_name = 'attempts'",
-			schema, name).Scan(&n)
+			"WHERE table_schema = COALESCE(NULLIF($1, ''), current_schema()) AND table_name = $2 AND column_name = $3",
+			schema, name, col).Scan(&n)
 	} else {
 		// Names are validated identifiers (splitTable), safe to inline.
 		info := "pragma_table_info('" + name + "')"
 		if schema != "" {
 			info = "pragma_table_info('" + name + "', '" + schema + "')"
 		}
-		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM "+info+" WHERE name = 'attempts'").Scan(&n)
+		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM "+info+" WHERE name = $1", col).Scan(&n)
 	}
 	if err != nil {
 		return err
@@ -313,7 +333,7 @@ func (s *Store) addAttempts(ctx context.Context, tx *sql.Tx, schema, name string
 	if n > 0 {
 		return nil
 	}
-	_, err = tx.ExecContext(ctx, "ALTER TABLE "+s.table+" ADD COLUMN attempts integer NOT NULL DEFAULT 0")
+	_, err = tx.ExecContext(ctx, "ALTER TABLE "+s.table+" ADD COLUMN "+col+" "+def)
 	return err
 }
 
@@ -358,7 +378,7 @@ func fromNanos(n int64) time.Time {
 }
 
 func recordArgs(r *dedupe.Record) []any {
-	return []any{[]byte(r.Key), []byte(r.Fingerprint), r.State.String(), r.Token, nanos(r.LeaseUntil), r.Result, nanos(r.CreatedAt), nanos(r.ExpiresAt), r.Attempts}
+	return []any{[]byte(r.Key), []byte(r.Fingerprint), r.State.String(), r.Token, nanos(r.LeaseUntil), r.Result, nanos(r.CreatedAt), nanos(r.ExpiresAt), r.Attempts, int64(r.Fence)}
 }
 
 func scanRecord(row interface{ Scan(...any) error }) (*dedupe.Record, error) {
@@ -367,8 +387,9 @@ func scanRecord(row interface{ Scan(...any) error }) (*dedupe.Record, error) {
 		key, fingerprint                 []byte
 		state                            string
 		leaseUntil, createdAt, expiresAt int64
+		fence                            int64
 	)
-	if err := row.Scan(&key, &fingerprint, &state, &r.Token, &leaseUntil, &r.Result, &createdAt, &expiresAt, &r.Attempts); err != nil {
+	if err := row.Scan(&key, &fingerprint, &state, &r.Token, &leaseUntil, &r.Result, &createdAt, &expiresAt, &r.Attempts, &fence); err != nil {
 		return nil, err
 	}
 	st, err := dedupe.ParseState(state)
@@ -376,6 +397,7 @@ func scanRecord(row interface{ Scan(...any) error }) (*dedupe.Record, error) {
 		return nil, err
 	}
 	r.Key, r.Fingerprint, r.State = string(key), string(fingerprint), st
+	r.Fence = uint64(max(fence, 0))
 	r.LeaseUntil = fromNanos(leaseUntil)
 	r.CreatedAt = fromNanos(createdAt)
 	r.ExpiresAt = fromNanos(expiresAt)
