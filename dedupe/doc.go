@@ -65,6 +65,15 @@
 // HMACKey when stored fingerprints must not reveal the payload. Non-JSON
 // payloads hash their raw bytes; asking for fields of one is ErrNotJSON.
 //
+// Fingerprinter.Canonical CanonicalJCS switches to RFC 8785 (JCS,
+// CanonicalizeJCS: numbers as IEEE 754 doubles written as JavaScript
+// writes them, names in UTF-16 order) and to a plain SHA-256 of the
+// canonical bytes, so that a producer in Python, JavaScript or any language
+// with a JCS library computes the same fingerprint and can send it, or
+// check it, itself. The exact mode stays the default: it never makes two
+// different amounts look alike, and changing a default would change every
+// stored fingerprint.
+//
 // # Retention
 //
 // A completed record is kept for Guard.Retention (24h by default). Too short
