@@ -46,6 +46,11 @@
 // refers to them; a Complete that then loses its lease leaves the chunks to
 // be purged (best effort) or collected by the TTL.
 //
+// # Inspection
+//
+// Get reads one live record and List walks the bucket's records (the idemq
+// CLI's "dedupe get", "list" and "count"); neither changes anything.
+//
 // # Limits
 //
 // Throughput is bounded by JetStream's per-message cost: expect a few

@@ -1,12 +1,14 @@
 package sqlstore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -701,3 +703,82 @@ func (s *Store) Cleanup(ctx context.Context, limit int) (int64, error) {
 }
 
 var _ dedupe.Store = (*Store)(nil)
+
+// ScanPage is how many rows each query of Scan reads: 500.
+const ScanPage = 500
+
+// Scan calls fn for every live record whose key starts with prefix ("" for
+// all), in byte order of the keys, until fn returns an error (which Scan
+// returns) or every record was visited. It reads ScanPage rows per query,
+// each after the last key seen (keyset paging on the primary key), so a
+// scan of a large table neither holds a transaction nor skips or repeats
+// rows that stay put; rows written meanwhile may or may not be visited.
+// For inspection (the idemq CLI); the state machine never needs it.
+func (s *Store) Scan(ctx context.Context, prefix string, fn func(*dedupe.Record) error) error {
+	lower := []byte(prefix)
+	upper := prefixEnd(lower)
+	cond := " AND expires_at > $2"
+	args := []any{lower, int64(0)}
+	if upper != nil {
+		cond += " AND key < $3"
+		args = append(args, upper)
+	}
+	first := "SELECT " + columns + " FROM " + s.table + " WHERE key >= $1" + cond + " ORDER BY key LIMIT " + strconv.Itoa(ScanPage)
+	next := "SELECT " + columns + " FROM " + s.table + " WHERE key > $1" + cond + " ORDER BY key LIMIT " + strconv.Itoa(ScanPage)
+	query := first
+	for {
+		args[1] = nanos(s.now())
+		n, last, err := s.scanPage(ctx, query, args, fn)
+		if err != nil {
+			return err
+		}
+		if n < ScanPage {
+			return nil
+		}
+		args[0], query = last, next
+	}
+}
+
+// scanPage runs one query of Scan and returns how many rows it read and the
+// last key.
+func (s *Store) scanPage(ctx context.Context, query string, args []any, fn func(*dedupe.Record) error) (int, []byte, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return 0, nil, fmt.Errorf("sqlstore: scan: %w", err)
+	}
+	defer rows.Close()
+	var page []*dedupe.Record
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			return 0, nil, fmt.Errorf("sqlstore: scan: %w", err)
+		}
+		page = append(page, r)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("sqlstore: scan: %w", err)
+	}
+	rows.Close() // before fn runs, which may use the database
+	for _, r := range page {
+		if err := fn(r); err != nil {
+			return 0, nil, err
+		}
+	}
+	if len(page) == 0 {
+		return 0, nil, nil
+	}
+	return len(page), []byte(page[len(page)-1].Key), nil
+}
+
+// prefixEnd returns the smallest byte string greater than every string
+// starting with p, or nil when there is none (p empty or all 0xff).
+func prefixEnd(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
