@@ -19,7 +19,7 @@ func natsFlags(fs *flag.FlagSet) (url, stream *string) {
 }
 
 func (a *app) dlqList(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq list", "[-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]",
+	fs := a.flagSet("dlq list", "[-nats URL] [-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]",
 		"Lists dead letters oldest first, one line each: DLQ sequence, reason, original subject,\n"+
 			"original stream:sequence, attempts, failed-at and the error (cut to the terminal width).\n"+
 			"Messages are read by sequence (JetStream message get): nothing is consumed or acked.")
@@ -53,7 +53,7 @@ func (a *app) dlqList(ctx context.Context, args []string) error {
 }
 
 func (a *app) dlqShow(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq show", "[-stream DLQ] SEQ",
+	fs := a.flagSet("dlq show", "[-nats URL] [-stream DLQ] SEQ",
 		"Shows the dead letter at DLQ sequence SEQ: every header and the body (indented when it is\n"+
 			"JSON, as text when it is printable, else as a hex dump).")
 	url, stream := natsFlags(fs)
@@ -77,7 +77,7 @@ func (a *app) dlqShow(ctx context.Context, args []string) error {
 }
 
 func (a *app) dlqReplay(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq replay", "[-stream DLQ] [-reason R] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]",
+	fs := a.flagSet("dlq replay", "[-nats URL] [-stream DLQ] [-reason R] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]",
 		"Republishes dead letters to their Idemq-Original-Subject: the body unchanged, the original\n"+
 			"headers without the Idemq dead-letter headers, plus Idemq-Replayed-From: <stream>:<seq> and\n"+
 			"Nats-Msg-Id: replay.<stream>.<seq>. Each publish waits for its PubAck. Replaying the same\n"+
@@ -155,7 +155,7 @@ func (a *app) dlqReplay(ctx context.Context, args []string) error {
 var errRefused = errors.New("refused without -yes")
 
 func (a *app) dlqPurge(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq purge", "[-stream DLQ] (-reason R | -all) -yes",
+	fs := a.flagSet("dlq purge", "[-nats URL] [-stream DLQ] (-reason R | -all) -yes",
 		"Deletes dead letters: with -reason one message delete per matching letter, with -all a purge\n"+
 			"of the whole stream. Without -yes it only says how many it would delete and exits 2.")
 	url, stream := natsFlags(fs)
