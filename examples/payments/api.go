@@ -39,6 +39,7 @@ func apiCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	dbURL := fs.String("db", "", "database: postgres://… or sqlite:PATH (required)")
 	lease := fs.Duration("lease", defaultAPILease, "how long a request holds its idempotency key before a retry may take over after a crash")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
+	prefix := fs.String("prefix", "", "put PREFIX in front of every stream, subject and table name, for a shared server (default: the contract's names)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: payments api -addr :8080 -nats URL -db URL
 
@@ -58,17 +59,23 @@ Flags:
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *dbURL == "" {
-		fmt.Fprintln(stderr, "payments api: -db is required")
-		fs.Usage()
-		return errUsage
+	if err := firstError(
+		required("-addr", *addr), required("-nats", *natsURL), checkNATSURL(*natsURL),
+		required("-db", *dbURL), checkFlag("-db", checkDBURL(*dbURL)),
+		positive("-lease", *lease), checkFlag("-log-format", checkLogFormat(*logFormat)),
+	); err != nil {
+		return usageError(fs, "payments api", err)
+	}
+	nm, err := namesFor(*prefix)
+	if err != nil {
+		return usageError(fs, "payments api", err)
 	}
 	log, err := newLogger(stderr, *logFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return err
 	}
-	a, err := newAPI(ctx, *dbURL, *natsURL, *lease, log)
+	a, err := newAPI(ctx, *dbURL, *natsURL, nm, *lease, log)
 	if err != nil {
 		return err
 	}
@@ -86,8 +93,8 @@ type api struct {
 	h http.Handler
 }
 
-func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log *slog.Logger) (*api, error) {
-	n, err := openNode(ctx, "payments-api", dbURL, natsURL, log)
+func newAPI(ctx context.Context, dbURL, natsURL string, nm names, lease time.Duration, log *slog.Logger) (*api, error) {
+	n, err := openNode(ctx, "payments-api", dbURL, natsURL, nm, log)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +176,7 @@ func (a *api) putPayment(w http.ResponseWriter, r *http.Request) {
 	}
 	msg := outbox.Message{
 		ID:      outboxRequestedPfx + key,
-		Subject: subjRequested,
+		Subject: a.nm.requested(),
 		Header:  map[string][]string{headerKey: {key}},
 		Data:    mustJSON(p),
 	}
