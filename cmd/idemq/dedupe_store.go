@@ -31,6 +31,13 @@ type recordSource interface {
 	close()
 }
 
+// notFound is a store's not-found error that also matches
+// errRecordNotFound, worded as the store words it.
+type notFound struct{ err error }
+
+func (e notFound) Error() string   { return e.err.Error() }
+func (e notFound) Unwrap() []error { return []error{errRecordNotFound, e.err} }
+
 // storeFlags are the flags that choose the store: exactly one of -db,
 // -redis and -nats.
 type storeFlags struct {
@@ -116,7 +123,7 @@ func (s *sqlSource) describe() string {
 func (s *sqlSource) get(ctx context.Context, key string) (*dedupe.Record, error) {
 	r, err := s.store.Get(ctx, key)
 	if errors.Is(err, sqlstore.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %w", errRecordNotFound, err)
+		return nil, notFound{err}
 	}
 	return r, err
 }
@@ -158,7 +165,7 @@ func (s *redisSource) describe() string {
 func (s *redisSource) get(ctx context.Context, key string) (*dedupe.Record, error) {
 	r, err := s.store.Get(ctx, key)
 	if errors.Is(err, redisstore.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %w", errRecordNotFound, err)
+		return nil, notFound{err}
 	}
 	return r, err
 }
@@ -208,7 +215,7 @@ func (s *kvSource) describe() string {
 func (s *kvSource) get(ctx context.Context, key string) (*dedupe.Record, error) {
 	r, err := s.store.Get(ctx, key)
 	if errors.Is(err, natskv.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %w", errRecordNotFound, err)
+		return nil, notFound{err}
 	}
 	return r, err
 }
