@@ -135,7 +135,7 @@ func (f *Fingerprinter) fingerprintJCS(in Input, selects bool) (string, error) {
 	}
 	root, err := parseJSONMode(in.Data, true)
 	if err != nil && selects {
-		return "", fmt.Errorf("dedupe: fingerprint with field selection: %w", err)
+		return "", fmt.Errorf("%w (Include and Exclude need a JSON payload)", err)
 	}
 	if err == nil {
 		root = f.selectFields(root)
