@@ -365,7 +365,10 @@ func (d *demo) startAndWait(ctx context.Context, p *proc, ready string) error {
 	defer cancel()
 	for d.events.get(ready) <= before {
 		if !p.running() {
-			return fmt.Errorf("%s exited during start-up; see %s", p.name, d.logf.Name())
+			if last := p.lastWords(); last != "" {
+				return fmt.Errorf("%s exited during start-up; its last lines:\n  %s\n(all in %s, kept with -keep)", p.name, last, d.logf.Name())
+			}
+			return fmt.Errorf("%s exited during start-up; see %s (kept with -keep)", p.name, d.logf.Name())
 		}
 		select {
 		case <-ctx.Done():
