@@ -2,7 +2,6 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"sort"
@@ -57,7 +56,13 @@ type CompleteRequest struct {
 // dedupe.ErrInvalidLease before any statement runs. Any other error leaves
 // tx in an unknown state: roll it back.
 func (s *Store) ClaimManyTx(ctx context.Context, tx Querier, reqs []ClaimRequest) ([]dedupe.Claim, error) {
-	if _, ok := tx.(*sql.DB); ok {
+	return s.ClaimManyIn(ctx, SQL(tx), reqs)
+}
+
+// ClaimManyIn is ClaimManyTx on any Conn inside a transaction (see
+// ClaimIn).
+func (s *Store) ClaimManyIn(ctx context.Context, tx Conn, reqs []ClaimRequest) ([]dedupe.Claim, error) {
+	if !tx.InTx() {
 		return nil, ErrNotInTx
 	}
 	if err := ctx.Err(); err != nil {
@@ -90,7 +95,7 @@ func (s *Store) ClaimManyTx(ctx context.Context, tx Querier, reqs []ClaimRequest
 }
 
 // claimManyPostgres fills claims for reqs (Postgres, at least two).
-func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimRequest, now time.Time, claims []dedupe.Claim) error {
+func (s *Store) claimManyPostgres(ctx context.Context, tx Conn, reqs []ClaimRequest, now time.Time, claims []dedupe.Claim) error {
 	// firsts: the first request of each key, in key order. after holds, for
 	// each key, the record as it stands once its first request is answered
 	// (nil when unknown); the repeats are decided on it.
@@ -207,8 +212,8 @@ func (s *Store) qCompleteMany() string {
 }
 
 // keySet runs query and returns the set of keys (first column) it returns.
-func (s *Store) keySet(ctx context.Context, tx Querier, query string, n int, args ...any) (map[string]bool, error) {
-	rows, err := tx.QueryContext(ctx, query, args...)
+func (s *Store) keySet(ctx context.Context, tx Conn, query string, n int, args ...any) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -225,8 +230,8 @@ func (s *Store) keySet(ctx context.Context, tx Querier, query string, n int, arg
 }
 
 // records reads the records of keys, by key (absent keys are missing).
-func (s *Store) records(ctx context.Context, tx Querier, keys [][]byte) (map[string]*dedupe.Record, error) {
-	rows, err := tx.QueryContext(ctx, "SELECT "+columns+" FROM "+s.table+" WHERE key = ANY($1::bytea[])", keys)
+func (s *Store) records(ctx context.Context, tx Conn, keys [][]byte) (map[string]*dedupe.Record, error) {
+	rows, err := tx.Query(ctx, "SELECT "+columns+" FROM "+s.table+" WHERE key = ANY($1::bytea[])", keys)
 	if err != nil {
 		return nil, err
 	}
@@ -254,13 +259,18 @@ func (s *Store) records(ctx context.Context, tx Querier, keys [][]byte) (map[str
 // one more statement per repeat); on SQLite it runs CompleteTx for each
 // request.
 func (s *Store) CompleteManyTx(ctx context.Context, tx Querier, reqs []CompleteRequest) (errs []error, err error) {
+	return s.CompleteManyIn(ctx, SQL(tx), reqs)
+}
+
+// CompleteManyIn is CompleteManyTx on any Conn (see ClaimIn).
+func (s *Store) CompleteManyIn(ctx context.Context, tx Conn, reqs []CompleteRequest) (errs []error, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	errs = make([]error, len(reqs))
 	if s.dialect != Postgres || len(reqs) == 1 {
 		for i, r := range reqs {
-			e := s.CompleteTx(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
+			e := s.CompleteIn(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
 			if e != nil && !errors.Is(e, dedupe.ErrLeaseLost) && !errors.Is(e, dedupe.ErrInvalidLease) {
 				return nil, e
 			}
@@ -314,7 +324,7 @@ func (s *Store) CompleteManyTx(ctx context.Context, tx Querier, reqs []CompleteR
 	sort.Ints(repeats)
 	for _, i := range repeats {
 		r := reqs[i]
-		e := s.CompleteTx(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
+		e := s.CompleteIn(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
 		if e != nil && !errors.Is(e, dedupe.ErrLeaseLost) {
 			return nil, e
 		}

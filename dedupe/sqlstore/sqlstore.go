@@ -107,7 +107,7 @@ type Querier interface {
 // in the caller's transaction, so the record commits or rolls back with the
 // caller's own writes (the transactional inbox).
 type Store struct {
-	db      *sql.DB
+	db      DB
 	dialect Dialect
 	now     func() time.Time
 	table   string // quoted, possibly schema-qualified
@@ -128,6 +128,24 @@ type Store struct {
 // (Postgres serialises it with an advisory lock, SQLite with its write lock).
 // An existing table must have the columns New would create.
 func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
+	if db == nil {
+		return nil, errors.New("sqlstore: nil *sql.DB")
+	}
+	if cfg.Dialect == Auto {
+		cfg.Dialect = DetectDialect(db)
+		if cfg.Dialect == Auto {
+			return nil, fmt.Errorf("%w: driver %T; set Config.Dialect", ErrUnknownDialect, db.Driver())
+		}
+	}
+	return NewOn(ctx, SQLDB(db), cfg)
+}
+
+// NewOn is New on any DB: SQLDB(db) for a *sql.DB (what New does), or
+// pgxconn.Pool(pool) for a *pgxpool.Pool, whose statements then go through
+// pgx itself rather than database/sql. Config.Dialect Auto asks db for its
+// dialect (pgxconn's adapters answer Postgres); a DB that cannot tell is
+// ErrUnknownDialect.
+func NewOn(ctx context.Context, db DB, cfg Config) (*Store, error) {
 	o := cfg
 	if o.Table == "" {
 		o.Table = DefaultTable
@@ -136,16 +154,18 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 		o.Now = time.Now
 	}
 	if db == nil {
-		return nil, errors.New("sqlstore: nil *sql.DB")
+		return nil, errors.New("sqlstore: nil DB")
 	}
 	schema, name, err := splitTable(o.Table)
 	if err != nil {
 		return nil, err
 	}
 	if o.Dialect == Auto {
-		o.Dialect = DetectDialect(db)
+		if d, ok := db.(interface{ Dialect() Dialect }); ok {
+			o.Dialect = d.Dialect()
+		}
 		if o.Dialect == Auto {
-			return nil, fmt.Errorf("%w: driver %T; set Config.Dialect", ErrUnknownDialect, db.Driver())
+			return nil, fmt.Errorf("%w: %T does not say; set Config.Dialect", ErrUnknownDialect, db)
 		}
 	}
 	if o.Dialect != Postgres && o.Dialect != SQLite {
@@ -264,15 +284,15 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 		index = "CREATE INDEX IF NOT EXISTS " + qidx + " ON " + quote(name) + " (expires_at)"
 	}
 
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.inTx(ctx, func(tx Conn) error {
 		if s.dialect == Postgres {
 			// CREATE TABLE IF NOT EXISTS races with itself in Postgres (a
 			// unique violation in pg_type); serialise the creators.
-			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", ddlLockID); err != nil {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", ddlLockID); err != nil {
 				return err
 			}
 		}
-		if _, err := tx.ExecContext(ctx, create); err != nil {
+		if _, err := tx.Exec(ctx, create); err != nil {
 			return err
 		}
 		for _, c := range addedColumns {
@@ -280,13 +300,13 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, index)
+		_, err := tx.Exec(ctx, index)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("sqlstore: create table %s: %w", s.table, err)
 	}
-	rows, err := s.db.QueryContext(ctx, s.qGet+" AND 1 = 0", []byte{})
+	rows, err := s.db.Query(ctx, s.qGet+" AND 1 = 0", []byte{})
 	if err != nil {
 		return fmt.Errorf("sqlstore: table %s exists but does not have the dedupe columns (%s): %w", s.table, columns, err)
 	}
@@ -312,13 +332,13 @@ var addedColumns = []struct {
 
 // addColumn adds column col (definition def) to a table created before it
 // existed.
-func (s *Store) addColumn(ctx context.Context, tx *sql.Tx, schema, name, col, def string) error {
+func (s *Store) addColumn(ctx context.Context, tx Conn, schema, name, col, def string) error {
 	// Look first: ALTER TABLE would take an exclusive lock on a table that
 	// running consumers use, even when the column exists.
 	var n int
 	var err error
 	if s.dialect == Postgres {
-		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM information_schema.columns "+
+		err = tx.QueryRow(ctx, "SELECT count(*) FROM information_schema.columns "+
 			"WHERE table_schema = COALESCE(NULLIF($1, ''), current_schema()) AND table_name = $2 AND column_name = $3",
 			schema, name, col).Scan(&n)
 	} else {
@@ -327,7 +347,7 @@ func (s *Store) addColumn(ctx context.Context, tx *sql.Tx, schema, name, col, de
 		if schema != "" {
 			info = "pragma_table_info('" + name + "', '" + schema + "')"
 		}
-		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM "+info+" WHERE name = $1", col).Scan(&n)
+		err = tx.QueryRow(ctx, "SELECT count(*) FROM "+info+" WHERE name = $1", col).Scan(&n)
 	}
 	if err != nil {
 		return err
@@ -335,7 +355,7 @@ func (s *Store) addColumn(ctx context.Context, tx *sql.Tx, schema, name, col, de
 	if n > 0 {
 		return nil
 	}
-	_, err = tx.ExecContext(ctx, "ALTER TABLE "+s.table+" ADD COLUMN "+col+" "+def)
+	_, err = tx.Exec(ctx, "ALTER TABLE "+s.table+" ADD COLUMN "+col+" "+def)
 	return err
 }
 
@@ -345,16 +365,16 @@ func (s *Store) addColumn(ctx context.Context, tx *sql.Tx, schema, name, col, de
 const ddlLockID int64 = -1450621497885773064
 
 // inTx runs fn in a transaction of its own on s.db.
-func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *Store) inTx(ctx context.Context, fn func(tx Conn) error) error {
+	tx, err := s.db.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
+		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return err
 	}
-	return tx.Commit()
+	return tx.Commit(ctx)
 }
 
 // validToken reports whether token can be a stored token: non-empty text
@@ -427,7 +447,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	if ok {
 		return c, nil
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.inTx(ctx, func(tx Conn) error {
 		var err error
 		c, err = s.claim(ctx, tx, key, fingerprint, now, lease, retention)
 		return err
@@ -443,16 +463,14 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 // takeover or an expired record) or vanished between the two statements.
 func (s *Store) claimFast(ctx context.Context, key, fingerprint string, now time.Time, lease, retention time.Duration) (c dedupe.Claim, ok bool, err error) {
 	c, rec := dedupe.Decide(nil, key, fingerprint, now, lease, retention)
-	res, err := s.db.ExecContext(ctx, s.qInsert, recordArgs(rec)...)
+	n, err := s.db.Exec(ctx, s.qInsert, recordArgs(rec)...)
 	if err != nil {
 		return dedupe.Claim{}, false, err
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return dedupe.Claim{}, false, err
-	} else if n == 1 {
+	if n == 1 {
 		return c, true, nil
 	}
-	cur, err := scanRecord(s.db.QueryRowContext(ctx, s.qGet, []byte(key)))
+	cur, err := scanRecord(s.db.QueryRow(ctx, s.qGet, []byte(key)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return dedupe.Claim{}, false, nil
 	}
@@ -478,7 +496,15 @@ func (s *Store) claimFast(ctx context.Context, key, fingerprint string, now time
 // transaction should be opened with _txlock=immediate (or the *sql.DB limited
 // to one connection), so that it holds the write lock from BEGIN.
 func (s *Store) ClaimTx(ctx context.Context, tx Querier, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
-	if _, ok := tx.(*sql.DB); ok {
+	return s.ClaimIn(ctx, SQL(tx), key, fingerprint, lease, retention)
+}
+
+// ClaimIn is ClaimTx on any Conn inside a transaction: SQL(tx), or
+// pgxconn.Tx(tx) for a pgx.Tx, so that the record commits with the writes
+// the handler makes through pgx. A Conn outside a transaction (a pool) is
+// refused with ErrNotInTx.
+func (s *Store) ClaimIn(ctx context.Context, tx Conn, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
+	if !tx.InTx() {
 		return dedupe.Claim{}, ErrNotInTx
 	}
 	if err := checkClaim(ctx, lease, retention); err != nil {
@@ -509,19 +535,17 @@ const maxClaimRounds = 8
 // takeover or the replacement of an expired record locks the row (SELECT
 // ... FOR UPDATE on Postgres; on SQLite the INSERT already holds the write
 // lock), decides again on the locked row and writes the decision back.
-func (s *Store) claim(ctx context.Context, tx Querier, key, fingerprint string, now time.Time, lease, retention time.Duration) (dedupe.Claim, error) {
+func (s *Store) claim(ctx context.Context, tx Conn, key, fingerprint string, now time.Time, lease, retention time.Duration) (dedupe.Claim, error) {
 	for range maxClaimRounds {
 		c, rec := dedupe.Decide(nil, key, fingerprint, now, lease, retention)
-		res, err := tx.ExecContext(ctx, s.qInsert, recordArgs(rec)...)
+		n, err := tx.Exec(ctx, s.qInsert, recordArgs(rec)...)
 		if err != nil {
 			return dedupe.Claim{}, err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return dedupe.Claim{}, err
-		} else if n == 1 {
+		if n == 1 {
 			return c, nil
 		}
-		cur, err := scanRecord(tx.QueryRowContext(ctx, s.qGet, []byte(key)))
+		cur, err := scanRecord(tx.QueryRow(ctx, s.qGet, []byte(key)))
 		if errors.Is(err, sql.ErrNoRows) {
 			continue // deleted since the insert conflicted: insert again
 		}
@@ -533,7 +557,7 @@ func (s *Store) claim(ctx context.Context, tx Querier, key, fingerprint string, 
 			return c, nil
 		}
 		if s.dialect == Postgres {
-			cur, err = scanRecord(tx.QueryRowContext(ctx, s.qLock, []byte(key)))
+			cur, err = scanRecord(tx.QueryRow(ctx, s.qLock, []byte(key)))
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -545,7 +569,7 @@ func (s *Store) claim(ctx context.Context, tx Querier, key, fingerprint string, 
 				return c, nil // another claimer took over first
 			}
 		}
-		if _, err := tx.ExecContext(ctx, s.qUpdate, recordArgs(rec)...); err != nil {
+		if _, err := tx.Exec(ctx, s.qUpdate, recordArgs(rec)...); err != nil {
 			return dedupe.Claim{}, err
 		}
 		return c, nil
@@ -555,13 +579,18 @@ func (s *Store) claim(ctx context.Context, tx Querier, key, fingerprint string, 
 
 // Complete implements dedupe.Store with one conditional UPDATE.
 func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
-	return s.CompleteTx(ctx, s.db, key, token, res, retention)
+	return s.CompleteIn(ctx, s.db, key, token, res, retention)
 }
 
 // CompleteTx is Complete on tx (a *sql.Tx, *sql.Conn or *sql.DB). In the
 // inbox, call it in the transaction that ran ClaimTx and the handler's
 // writes; the result is stored when that transaction commits.
 func (s *Store) CompleteTx(ctx context.Context, tx Querier, key, token string, res dedupe.Result, retention time.Duration) error {
+	return s.CompleteIn(ctx, SQL(tx), key, token, res, retention)
+}
+
+// CompleteIn is CompleteTx on any Conn (see ClaimIn).
+func (s *Store) CompleteIn(ctx context.Context, tx Conn, key, token string, res dedupe.Result, retention time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -578,13 +607,18 @@ func (s *Store) CompleteTx(ctx context.Context, tx Querier, key, token string, r
 
 // Release implements dedupe.Store with one conditional UPDATE.
 func (s *Store) Release(ctx context.Context, key, token string) error {
-	return s.ReleaseTx(ctx, s.db, key, token)
+	return s.ReleaseIn(ctx, s.db, key, token)
 }
 
 // ReleaseTx is Release on tx (a *sql.Tx, *sql.Conn or *sql.DB). In the inbox
 // a rollback already removes a record claimed in the same transaction;
 // ReleaseTx is for a record claimed earlier and committed.
 func (s *Store) ReleaseTx(ctx context.Context, tx Querier, key, token string) error {
+	return s.ReleaseIn(ctx, SQL(tx), key, token)
+}
+
+// ReleaseIn is ReleaseTx on any Conn (see ClaimIn).
+func (s *Store) ReleaseIn(ctx context.Context, tx Conn, key, token string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -593,11 +627,16 @@ func (s *Store) ReleaseTx(ctx context.Context, tx Querier, key, token string) er
 
 // Delete implements dedupe.Store with one conditional DELETE.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
-	return s.DeleteTx(ctx, s.db, key, token)
+	return s.DeleteIn(ctx, s.db, key, token)
 }
 
 // DeleteTx is Delete on tx (a *sql.Tx, *sql.Conn or *sql.DB).
 func (s *Store) DeleteTx(ctx context.Context, tx Querier, key, token string) error {
+	return s.DeleteIn(ctx, SQL(tx), key, token)
+}
+
+// DeleteIn is DeleteTx on any Conn (see ClaimIn).
+func (s *Store) DeleteIn(ctx context.Context, tx Conn, key, token string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -606,7 +645,7 @@ func (s *Store) DeleteTx(ctx context.Context, tx Querier, key, token string) err
 
 // Ping implements dedupe.Pinger: it pings the database.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := s.db.PingContext(ctx); err != nil {
+	if err := s.db.Ping(ctx); err != nil {
 		return fmt.Errorf("sqlstore: ping: %w", err)
 	}
 	return nil
@@ -614,13 +653,18 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Extend implements dedupe.Store with one conditional UPDATE.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
-	return s.ExtendTx(ctx, s.db, key, token, lease)
+	return s.ExtendIn(ctx, s.db, key, token, lease)
 }
 
 // ExtendTx is Extend on tx (a *sql.Tx, *sql.Conn or *sql.DB). A heartbeat is
 // normally sent outside the handler's transaction (on the *sql.DB), since an
 // extension inside it is invisible to others until it commits.
 func (s *Store) ExtendTx(ctx context.Context, tx Querier, key, token string, lease time.Duration) error {
+	return s.ExtendIn(ctx, SQL(tx), key, token, lease)
+}
+
+// ExtendIn is ExtendTx on any Conn (see ClaimIn).
+func (s *Store) ExtendIn(ctx context.Context, tx Conn, key, token string, lease time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -633,16 +677,12 @@ func (s *Store) ExtendTx(ctx context.Context, tx Querier, key, token string, lea
 
 // owned runs a statement whose WHERE clause is the ownership rule ($1 key,
 // $2 token, $3 now; extra args from $4) and maps 0 rows to ErrLeaseLost.
-func (s *Store) owned(ctx context.Context, tx Querier, op, query, key, token string, now time.Time, extra ...any) error {
+func (s *Store) owned(ctx context.Context, tx Conn, op, query, key, token string, now time.Time, extra ...any) error {
 	if !validToken(token) {
 		return dedupe.ErrLeaseLost // no stored token is empty or invalid text
 	}
 	args := append([]any{[]byte(key), token, nanos(now)}, extra...)
-	res, err := tx.ExecContext(ctx, query, args...)
-	if err != nil {
-		return fmt.Errorf("sqlstore: %s %q: %w", op, key, err)
-	}
-	n, err := res.RowsAffected()
+	n, err := tx.Exec(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("sqlstore: %s %q: %w", op, key, err)
 	}
@@ -658,7 +698,7 @@ func (s *Store) Get(ctx context.Context, key string) (*dedupe.Record, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	r, err := scanRecord(s.db.QueryRowContext(ctx, s.qGet, []byte(key)))
+	r, err := scanRecord(s.db.QueryRow(ctx, s.qGet, []byte(key)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, key)
 	}
@@ -687,11 +727,7 @@ func (s *Store) Cleanup(ctx context.Context, limit int) (int64, error) {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		res, err := s.db.ExecContext(ctx, s.qCleanup, nanos(s.now()), limit)
-		if err != nil {
-			return total, fmt.Errorf("sqlstore: cleanup: %w", err)
-		}
-		n, err := res.RowsAffected()
+		n, err := s.db.Exec(ctx, s.qCleanup, nanos(s.now()), limit)
 		if err != nil {
 			return total, fmt.Errorf("sqlstore: cleanup: %w", err)
 		}
@@ -742,7 +778,7 @@ func (s *Store) Scan(ctx context.Context, prefix string, fn func(*dedupe.Record)
 // scanPage runs one query of Scan and returns how many rows it read and the
 // last key.
 func (s *Store) scanPage(ctx context.Context, query string, args []any, fn func(*dedupe.Record) error) (int, []byte, error) {
-	rows, err := s.db.QueryContext(ctx, query, args...)
+	rows, err := s.db.Query(ctx, query, args...)
 	if err != nil {
 		return 0, nil, fmt.Errorf("sqlstore: scan: %w", err)
 	}
