@@ -154,7 +154,10 @@ func TestClaimInPgxTx(t *testing.T) {
 // statements for a fresh key — begin, ClaimIn, one effect row, CompleteIn,
 // commit — through pgx directly and through database/sql on pgx's stdlib
 // driver, alternating, and reports both rates and their ratio (pgx ÷
-// database/sql). go test -run '^$' -bench InboxClaimComplete ./dedupe/sqlstore/pgxconn/
+// database/sql): once as is (each commit waits for its WAL flush), once
+// with SET LOCAL synchronous_commit = off in every transaction, so that
+// the drivers' own cost shows. go test -run '^$' -bench InboxClaimComplete
+// ./dedupe/sqlstore/pgxconn/
 func BenchmarkInboxClaimComplete(b *testing.B) {
 	pool, env := pgPool(b)
 	ctx := context.Background()
@@ -173,9 +176,15 @@ func BenchmarkInboxClaimComplete(b *testing.B) {
 	const perRound = 200
 	seq := 0
 	key := func() string { seq++; return fmt.Sprint("bench-", seq) }
+	nosync := false
 	viaPgx := func() {
 		k := key()
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if nosync {
+				if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+					return err
+				}
+			}
 			c, err := onPgx.ClaimIn(ctx, pgxconn.Tx(tx), k, "fp", time.Minute, time.Hour)
 			if err != nil || c.Status != dedupe.Acquired {
 				return fmt.Errorf("claim %+v: %w", c, err)
@@ -194,6 +203,11 @@ func BenchmarkInboxClaimComplete(b *testing.B) {
 		tx, err := env.DB.BeginTx(ctx, nil)
 		if err != nil {
 			b.Fatal(err)
+		}
+		if nosync {
+			if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+				b.Fatal(err)
+			}
 		}
 		c, err := onSQL.ClaimTx(ctx, tx, k, "fp", time.Minute, time.Hour)
 		if err != nil || c.Status != dedupe.Acquired {
@@ -219,17 +233,27 @@ func BenchmarkInboxClaimComplete(b *testing.B) {
 	rate(viaPgx) // warm both pools and statement caches
 	rate(viaSQL)
 	b.ResetTimer()
-	var pgxRate, sqlRate float64
+	var pgxRate, sqlRate, pgxNoSync, sqlNoSync float64
 	for i := range b.N {
-		if i%2 == 0 { // alternate which goes first
-			pgxRate += rate(viaPgx)
-			sqlRate += rate(viaSQL)
-		} else {
-			sqlRate += rate(viaSQL)
-			pgxRate += rate(viaPgx)
+		for _, ns := range []bool{false, true} {
+			nosync = ns
+			p, q := &pgxRate, &sqlRate
+			if ns {
+				p, q = &pgxNoSync, &sqlNoSync
+			}
+			if i%2 == 0 { // alternate which goes first
+				*p += rate(viaPgx)
+				*q += rate(viaSQL)
+			} else {
+				*q += rate(viaSQL)
+				*p += rate(viaPgx)
+			}
 		}
 	}
 	b.ReportMetric(pgxRate/float64(b.N), "pgx_msg/s")
 	b.ReportMetric(sqlRate/float64(b.N), "database_sql_msg/s")
 	b.ReportMetric(pgxRate/sqlRate, "pgx/database_sql")
+	b.ReportMetric(pgxNoSync/float64(b.N), "pgx_nosync_msg/s")
+	b.ReportMetric(sqlNoSync/float64(b.N), "database_sql_nosync_msg/s")
+	b.ReportMetric(pgxNoSync/sqlNoSync, "pgx/database_sql_nosync")
 }
