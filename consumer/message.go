@@ -35,6 +35,12 @@ type Message struct {
 	// for handlers that need broker metadata. The pipeline never touches it,
 	// and handlers must not acknowledge it: the adapter acts on the Outcome.
 	Native any
+	// Fence is the fencing token of this run's dedupe lease (dedupe.Claim.
+	// Fence): larger than the Fence of every earlier run for the same key.
+	// Pass it to downstream writes that must refuse a stale owner, and have
+	// them reject a smaller one. The pipeline sets it (and outbox.Inbox for
+	// its own claims) before the handler runs; 0 without a dedupe claim.
+	Fence uint64
 	// KeepAlive, when not nil, is called by Pipeline.Process every
 	// Config.HeartbeatInterval while the handler runs, to tell the broker
 	// that the message is still being worked on (natsjs: InProgress). Errors

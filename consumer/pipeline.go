@@ -271,6 +271,7 @@ func (p *Pipeline) Process(ctx context.Context, m *Message) Outcome {
 	if attempt == 1 {
 		p.budget.Deposit()
 	}
+	m.Fence = t.Fence
 	f := p.flights.start(t.Key)
 	defer p.flights.end(t.Key, f)
 	var out Outcome

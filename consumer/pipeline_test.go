@@ -742,3 +742,27 @@ func TestAttemptsHeaderCountsRuns(t *testing.T) {
 		t.Fatalf("dead letter %+v, want exhausted after %d runs", got, policy.Attempts())
 	}
 }
+
+func TestHandlerSeesGrowingFences(t *testing.T) {
+	var fences []uint64
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
+		fences = append(fences, m.Fence)
+		if len(fences) < 3 {
+			return errBoom
+		}
+		return nil
+	})
+	for d := 1; d <= 3; d++ {
+		p.Process(context.Background(), msg("k", d))
+	}
+	if len(fences) != 3 || fences[0] == 0 || fences[1] <= fences[0] || fences[2] <= fences[1] {
+		t.Fatalf("fences seen by the handler %v, want three growing non-zero ones", fences)
+	}
+	p = newPipeline(t, consumer.Config{}, func(ctx context.Context, m *consumer.Message) error {
+		if m.Fence != 0 {
+			t.Errorf("fence %d without a guard, want 0", m.Fence)
+		}
+		return nil
+	})
+	p.Process(context.Background(), msg("k", 1))
+}

@@ -144,7 +144,7 @@ func (i *Inbox) handleIn(ctx context.Context, tx sqlstore.Conn, key, fingerprint
 	default:
 		return InboxOutcome{}, fmt.Errorf("outbox: inbox claim: unexpected status %v", c.Status)
 	}
-	res, err := body(withFreshCause(ctx, key))
+	res, err := body(context.WithValue(withFreshCause(ctx, key), fenceKey{}, c.Fence))
 	if err != nil {
 		return InboxOutcome{Status: dedupe.Acquired}, err
 	}
@@ -153,6 +153,9 @@ func (i *Inbox) handleIn(ctx context.Context, tx sqlstore.Conn, key, fingerprint
 	}
 	return InboxOutcome{Status: dedupe.Acquired, Result: res}, nil
 }
+
+// fenceKey carries the inbox claim's fencing token to the message handler.
+type fenceKey struct{}
 
 // withFreshCause puts a new Cause in ctx (counter at zero), copying the
 // existing one's id and headers, or using id.
@@ -197,6 +200,7 @@ func (i *Inbox) handleMessage(ctx context.Context, m *consumer.Message, fn Messa
 	ctx = WithCause(ctx, m.ID, m.Header)
 	var rejected error
 	out, err := run(ctx, key, fp, func(ctx context.Context, tx *sql.Tx) (dedupe.Result, error) {
+		m.Fence, _ = ctx.Value(fenceKey{}).(uint64)
 		return messageResult(m, fn(ctx, tx, m), &rejected)
 	})
 	return messageOutcome(m, out, err, rejected)

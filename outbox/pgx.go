@@ -67,6 +67,7 @@ func (i *Inbox) PgxHandler(db PgxBeginner, fn PgxMessageFunc) consumer.Handler {
 		ctx = WithCause(ctx, m.ID, m.Header)
 		var rejected error
 		out, err := i.HandlePgx(ctx, db, key, fp, func(ctx context.Context, tx pgx.Tx) (dedupe.Result, error) {
+			m.Fence, _ = ctx.Value(fenceKey{}).(uint64)
 			return messageResult(m, fn(ctx, tx, m), &rejected)
 		})
 		return messageOutcome(m, out, err, rejected)
