@@ -22,6 +22,11 @@
 // v1.5.1 ships no Redis one), PoisonQueue, Retry and Recoverer. The idemq
 // adapter acks without waiting for confirmation by default, so the idemq
 // variants are compared with raw-ack and Watermill runs with AckAsync.
+// x_watermill compares the idemq dedupe variants with one fixed Watermill
+// configuration, watermill-nats (pkg/nats in JetStream mode, the subscriber
+// watermill-nats recommends for production, 4 queue subscriptions), never
+// with the faster of the two in a cycle, which would let noise pick the
+// baseline.
 //
 // A round is timed from the start of consumption until every message has
 // been handled and the server has processed every ack (ack floor at the last
