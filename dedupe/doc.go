@@ -37,11 +37,13 @@
 // overwrite its successor's effects. Fences grow without any clock
 // assumption while the key's record exists; across a Delete or the end of
 // retention they rely on the clocks of the processes sharing the store
-// (NextFence says exactly how).
+// (storekit.NextFence says exactly how).
 //
-// Long handlers call Guard.Extend as a heartbeat. Decide is the one
-// implementation of these rules; stores call it, or mirror it server-side
-// and are held to it by the conformance suite in dedupe/storetest.
+// Long handlers call Guard.Extend as a heartbeat. storekit.Decide is the
+// one implementation of these rules; stores call it (package
+// dedupe/storekit holds what only store authors need), or mirror it
+// server-side and are held to it by the conformance suite in
+// dedupe/storetest.
 //
 // # Keys
 //

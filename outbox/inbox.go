@@ -9,6 +9,7 @@ import (
 	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/dedupe"
 	"github.com/idemq/idemq/dedupe/sqlstore"
+	"github.com/idemq/idemq/dedupe/storekit"
 	"github.com/idemq/idemq/retry"
 )
 
@@ -62,7 +63,7 @@ func NewInbox(db *sql.DB, cfg InboxConfig) (*Inbox, error) {
 	if !ok {
 		return nil, fmt.Errorf("outbox: inbox needs a *sqlstore.Store as Guard.Store, got %T", cfg.Guard.Store)
 	}
-	if err := dedupe.ValidateLease(cfg.Guard.LeaseDuration(), cfg.Guard.RetentionDuration()); err != nil {
+	if err := storekit.ValidateLease(cfg.Guard.LeaseDuration(), cfg.Guard.RetentionDuration()); err != nil {
 		return nil, err
 	}
 	return &Inbox{db: db, store: st, guard: cfg.Guard, txo: cfg.TxOptions}, nil

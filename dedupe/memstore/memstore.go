@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // ErrFull is returned by Claim of a new key when the store holds MaxKeys
@@ -185,7 +186,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
-	if err := dedupe.ValidateLease(lease, retention); err != nil {
+	if err := storekit.ValidateLease(lease, retention); err != nil {
 		return dedupe.Claim{}, err
 	}
 	now := s.now()
@@ -204,7 +205,7 @@ func (s *Store) claim(key, fingerprint string, now time.Time, lease, retention t
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	cur := s.lookup(sh, key)
-	c, next := dedupe.Decide(cur, key, fingerprint, now, lease, retention)
+	c, next := storekit.Decide(cur, key, fingerprint, now, lease, retention)
 	if next == nil {
 		if c.Status == dedupe.Duplicate && c.Result.Data != nil {
 			// Replay a copy: a caller that modifies the replayed bytes
@@ -250,7 +251,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	res.Data = append([]byte(nil), res.Data...)
-	next, err := dedupe.CompleteRecord(s.lookup(sh, key), token, res, now, retention)
+	next, err := storekit.CompleteRecord(s.lookup(sh, key), token, res, now, retention)
 	if err != nil {
 		return err
 	}
@@ -267,7 +268,7 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	next, err := dedupe.ReleaseRecord(s.lookup(sh, key), token, now)
+	next, err := storekit.ReleaseRecord(s.lookup(sh, key), token, now)
 	if err != nil {
 		return err
 	}
@@ -284,7 +285,7 @@ func (s *Store) Delete(ctx context.Context, key, token string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if err := dedupe.DeleteRecord(s.lookup(sh, key), token, now); err != nil {
+	if err := storekit.DeleteRecord(s.lookup(sh, key), token, now); err != nil {
 		return err
 	}
 	delete(sh.m, key)
@@ -307,7 +308,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	next, err := dedupe.ExtendRecord(s.lookup(sh, key), token, now, lease)
+	next, err := storekit.ExtendRecord(s.lookup(sh, key), token, now, lease)
 	if err != nil {
 		return err
 	}

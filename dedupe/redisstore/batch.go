@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // ClaimRequest is one claim of a ClaimMany batch; the fields are the
@@ -67,7 +68,7 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []ClaimRequest) ([]ClaimResu
 	pending := make([]*pendingClaim, len(reqs))
 	sent := make([]*op, 0, len(reqs))
 	for i, r := range reqs {
-		if err := dedupe.ValidateLease(r.Lease, r.Retention); err != nil {
+		if err := storekit.ValidateLease(r.Lease, r.Retention); err != nil {
 			out[i].Err = err
 			continue
 		}

@@ -7,7 +7,7 @@
 // Every operation is atomic on one key and takes one round trip (or a share
 // of one, see Batching). Claim is a plain SET NX GET: it creates the record
 // of an absent key, or returns the existing record, from which Claim answers
-// Busy, Duplicate or Conflict with dedupe.Decide itself, in Go; only a
+// Busy, Duplicate or Conflict with storekit.Decide itself, in Go; only a
 // takeover after an expired lease, or a record past its retention that
 // Redis has not yet collected, takes a second round trip: a Lua script that
 // swaps the record only if it is still the version decided on (else the

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // DefaultPrefix is the key prefix used when Config.Prefix is empty.
@@ -107,7 +108,7 @@ var gcMargin = ms(GCMargin)
 
 // Claim implements dedupe.Store in one round trip: SET NX GET creates the
 // record of an absent key, or returns the existing one, from which
-// dedupe.Decide answers Busy, Duplicate or Conflict. Only a takeover (the
+// storekit.Decide answers Busy, Duplicate or Conflict. Only a takeover (the
 // lease expired) or a record past its retention but not yet collected
 // takes a second round trip, a script that swaps the record if it is still
 // the one decided on. Times are kept in whole milliseconds: the injected now
@@ -117,7 +118,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
-	if err := dedupe.ValidateLease(lease, retention); err != nil {
+	if err := storekit.ValidateLease(lease, retention); err != nil {
 		return dedupe.Claim{}, err
 	}
 	for range maxSwaps {
@@ -166,12 +167,12 @@ type pendingClaim struct {
 
 func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration) *pendingClaim {
 	p := &pendingClaim{
-		key: key, fingerprint: fingerprint, token: dedupe.NewToken(),
+		key: key, fingerprint: fingerprint, token: storekit.NewToken(),
 		now: s.now().UnixMilli(), leaseMs: ms(lease), retentionMs: ms(retention),
 	}
 	leaseEnd := p.now + p.leaseMs
 	expires := max(p.now+p.retentionMs, leaseEnd)
-	p.fence = dedupe.NextFence(0, time.UnixMilli(p.now))
+	p.fence = storekit.NextFence(0, time.UnixMilli(p.now))
 	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.fence, p.token, fingerprint, nil)
 	k := s.Key(key)
 	p.op = &op{key: k, args: []any{"set", k, val, "px", expires - p.now + gcMargin, "nx", "get"}}
@@ -197,7 +198,7 @@ func (s *Store) settle(p *pendingClaim) (dedupe.Claim, *op, error) {
 		return dedupe.Claim{}, nil, err
 	}
 	now := time.UnixMilli(p.now)
-	c, next := dedupe.Decide(cur, p.key, p.fingerprint, now,
+	c, next := storekit.Decide(cur, p.key, p.fingerprint, now,
 		time.Duration(p.leaseMs)*time.Millisecond, time.Duration(p.retentionMs)*time.Millisecond)
 	if next == nil {
 		return c, nil, nil

@@ -217,7 +217,7 @@ func decimal(s string) bool {
 
 // The scripts hold the state machine's writes that must check the record
 // first; Claim of an absent key needs none (SET NX GET), and Claim of an
-// existing one runs dedupe.Decide in Go on the value SET NX GET returned.
+// existing one runs storekit.Decide in Go on the value SET NX GET returned.
 
 // swapLua: KEYS[1] key; ARGV version, new value, PX (ms). Replaces the
 // record if it is still the version the caller decided on. Returns 1, or 0

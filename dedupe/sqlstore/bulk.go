@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // ClaimRequest is one claim of ClaimManyTx: the arguments of ClaimTx.
@@ -69,7 +70,7 @@ func (s *Store) ClaimManyIn(ctx context.Context, tx Conn, reqs []ClaimRequest) (
 		return nil, err
 	}
 	for i, r := range reqs {
-		if err := dedupe.ValidateLease(r.Lease, r.Retention); err != nil {
+		if err := storekit.ValidateLease(r.Lease, r.Retention); err != nil {
 			return nil, fmt.Errorf("sqlstore: claim %q (request %d): %w", r.Key, i, err)
 		}
 	}
@@ -123,7 +124,7 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Conn, reqs []ClaimRequ
 	)
 	for j, i := range firsts {
 		r := reqs[i]
-		c, rec := dedupe.Decide(nil, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
+		c, rec := storekit.Decide(nil, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
 		claims[i], newRecord[j] = c, rec
 		keys[j], fps[j], tokens[j] = bytesOf(rec.Key), bytesOf(rec.Fingerprint), rec.Token
 		leases[j], created[j], expires[j] = nanos(rec.LeaseUntil), nanos(rec.CreatedAt), nanos(rec.ExpiresAt)
@@ -152,7 +153,7 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Conn, reqs []ClaimRequ
 				continue
 			}
 			if cur := current[r.Key]; cur != nil {
-				c, rec := dedupe.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
+				c, rec := storekit.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
 				if rec == nil {
 					claims[i], after[r.Key] = c, cur
 					continue
@@ -175,7 +176,7 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Conn, reqs []ClaimRequ
 			continue
 		}
 		if cur := after[r.Key]; cur != nil {
-			c, rec := dedupe.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
+			c, rec := storekit.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
 			if rec == nil {
 				claims[i] = c
 				continue

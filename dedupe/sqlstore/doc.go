@@ -76,7 +76,7 @@
 // # Concurrency
 //
 // Claim inserts the new in-progress row with INSERT ... ON CONFLICT (key) DO
-// NOTHING; if the key exists it reads the row and runs dedupe.Decide in Go.
+// NOTHING; if the key exists it reads the row and runs storekit.Decide in Go.
 // Busy, Duplicate and Conflict are answered from that read, without a lock
 // (a live done or failed record never changes; an in-progress record read a
 // moment early is still a true answer), so a redelivery of a completed key

@@ -7,6 +7,7 @@ import (
 
 	"github.com/idemq/idemq/dedupe"
 	"github.com/idemq/idemq/dedupe/sqlstore"
+	"github.com/idemq/idemq/dedupe/storekit"
 	"github.com/idemq/idemq/dedupe/storetest"
 )
 
@@ -42,7 +43,7 @@ func TestAddsLaterColumns(t *testing.T) {
 			t.Fatalf("Get of a first-version record: %+v, %v; want attempts 0, fence 0", r, err)
 		}
 		c, err := s.Claim(ctx, "k", "fp", time.Second, time.Hour)
-		if err != nil || c.Status != dedupe.Acquired || c.Attempt != 1 || c.Fence != dedupe.NextFence(0, clock.Now()) {
+		if err != nil || c.Status != dedupe.Acquired || c.Attempt != 1 || c.Fence != storekit.NextFence(0, clock.Now()) {
 			t.Fatalf("claim of a first-version record: %+v, %v; want acquired, attempt 1, fence from the clock", c, err)
 		}
 		// New again finds both columns and changes nothing.

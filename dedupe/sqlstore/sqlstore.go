@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // ErrNotFound is returned by Get when no live record exists for the key
@@ -316,7 +317,7 @@ func (s *Store) createTable(ctx context.Context, schema, name string) error {
 // addedColumns are the columns added after the table's first version, which
 // New adds to a table that lacks them: attempts (records already stored
 // count as attempt 0) and fence (their fence counts as 0, and the next lease
-// continues from the clock, see dedupe.NextFence).
+// continues from the clock, see storekit.NextFence).
 var addedColumns = []struct {
 	name string
 	def  func(Dialect) string
@@ -378,7 +379,7 @@ func (s *Store) inTx(ctx context.Context, fn func(tx Conn) error) error {
 }
 
 // validToken reports whether token can be a stored token: non-empty text
-// (tokens are hex from dedupe.NewToken).
+// (tokens are hex from storekit.NewToken).
 func validToken(token string) bool {
 	return token != "" && utf8.ValidString(token) && strings.IndexByte(token, 0) < 0
 }
@@ -426,7 +427,7 @@ func scanRecord(row interface{ Scan(...any) error }) (*dedupe.Record, error) {
 	return &r, nil
 }
 
-// Claim implements dedupe.Store: the state machine of dedupe.Decide, with
+// Claim implements dedupe.Store: the state machine of storekit.Decide, with
 // the record committed when Claim returns, so a crash inside the handler
 // lets the next attempt take over once the lease expires (store dedupe). Use
 // ClaimTx to make the record part of the handler's own transaction.
@@ -462,7 +463,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 // atomic on its own. ok is false when the record must be written over (a
 // takeover or an expired record) or vanished between the two statements.
 func (s *Store) claimFast(ctx context.Context, key, fingerprint string, now time.Time, lease, retention time.Duration) (c dedupe.Claim, ok bool, err error) {
-	c, rec := dedupe.Decide(nil, key, fingerprint, now, lease, retention)
+	c, rec := storekit.Decide(nil, key, fingerprint, now, lease, retention)
 	n, err := s.db.Exec(ctx, s.qInsert, recordArgs(rec)...)
 	if err != nil {
 		return dedupe.Claim{}, false, err
@@ -477,7 +478,7 @@ func (s *Store) claimFast(ctx context.Context, key, fingerprint string, now time
 	if err != nil {
 		return dedupe.Claim{}, false, err
 	}
-	c, rec = dedupe.Decide(cur, key, fingerprint, now, lease, retention)
+	c, rec = storekit.Decide(cur, key, fingerprint, now, lease, retention)
 	return c, rec == nil, nil
 }
 
@@ -521,7 +522,7 @@ func checkClaim(ctx context.Context, lease, retention time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return dedupe.ValidateLease(lease, retention)
+	return storekit.ValidateLease(lease, retention)
 }
 
 // maxClaimRounds bounds how often claim retries when the row it conflicted
@@ -537,7 +538,7 @@ const maxClaimRounds = 8
 // lock), decides again on the locked row and writes the decision back.
 func (s *Store) claim(ctx context.Context, tx Conn, key, fingerprint string, now time.Time, lease, retention time.Duration) (dedupe.Claim, error) {
 	for range maxClaimRounds {
-		c, rec := dedupe.Decide(nil, key, fingerprint, now, lease, retention)
+		c, rec := storekit.Decide(nil, key, fingerprint, now, lease, retention)
 		n, err := tx.Exec(ctx, s.qInsert, recordArgs(rec)...)
 		if err != nil {
 			return dedupe.Claim{}, err
@@ -552,7 +553,7 @@ func (s *Store) claim(ctx context.Context, tx Conn, key, fingerprint string, now
 		if err != nil {
 			return dedupe.Claim{}, err
 		}
-		c, rec = dedupe.Decide(cur, key, fingerprint, now, lease, retention)
+		c, rec = storekit.Decide(cur, key, fingerprint, now, lease, retention)
 		if rec == nil {
 			return c, nil
 		}
@@ -564,7 +565,7 @@ func (s *Store) claim(ctx context.Context, tx Conn, key, fingerprint string, now
 			if err != nil {
 				return dedupe.Claim{}, err
 			}
-			c, rec = dedupe.Decide(cur, key, fingerprint, now, lease, retention)
+			c, rec = storekit.Decide(cur, key, fingerprint, now, lease, retention)
 			if rec == nil {
 				return c, nil // another claimer took over first
 			}

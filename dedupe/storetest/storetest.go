@@ -635,7 +635,7 @@ func testFenceConcurrentTakeover(e *env) {
 
 // testFenceResets checks that a key's fences keep growing when its record
 // is removed — by Delete after a dead letter, or at the end of retention —
-// provided the clock moves on (see dedupe.NextFence): here by a
+// provided the clock moves on (see storekit.NextFence): here by a
 // millisecond, the least that a store keeping milliseconds can see.
 func testFenceResets(e *env) {
 	bg := ctx(e.t)
