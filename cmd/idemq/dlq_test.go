@@ -595,3 +595,27 @@ func TestDLQDirectGet(t *testing.T) {
 		}
 	})
 }
+
+// TestDLQRoutes: replay and purge select dead letters by the subject (route)
+// they are stored on, like list -subject.
+func TestDLQRoutes(t *testing.T) {
+	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
+		f := newDLQFixture(t, env)
+		other := env.Subject("dlq.other")
+		code, _, errOut := f.cli(t, "dlq", "replay", "-all", "-subject", other, "-dry-run")
+		if code != exitOK || !strings.Contains(errOut, "2 selected") {
+			t.Fatalf("replay -subject -dry-run: exit %d, %q", code, errOut)
+		}
+		code, _, errOut = f.cli(t, "dlq", "replay", "-seq", "1", "-subject", other, "-dry-run")
+		if code == exitOK || !strings.Contains(errOut, "not on") {
+			t.Fatalf("replay -seq of a letter on another route: exit %d, %q", code, errOut)
+		}
+		code, out, errOut := f.cli(t, "dlq", "purge", "-subject", other, "-yes")
+		if code != exitOK || !strings.Contains(out, "deleted 2 messages") {
+			t.Fatalf("purge -subject: exit %d, %q %q", code, out, errOut)
+		}
+		if got := f.seqs(t); fmt.Sprint(got) != "[1 2 5]" {
+			t.Fatalf("after purge -subject %s: %v", other, got)
+		}
+	})
+}
