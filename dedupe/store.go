@@ -162,6 +162,15 @@ type Store interface {
 	Extend(ctx context.Context, key, token string, lease time.Duration) error
 }
 
+// Snoozer is implemented by stores that can give a lease back without it
+// counting as an attempt (every store in this module does): Snooze is
+// Release, except that the next Claim is Acquired with the same Attempt as
+// the snoozed one. The pipeline uses it for a handler's consumer.Snooze.
+// ErrLeaseLost unless token is current.
+type Snoozer interface {
+	Snooze(ctx context.Context, key, token string) error
+}
+
 // Pinger is implemented by stores that can tell cheaply whether they
 // answer. A consumer paused by a store outage probes the store with Ping
 // (capped exponential interval) and resumes when it succeeds; a store

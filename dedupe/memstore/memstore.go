@@ -276,6 +276,23 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	return nil
 }
 
+// Snooze implements dedupe.Snoozer.
+func (s *Store) Snooze(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.now()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	next, err := storekit.SnoozeRecord(s.lookup(sh, key), token, now)
+	if err != nil {
+		return err
+	}
+	sh.m[key] = toEntry(next)
+	return nil
+}
+
 // Delete implements dedupe.Store.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
 	if err := ctx.Err(); err != nil {

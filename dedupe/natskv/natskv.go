@@ -315,6 +315,14 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	})
 }
 
+// Snooze implements dedupe.Snoozer: Get, storekit.SnoozeRecord, then Update
+// with the read revision.
+func (s *Store) Snooze(ctx context.Context, key, token string) error {
+	return s.ownedWrite(ctx, "snooze", key, token, func(cur *dedupe.Record) (*dedupe.Record, error) {
+		return storekit.SnoozeRecord(cur, token, s.now())
+	})
+}
+
 // Delete implements dedupe.Store: Get, storekit.DeleteRecord, then Delete
 // with the read revision as the expected last revision.
 func (s *Store) Delete(ctx context.Context, key, token string) error {

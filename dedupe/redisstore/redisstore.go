@@ -56,6 +56,7 @@ type Store struct {
 	complete *redis.Script
 	release  *redis.Script
 	del      *redis.Script
+	snooze   *redis.Script
 	extend   *redis.Script
 
 	// maxBatch is Config.MaxBatch; the queue of calls waiting for a
@@ -89,6 +90,7 @@ func New(c redis.UniversalClient, cfg Config) *Store {
 		complete: redis.NewScript(completeLua),
 		release:  redis.NewScript(releaseLua),
 		del:      redis.NewScript(deleteLua),
+		snooze:   redis.NewScript(snoozeLua),
 		extend:   redis.NewScript(extendLua),
 		maxBatch: o.MaxBatch,
 	}
@@ -252,6 +254,14 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 		return err
 	}
 	return s.owned(ctx, s.release, "release", key, token, s.now().UnixMilli())
+}
+
+// Snooze implements dedupe.Snoozer in one round trip.
+func (s *Store) Snooze(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.owned(ctx, s.snooze, "snooze", key, token, s.now().UnixMilli())
 }
 
 // Delete implements dedupe.Store in one round trip.

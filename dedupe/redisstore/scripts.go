@@ -259,6 +259,16 @@ redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub
 return 1
 `
 
+// snoozeLua: releaseLua, with the attempts field lowered by one (never below
+// zero): the lease given back does not count as an attempt.
+const snoozeLua = ownedLua + `
+local a = tonumber(string.sub(v, 41, 46)) - 1
+if a < 0 then a = 0 end
+redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 40) ..
+  string.format('%06d', a) .. string.sub(v, 47, 66) .. string.sub(v, 66 + #ARGV[2]), 'KEEPTTL')
+return 1
+`
+
 // deleteLua: ARGV now, token ":". Returns 1, or 0 for a lost lease.
 const deleteLua = ownedLua + `
 redis.call('DEL', KEYS[1])

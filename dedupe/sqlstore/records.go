@@ -261,6 +261,14 @@ func (s *Store) ReleaseIn(ctx context.Context, tx Conn, key, token string) error
 	return s.owned(ctx, tx, "release", s.qRelease, key, token, s.now())
 }
 
+// Snooze implements dedupe.Snoozer with one conditional UPDATE.
+func (s *Store) Snooze(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.owned(ctx, s.db, "snooze", s.qSnooze, key, token, s.now())
+}
+
 // Delete implements dedupe.Store with one conditional DELETE.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
 	return s.DeleteIn(ctx, s.db, key, token)

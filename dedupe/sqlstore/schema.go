@@ -18,6 +18,7 @@ func (s *Store) prepareSQL() {
 	const owned = " WHERE key = $1 AND token = $2 AND state = 'in_progress' AND expires_at > $3"
 	s.qDone = "UPDATE " + t + " SET state = $4, result = $5, lease_until = 0, expires_at = $6" + owned
 	s.qRelease = "UPDATE " + t + " SET token = '', lease_until = 0" + owned
+	s.qSnooze = "UPDATE " + t + " SET token = '', lease_until = 0, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END" + owned
 	s.qDelete = "DELETE FROM " + t + owned
 	s.qExtend = "UPDATE " + t + " SET lease_until = $4, expires_at = CASE WHEN expires_at > $4 THEN expires_at ELSE $4 END" + owned
 	if s.dialect == Postgres {

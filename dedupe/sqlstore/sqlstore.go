@@ -113,6 +113,7 @@ type Store struct {
 	qUpdate  string
 	qDone    string
 	qRelease string
+	qSnooze  string
 	qDelete  string
 	qExtend  string
 	qCleanup string

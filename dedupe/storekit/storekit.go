@@ -144,6 +144,17 @@ func ReleaseRecord(cur *dedupe.Record, token string, now time.Time) (*dedupe.Rec
 	return &next, nil
 }
 
+// SnoozeRecord applies Snooze to cur: ReleaseRecord, with the attempt it
+// gives back uncounted.
+func SnoozeRecord(cur *dedupe.Record, token string, now time.Time) (*dedupe.Record, error) {
+	next, err := ReleaseRecord(cur, token, now)
+	if err != nil {
+		return nil, err
+	}
+	next.Attempts = max(next.Attempts-1, 0)
+	return next, nil
+}
+
 // DeleteRecord checks that Delete may remove cur.
 func DeleteRecord(cur *dedupe.Record, token string, now time.Time) error {
 	return owned(cur, token, now)

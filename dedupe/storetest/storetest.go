@@ -181,6 +181,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ReleaseThenAcquired", testRelease},
 		{"AttemptsCountRuns", testAttempts},
 		{"DeleteResetsAttempts", testDelete},
+		{"SnoozeKeepsTheAttempt", testSnooze},
 		{"FencesGrow", testFencesGrow},
 		{"FencesGrowUnderConcurrentTakeover", testFenceConcurrentTakeover},
 		{"FencesGrowAcrossResets", testFenceResets},
@@ -521,6 +522,43 @@ func testAttempts(e *env) {
 	e.clock.Advance(3 * time.Second)
 	if c := e.claim("k3", "fp", time.Second, time.Hour); c.Status != dedupe.Acquired || c.Attempt != 1 {
 		e.t.Fatalf("claim after the released record's retention: %s, want attempt 1", brief(c))
+	}
+}
+
+// testSnooze checks that Snooze gives the lease back like Release but
+// uncounted (stores that implement dedupe.Snoozer; the others skip).
+func testSnooze(e *env) {
+	sn, ok := e.s.(dedupe.Snoozer)
+	if !ok {
+		e.t.Skip("the store does not implement dedupe.Snoozer")
+	}
+	bg := ctx(e.t)
+	c := e.claim("k", "fp", 10*time.Second, time.Hour)
+	if err := e.s.Release(bg, "k", c.Token); err != nil {
+		e.t.Fatalf("Release: %v", err)
+	}
+	c = e.claim("k", "fp", 10*time.Second, time.Hour)
+	if c.Attempt != 2 {
+		e.t.Fatalf("claim after Release: %s, want attempt 2", brief(c))
+	}
+	e.wantLeaseLost("Snooze with a wrong token", sn.Snooze(bg, "k", "wrong"))
+	for range 3 {
+		if err := sn.Snooze(bg, "k", c.Token); err != nil {
+			e.t.Fatalf("Snooze: %v", err)
+		}
+		e.wantLeaseLost("Complete after Snooze", e.s.Complete(bg, "k", c.Token, dedupe.Result{}, time.Hour))
+		c = e.claim("k", "fp", 10*time.Second, time.Hour)
+		if c.Status != dedupe.Acquired || c.Takeover || c.Attempt != 2 {
+			e.t.Fatalf("claim after Snooze: %s, want acquired, no takeover, still attempt 2", brief(c))
+		}
+	}
+	// A first attempt snoozed is still the first.
+	c1 := e.claim("k1", "fp", 10*time.Second, time.Hour)
+	if err := sn.Snooze(bg, "k1", c1.Token); err != nil {
+		e.t.Fatalf("Snooze: %v", err)
+	}
+	if c := e.claim("k1", "fp", 10*time.Second, time.Hour); c.Status != dedupe.Acquired || c.Attempt != 1 {
+		e.t.Fatalf("claim after snoozing attempt 1: %s, want attempt 1", brief(c))
 	}
 }
 
