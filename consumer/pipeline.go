@@ -328,6 +328,7 @@ func (p *Pipeline) dead(ctx context.Context, m *Message, t *dedupe.Ticket, reaso
 // while the handler ran.
 func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err error, leaseLost bool, t *dedupe.Ticket) Outcome {
 	var rej *RejectError
+	var snz *SnoozeError
 	switch {
 	case err == nil:
 		data, _ := m.Result()
@@ -338,6 +339,12 @@ func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err er
 		res := dedupe.Result{Failed: true, Data: rej.Data}
 		p.complete(ctx, m, t, res)
 		return Outcome{Action: Ack, Result: &res, Err: err}
+	case errors.As(err, &snz):
+		p.snooze(ctx, m, t)
+		if m.Attempt%snoozeWarnEvery == 0 {
+			p.log.Warn("consumer: message keeps snoozing", "subject", m.Subject, "id", m.ID, "deliveries", m.Attempt, "cap", p.maxDeliveries)
+		}
+		return Outcome{Action: Retry, Delay: snz.Delay, Err: err, Snoozed: true}
 	case leaseLost:
 		// Another attempt took the key over while this one ran, and the
 		// handler stopped: nothing to release, nothing to dead-letter. Come
@@ -414,6 +421,27 @@ func (p *Pipeline) release(ctx context.Context, m *Message, t *dedupe.Ticket) {
 	defer cancel()
 	if err := p.guard.Release(sctx, *t); err != nil {
 		p.log.Warn("consumer: releasing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
+	}
+}
+
+// snoozeWarnEvery is how often (in deliveries) a snoozing message is logged.
+const snoozeWarnEvery = 100
+
+// snooze gives t's lease back without counting the attempt (Release when
+// the store cannot).
+func (p *Pipeline) snooze(ctx context.Context, m *Message, t *dedupe.Ticket) {
+	if t == nil {
+		return
+	}
+	sn, ok := p.guard.Store.(dedupe.Snoozer)
+	if !ok {
+		p.release(ctx, m, t)
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
+	defer cancel()
+	if err := sn.Snooze(sctx, t.Key, t.Token); err != nil {
+		p.log.Warn("consumer: snoozing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
 }
 

@@ -766,3 +766,29 @@ func TestHandlerSeesGrowingFences(t *testing.T) {
 	})
 	p.Process(context.Background(), msg("k", 1))
 }
+
+func TestSnoozeUsesNoAttempt(t *testing.T) {
+	var attempts []int
+	runs := 0
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
+		runs++
+		if runs <= 10 {
+			return consumer.Snooze(10 * time.Minute)
+		}
+		return errBoom
+	})
+	for d := 1; d <= 20; d++ {
+		out := p.Process(context.Background(), msg("k", d))
+		attempts = append(attempts, out.Attempt)
+		if d <= 10 && (out.Action != consumer.Retry || !out.Snoozed || out.Delay != 10*time.Minute) {
+			t.Fatalf("delivery %d: %+v, want a snoozed Retry after 10m", d, out)
+		}
+		if out.Action == consumer.DeadLetter {
+			break
+		}
+	}
+	// Ten snoozes at attempt 1, then the policy's attempts of failures.
+	if runs != 10+policy.Attempts() || attempts[9] != 1 || attempts[len(attempts)-1] != policy.Attempts() {
+		t.Fatalf("runs %d, attempts %v: want 10 snoozes at attempt 1, then %d failing attempts", runs, attempts, policy.Attempts())
+	}
+}
