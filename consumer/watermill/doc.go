@@ -51,6 +51,10 @@
 //	                                   1s, MaxWait); then Nack: the redelivery is a duplicate
 //	Retry, Unavailable (store or       wait UnavailableDelay (1s), doubling after PauseThreshold
 //	  poison publisher down)           deliveries in a row, capped at MaxWait; no attempt is used
+//	Retry, Snoozed (consumer.Snooze)   wait min(delay, MaxWait), then Nack; no attempt is used.
+//	                                   With no delivery count the MaxDeliveries cap never applies
+//	                                   here: a handler that always snoozes keeps its message
+//	                                   circulating every MaxWait
 //	Retry, Interrupted (shutdown)      Nack at once
 //	DeadLetter (permanent, exhausted,  publish to PoisonTopic (PoisonMessage: idemq's Idemq-*
 //	  conflict, invalid)               metadata), then return nil; a failed publish is a Retry
