@@ -300,4 +300,3 @@ func BenchmarkProcessObserver(b *testing.B) {
 		})
 	}
 }
-
