@@ -64,6 +64,11 @@ func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
 	for _, dep := range []consumer.Dependency{consumer.StoreUnavailable, consumer.DeadLetterUnavailable} {
 		c.pauseOpts[dep] = newOpts(append([]attribute.KeyValue{AttrDependency.String(dep.String())}, c.base...)...)
 	}
+	// Every claim answer starts at 0, so that dashboards see the series
+	// (and rate() works) before the first of each kind.
+	for _, co := range c.claimOpts[1:] {
+		t.claims.Add(context.Background(), 0, co.add...)
+	}
 	if o.Destination != "" {
 		c.fixed = c.newDest(o.Destination)
 	}
@@ -133,6 +138,14 @@ func (c *ConsumerObserver) newDest(name string) *dest {
 	}
 	for i, n := range causeNames {
 		d.causes[i] = with(AttrRetryCause.String(n))
+	}
+	// Outcomes and dead-letter reasons start at 0 for each destination.
+	ctx := context.Background()
+	for _, o := range d.outcomes {
+		c.t.messages.Add(ctx, 0, o.add...)
+	}
+	for _, o := range d.reasons[1:] {
+		c.t.deadLetters.Add(ctx, 0, o.add...)
 	}
 	return d
 }

@@ -31,6 +31,9 @@ func (t *Telemetry) HTTP() *HTTPObserver {
 	h.store = newStoreOpts(componentHTTP, nil)
 	h.claimOpts = claimOpts(componentHTTP, nil)
 	h.handlerOpts = newOpts(componentHTTP)
+	for _, co := range h.claimOpts[1:] {
+		t.claims.Add(context.Background(), 0, co.add...)
+	}
 	return h
 }
 
