@@ -2,10 +2,8 @@ package idemqotel_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -20,7 +18,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/idemq/idemq/idemqotel"
-	"github.com/idemq/idemq/integration/harness"
 )
 
 func TestMain(m *testing.M) {
@@ -90,19 +87,24 @@ func matches(set attribute.Set, want []attribute.KeyValue) bool {
 	return true
 }
 
-// sum adds the points of counter (or up-down counter) name whose
+// sum adds the points of counter, up-down counter or gauge name whose
 // attributes include want.
 func sum(rm *metricdata.ResourceMetrics, name string, want ...attribute.KeyValue) int64 {
 	m := find(rm, name)
 	if m == nil {
 		return 0
 	}
-	s, ok := m.Data.(metricdata.Sum[int64])
-	if !ok {
+	var points []metricdata.DataPoint[int64]
+	switch d := m.Data.(type) {
+	case metricdata.Sum[int64]:
+		points = d.DataPoints
+	case metricdata.Gauge[int64]:
+		points = d.DataPoints
+	default:
 		return -1
 	}
 	var n int64
-	for _, p := range s.DataPoints {
+	for _, p := range points {
 		if matches(p.Attributes, want) {
 			n += p.Value
 		}
@@ -224,7 +226,3 @@ func streamCount(js jetstream.JetStream, stream string) uint64 {
 	}
 	return info.State.Msgs
 }
-
-var _ = errors.New
-var _ = slices.Contains[[]string]
-var _ = harness.NATS
