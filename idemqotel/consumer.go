@@ -165,6 +165,9 @@ func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
 // StartMessage starts the process span, a child of the producer's trace
 // context in m's headers.
 func (c *ConsumerObserver) StartMessage(ctx context.Context, m *consumer.Message) context.Context {
+	if c.t.noTraces {
+		return ctx
+	}
 	d := c.destOf(m)
 	if len(m.Header) > 0 {
 		ctx = c.t.prop.Extract(ctx, headerCarrier(m.Header))
@@ -185,8 +188,8 @@ var storeSpanNames = [consumer.StoreExtend + 1]string{"", "idemq.dedupe.claim", 
 
 // StartStore starts a store call's span.
 func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp) context.Context {
-	if int(op) >= len(storeSpanNames) {
-		return ctx
+	if int(op) >= len(storeSpanNames) || !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx // no child spans under a span sampled out
 	}
 	ctx, _ = c.t.tracer.Start(ctx, storeSpanNames[op], trace.WithSpanKind(trace.SpanKindClient))
 	return ctx
@@ -195,13 +198,16 @@ func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, 
 // EndStore records the call's duration and ends its span.
 func (c *ConsumerObserver) EndStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp, d time.Duration, err error) {
 	c.t.storeDur.Record(ctx, d.Seconds(), c.store.of(int(op), err).rec...)
-	if int(op) < len(storeSpanNames) {
-		endSpan(trace.SpanFromContext(ctx), err)
-	}
+	// The span in ctx is the store call's, or, when StartStore started
+	// none, a span that is not recording, for which End does nothing.
+	endSpan(trace.SpanFromContext(ctx), err)
 }
 
 // StartHandler starts the handler's span.
 func (c *ConsumerObserver) StartHandler(ctx context.Context, _ *consumer.Message) context.Context {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx
+	}
 	ctx, _ = c.t.tracer.Start(ctx, "idemq.handler")
 	return ctx
 }
@@ -209,11 +215,15 @@ func (c *ConsumerObserver) StartHandler(ctx context.Context, _ *consumer.Message
 // EndHandler records the handler's duration and ends its span.
 func (c *ConsumerObserver) EndHandler(ctx context.Context, _ *consumer.Message, d time.Duration, err error) {
 	c.t.handlerDur.Record(ctx, d.Seconds(), c.handlerOpts.rec...)
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
 	var rej *consumer.RejectError
 	if errors.As(err, &rej) {
 		err = nil // a business result, not a failure of the handler
 	}
-	endSpan(trace.SpanFromContext(ctx), err)
+	endSpan(span, err)
 }
 
 // EndMessage records the delivery's outcome and ends the process span.
@@ -235,8 +245,12 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 		c.t.retryDelay.Record(ctx, out.Delay.Seconds(), d.causes[cause].rec...)
 	}
 
+	if c.t.noTraces {
+		return
+	}
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
+		span.End()
 		return
 	}
 	kv := make([]attribute.KeyValue, 0, 5)
@@ -307,7 +321,10 @@ func causeOf(out consumer.Outcome) int {
 
 // endSpan ends span, marking it failed with err.
 func endSpan(span trace.Span, err error) {
-	if err != nil && span.IsRecording() {
+	if !span.IsRecording() {
+		return
+	}
+	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
 	}

@@ -56,6 +56,9 @@ type requestKey struct {
 
 // StartRequest starts the request's idempotency span.
 func (h *HTTPObserver) StartRequest(ctx context.Context, r *http.Request) context.Context {
+	if h.t.noTraces {
+		return ctx
+	}
 	name, kind := "idemq.idempotency", trace.SpanKindInternal
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		ctx = h.t.prop.Extract(ctx, headerCarrier(r.Header))
@@ -79,7 +82,7 @@ var consumerOp = [httpdedupe.StoreExtend + 1]consumer.StoreOp{0, consumer.StoreC
 
 // StartStore starts a store call's span.
 func (h *HTTPObserver) StartStore(ctx context.Context, op httpdedupe.StoreOp) context.Context {
-	if int(op) >= len(httpStoreSpanNames) {
+	if int(op) >= len(httpStoreSpanNames) || !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx
 	}
 	ctx, _ = h.t.tracer.Start(ctx, httpStoreSpanNames[op], trace.WithSpanKind(trace.SpanKindClient))
@@ -97,6 +100,9 @@ func (h *HTTPObserver) EndStore(ctx context.Context, op httpdedupe.StoreOp, d ti
 
 // StartHandler starts the handler's span.
 func (h *HTTPObserver) StartHandler(ctx context.Context, _ *http.Request) context.Context {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx
+	}
 	ctx, _ = h.t.tracer.Start(ctx, "idemq.handler")
 	return ctx
 }
@@ -105,7 +111,10 @@ func (h *HTTPObserver) StartHandler(ctx context.Context, _ *http.Request) contex
 func (h *HTTPObserver) EndHandler(ctx context.Context, _ *http.Request, d time.Duration, status int) {
 	h.t.handlerDur.Record(ctx, d.Seconds(), h.handlerOpts.rec...)
 	span := trace.SpanFromContext(ctx)
-	if status >= 500 && span.IsRecording() {
+	if !span.IsRecording() {
+		return
+	}
+	if status >= 500 {
 		span.SetStatus(codes.Error, http.StatusText(status))
 	}
 	span.End()
@@ -125,6 +134,9 @@ func (h *HTTPObserver) EndRequest(ctx context.Context, r *http.Request, q httpde
 	h.t.httpRequests.Add(ctx, 1, o.(opts).add...)
 	if q.Claim > 0 && int(q.Claim) < len(h.claimOpts) {
 		h.t.claims.Add(ctx, 1, h.claimOpts[q.Claim].add...)
+	}
+	if h.t.noTraces {
+		return
 	}
 	span := trace.SpanFromContext(ctx)
 	if span.IsRecording() {

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/idemq/idemq/dedupe"
 )
@@ -134,6 +135,10 @@ type Config struct {
 	// MeterProvider creates the instruments. Default otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
 	// TracerProvider creates the spans. Default otel.GetTracerProvider().
+	// A trace/noop.TracerProvider turns tracing off: no span is started
+	// and no trace context read, which saves its cost where only metrics
+	// are wanted (an outbox row still carries the causing message's
+	// traceparent, see outbox.Cause).
 	TracerProvider trace.TracerProvider
 	// Propagator reads the trace context from message and request headers
 	// and writes it into outbox rows and published messages. Default
@@ -146,9 +151,10 @@ type Config struct {
 // injector for the outbox (InjectTrace). One Telemetry serves any number of
 // them; it is safe for concurrent use.
 type Telemetry struct {
-	meter  metric.Meter
-	tracer trace.Tracer
-	prop   propagation.TextMapPropagator
+	meter    metric.Meter
+	tracer   trace.Tracer
+	noTraces bool // TracerProvider is a noop.TracerProvider
+	prop     propagation.TextMapPropagator
 
 	processDur    metric.Float64Histogram
 	messages      metric.Int64Counter
@@ -180,7 +186,8 @@ func New(cfg Config) (*Telemetry, error) {
 	if prop == nil {
 		prop = propagation.TraceContext{}
 	}
-	t := &Telemetry{meter: mp.Meter(ScopeName), tracer: tp.Tracer(ScopeName), prop: prop}
+	_, noTraces := tp.(tracenoop.TracerProvider)
+	t := &Telemetry{meter: mp.Meter(ScopeName), tracer: tp.Tracer(ScopeName), noTraces: noTraces, prop: prop}
 	m := t.meter
 	var errs []error
 	hist := func(name, desc string, buckets []float64) metric.Float64Histogram {

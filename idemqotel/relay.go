@@ -81,6 +81,9 @@ func (r *RelayObserver) subject(s string) *subjectOpts {
 // StartPublish starts the row's send span under the row's stored trace
 // context and writes the span's traceparent into the published headers.
 func (r *RelayObserver) StartPublish(ctx context.Context, m *outbox.Outgoing) context.Context {
+	if r.t.noTraces {
+		return ctx
+	}
 	s := r.subject(m.Subject)
 	if len(m.Header) > 0 {
 		ctx = r.t.prop.Extract(ctx, headerCarrier(m.Header))
@@ -118,6 +121,9 @@ func (r *RelayObserver) EndPublish(ctx context.Context, m *outbox.Outgoing, res 
 		r.t.sent.Add(ctx, 1, s.timeout.add...)
 	default:
 		r.t.sent.Add(ctx, 1, s.other.add...)
+	}
+	if r.t.noTraces {
+		return
 	}
 	if res.Err != nil && span.IsRecording() {
 		span.SetStatus(codes.Error, res.Err.Error())
