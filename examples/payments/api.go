@@ -39,8 +39,9 @@ func apiCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	dbURL := fs.String("db", "", "database: postgres://… or sqlite:PATH (required)")
 	lease := fs.Duration("lease", defaultAPILease, "how long a request holds its idempotency key before a retry may take over after a crash")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
+	metricsAddr := fs.String("metrics", "", metricsFlagUsage)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: payments api -addr :8080 -nats URL -db URL
+		fmt.Fprint(fs.Output(), `Usage: payments api -addr :8080 -nats URL -db URL [-metrics ADDR]
 
 Serves PUT /payments. A request carries an Idempotency-Key header and a JSON
 body {"payment_id","from","to","amount","currency","timestamp"} (payment_id
@@ -68,8 +69,13 @@ Flags:
 		fmt.Fprintln(stderr, err)
 		return err
 	}
-	a, err := newAPI(ctx, *dbURL, *natsURL, *lease, log)
+	tel, err := startTelemetry(*metricsAddr, log)
 	if err != nil {
+		return err
+	}
+	a, err := newAPI(ctx, *dbURL, *natsURL, *lease, log, tel)
+	if err != nil {
+		tel.close()
 		return err
 	}
 	defer a.close()
@@ -86,8 +92,8 @@ type api struct {
 	h http.Handler
 }
 
-func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log *slog.Logger) (*api, error) {
-	n, err := openNode(ctx, "payments-api", dbURL, natsURL, log)
+func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log *slog.Logger, tel *telemetry) (*api, error) {
+	n, err := openNode(ctx, "payments-api", dbURL, natsURL, log, tel)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +106,7 @@ func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log
 		Retention:   apiRetention,
 	}
 	mux := http.NewServeMux()
-	mux.Handle("PUT /payments", httpdedupe.New(guard, httpdedupe.Config{Logger: log})(http.HandlerFunc(a.putPayment)))
+	mux.Handle("PUT /payments", httpdedupe.New(guard, httpdedupe.Config{Logger: log, Observer: tel.http()})(http.HandlerFunc(a.putPayment)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	a.h = mux
 	return a, nil

@@ -23,15 +23,17 @@ type node struct {
 	ob    *outbox.Outbox
 	relay *outbox.Relay
 	log   *slog.Logger
+	tel   *telemetry // -metrics; nil without
 }
 
 // openNode connects to the database and NATS as name, creates the streams
 // when they are missing, and prepares the dedupe store, the outbox and its
-// relay. On error everything it opened is closed again.
-func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger) (_ *node, err error) {
+// relay, observed by tel (-metrics; nil for none). On error everything it
+// opened is closed again.
+func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger, tel *telemetry) (_ *node, err error) {
 	// n is not the named result: "return nil, err" must not clear what the
 	// deferred close needs.
-	n := &node{log: log}
+	n := &node{log: log, tel: tel}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -55,14 +57,19 @@ func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger
 	if n.ob, err = outbox.New(ctx, n.db.DB, outbox.Config{}); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	if n.relay, err = outbox.NewRelay(n.db.DB, outbox.JetStream(n.js), outbox.RelayConfig{Streams: []string{streamPayments}, Logger: log}); err != nil {
+	if n.relay, err = outbox.NewRelay(n.db.DB, outbox.JetStream(n.js), outbox.RelayConfig{Streams: []string{streamPayments}, Logger: log, Observer: tel.relay()}); err != nil {
 		return nil, fmt.Errorf("outbox relay: %w", err)
+	}
+	if err = tel.observeOutbox(n.db.DB, n.ob); err != nil {
+		return nil, err
 	}
 	return n, nil
 }
 
-// close closes the NATS connection and the database.
+// close stops the metrics server and closes the NATS connection and the
+// database.
 func (n *node) close() {
+	n.tel.close()
 	if n.nc != nil {
 		n.nc.Close()
 	}
