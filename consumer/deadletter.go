@@ -22,7 +22,10 @@ const (
 	HeaderOriginalSequence = "Idemq-Original-Sequence"
 	// HeaderConsumer is the durable consumer that gave up on it.
 	HeaderConsumer = "Idemq-Consumer"
-	// HeaderAttempts is the number of deliveries, in decimal.
+	// HeaderAttempts is how many times the handler ran for the message, in
+	// decimal: with a dedupe guard the runs counted in the dedupe record;
+	// without one, and for messages the server stopped redelivering
+	// (MAX_DELIVERIES), the broker's delivery count.
 	HeaderAttempts = "Idemq-Attempts"
 	// HeaderFailedAt is when it was dead-lettered, RFC 3339 in UTC.
 	HeaderFailedAt = "Idemq-Failed-At"

@@ -21,6 +21,7 @@
 //	handler's error
 //	  nil                → Complete with the SetResult data, Ack
 //	  Reject(data, err)  → Complete as failed (stored and replayed), Ack; never retried
+//	  Snooze(d)          → Snooze (the lease given back uncounted), Retry after d
 //	  lease lost         → Retry after a lease (the other attempt answers)
 //	  wraps ErrConflict  → DeadLetter "conflict"
 //	  Invalid(err), or dedupe.IsInvalidInput(err)

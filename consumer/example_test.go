@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/dedupe"
@@ -62,4 +63,29 @@ func ExampleOutcomeFunc() {
 	}
 	fmt.Println(counts["ack/acquired"], counts["ack/duplicate"])
 	// Output: 2 1
+}
+
+// A handler that is not ready yet snoozes: the message comes back after the
+// delay, and the snoozes use none of the retry policy's attempts.
+func ExampleSnooze() {
+	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")}
+	ready := 0
+	p, _ := consumer.NewPipeline(consumer.Config{Guard: g, Retry: retry.Policy{MaxAttempts: 2}},
+		func(ctx context.Context, m *consumer.Message) error {
+			if ready++; ready < 4 {
+				return consumer.Snooze(10 * time.Minute) // the account is not open yet
+			}
+			return nil
+		})
+	for d := 1; d <= 4; d++ {
+		out := p.Process(context.Background(), &consumer.Message{
+			Header: map[string][]string{"Idempotency-Key": {"k1"}}, Data: []byte("{}"), Attempt: d,
+		})
+		fmt.Printf("delivery %d: %v after %v, attempt %d, snoozed %v\n", d, out.Action, out.Delay, out.Attempt, out.Snoozed)
+	}
+	// Output:
+	// delivery 1: retry after 10m0s, attempt 1, snoozed true
+	// delivery 2: retry after 10m0s, attempt 1, snoozed true
+	// delivery 3: retry after 10m0s, attempt 1, snoozed true
+	// delivery 4: ack after 0s, attempt 1, snoozed false
 }

@@ -35,6 +35,12 @@ type Message struct {
 	// for handlers that need broker metadata. The pipeline never touches it,
 	// and handlers must not acknowledge it: the adapter acts on the Outcome.
 	Native any
+	// Fence is the fencing token of this run's dedupe lease (dedupe.Claim.
+	// Fence): larger than the Fence of every earlier run for the same key.
+	// Pass it to downstream writes that must refuse a stale owner, and have
+	// them reject a smaller one. The pipeline sets it (and outbox.Inbox for
+	// its own claims) before the handler runs; 0 without a dedupe claim.
+	Fence uint64
 	// KeepAlive, when not nil, is called by Pipeline.Process every
 	// Config.HeartbeatInterval while the handler runs, to tell the broker
 	// that the message is still being worked on (natsjs: InProgress). Errors
@@ -73,6 +79,7 @@ func (m *Message) Result() ([]byte, bool) {
 //	                      dead-letter with reason "invalid": the message is not valid as sent
 //	retry.Permanent(err)  dead-letter with reason "permanent"
 //	retry.After(d, err)   redeliver no sooner than d (attempts and budget still count)
+//	Snooze(d)             redeliver after d without using an attempt ("not now")
 //	any other error       transient: redeliver after the policy's backoff, dead-letter "exhausted" at the limit
 //
 // A panic is recovered, logged with its stack and treated as a transient
@@ -138,6 +145,26 @@ func (e *InvalidError) Unwrap() error { return e.Err }
 
 // Is reports whether target is ErrInvalid.
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// SnoozeError asks for a redelivery after Delay without using an attempt
+// (River's JobSnooze): "not now, try again later". Build it with Snooze.
+type SnoozeError struct {
+	// Delay is how long to wait before the redelivery.
+	Delay time.Duration
+}
+
+// Error returns "consumer: snoozed for <Delay>".
+func (e *SnoozeError) Error() string { return "consumer: snoozed for " + e.Delay.String() }
+
+// Snooze returns an error that makes the pipeline hand the message back for
+// redelivery after d (at least 0) without counting this run as an attempt:
+// with a Guard whose store implements dedupe.Snoozer (every store here does)
+// the next run has the same attempt number. Without a Guard attempts are
+// deliveries, so a snooze still counts one. A message that snoozes for ever
+// is bounded by Config.MaxDeliveries (1000 deliveries by default), after
+// which it is dead-lettered as exhausted; every 100th snoozed delivery is
+// logged at Warn.
+func Snooze(d time.Duration) error { return &SnoozeError{Delay: max(d, 0)} }
 
 // Invalid returns an error that tells the pipeline the message is not valid
 // as sent: it is dead-lettered with reason "invalid" (Outcome.Reason

@@ -23,7 +23,7 @@ import (
 //	  StartStore(StoreClaim) … EndStore       with a Guard
 //	  StartHandler … EndHandler               when the handler runs
 //	    StartStore(StoreExtend) … EndStore    on each heartbeat
-//	  StartStore(StoreComplete | StoreRelease | StoreDelete) … EndStore
+//	  StartStore(StoreComplete | StoreRelease | StoreDelete | StoreSnooze) … EndStore
 //	EndMessage
 //
 // Each Start method returns the context for what it opens: StartMessage's
@@ -41,8 +41,8 @@ type Observer interface {
 	// StartMessage is called first in Process, with the delivery.
 	StartMessage(ctx context.Context, m *Message) context.Context
 	// StartStore is called before each call of the Guard's store: the
-	// claim, each Complete try, Release, Delete and each heartbeat's
-	// Extend.
+	// claim, each Complete try, Release, Delete, Snooze and each
+	// heartbeat's Extend.
 	StartStore(ctx context.Context, m *Message, op StoreOp) context.Context
 	// EndStore is called when that call returned, with its duration and
 	// error (nil on success; dedupe.ErrLeaseLost is an answer of the store,
@@ -97,9 +97,13 @@ const (
 	StoreDelete
 	// StoreExtend is Guard.Extend, on a heartbeat. String "extend".
 	StoreExtend
+	// StoreSnooze is the store's Snooze (dedupe.Snoozer), when the handler
+	// snoozed (Release on a store without it). String "snooze".
+	StoreSnooze
 )
 
-// String returns "claim", "complete", "release", "delete" or "extend".
+// String returns "claim", "complete", "release", "delete", "extend" or
+// "snooze".
 func (o StoreOp) String() string {
 	switch o {
 	case StoreClaim:
@@ -112,6 +116,8 @@ func (o StoreOp) String() string {
 		return "delete"
 	case StoreExtend:
 		return "extend"
+	case StoreSnooze:
+		return "snooze"
 	}
 	return fmt.Sprintf("StoreOp(%d)", uint8(o))
 }

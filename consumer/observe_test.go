@@ -232,7 +232,7 @@ func TestObserverPanicAndInterrupt(t *testing.T) {
 
 func TestStringsOfObserverValues(t *testing.T) {
 	ops := map[consumer.StoreOp]string{consumer.StoreClaim: "claim", consumer.StoreComplete: "complete",
-		consumer.StoreRelease: "release", consumer.StoreDelete: "delete", consumer.StoreExtend: "extend", 9: "StoreOp(9)"}
+		consumer.StoreRelease: "release", consumer.StoreDelete: "delete", consumer.StoreExtend: "extend", consumer.StoreSnooze: "snooze", 9: "StoreOp(9)"}
 	for op, want := range ops {
 		if op.String() != want {
 			t.Errorf("%d: %q, want %q", op, op.String(), want)

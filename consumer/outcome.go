@@ -125,6 +125,9 @@ type Outcome struct {
 	// with zero Delay, the delivery is not counted as a failure and is never
 	// dead-lettered. Transports hand the message back promptly.
 	Interrupted bool
+	// Snoozed is true on a Retry the handler asked for with Snooze: Delay
+	// is its delay, and no attempt was used.
+	Snoozed bool
 	// Shed is true when the retry budget was empty and Delay was raised to
 	// Config.BudgetDelay to shed load.
 	Shed bool

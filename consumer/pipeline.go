@@ -302,17 +302,21 @@ func (p *Pipeline) process(ctx context.Context, m *Message) (Outcome, ClaimResul
 	if attempt == 1 {
 		p.budget.Deposit()
 	}
+	m.Fence = t.Fence
 	f := p.flights.start(t.Key)
 	defer p.flights.end(t.Key, f)
 	var out Outcome
 	switch {
 	case attempt > p.policy.Attempts():
 		// A redelivery past the limit, e.g. after a failed dead-letter
-		// publish: dead-letter without running the handler again.
-		out = p.exhausted(ctx, m, &t, attempt, attempt-1)
+		// publish: dead-letter without running the handler again. Every
+		// Acquired claim counts, also these that did not run it, so the
+		// handler ran at most the policy's attempts.
+		out = p.exhausted(ctx, m, &t, attempt, min(attempt-1, p.policy.Attempts()))
 	case p.maxDeliveries > 0 && m.Attempt > p.maxDeliveries:
-		err := fmt.Errorf("%w: delivered %d times (the cap is %d) while the handler ran %d times", ErrExhausted, m.Attempt, p.maxDeliveries, attempt-1)
-		out = p.dead(ctx, m, &t, ReasonExhausted, err, attempt-1)
+		runs := min(attempt-1, p.policy.Attempts())
+		err := fmt.Errorf("%w: delivered %d times (the cap is %d) while the handler ran at most %d times", ErrExhausted, m.Attempt, p.maxDeliveries, runs)
+		out = p.dead(ctx, m, &t, ReasonExhausted, err, runs)
 	default:
 		err, leaseLost := p.run(ctx, m, &t)
 		out = p.classify(ctx, m, attempt, err, leaseLost, &t)
@@ -355,6 +359,7 @@ func (p *Pipeline) dead(ctx context.Context, m *Message, t *dedupe.Ticket, reaso
 // while the handler ran.
 func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err error, leaseLost bool, t *dedupe.Ticket) Outcome {
 	var rej *RejectError
+	var snz *SnoozeError
 	switch {
 	case err == nil:
 		data, _ := m.Result()
@@ -365,6 +370,12 @@ func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err er
 		res := dedupe.Result{Failed: true, Data: rej.Data}
 		p.complete(ctx, m, t, res)
 		return Outcome{Action: Ack, Result: &res, Err: err}
+	case errors.As(err, &snz):
+		p.snooze(ctx, m, t)
+		if m.Attempt%snoozeWarnEvery == 0 {
+			p.log.Warn("consumer: message keeps snoozing", "subject", m.Subject, "id", m.ID, "deliveries", m.Attempt, "cap", p.maxDeliveries)
+		}
+		return Outcome{Action: Retry, Delay: snz.Delay, Err: err, Snoozed: true}
 	case leaseLost:
 		// Another attempt took the key over while this one ran, and the
 		// handler stopped: nothing to release, nothing to dead-letter. Come
@@ -446,6 +457,30 @@ func (p *Pipeline) release(ctx context.Context, m *Message, t *dedupe.Ticket) {
 	p.endStore(sctx, m, StoreRelease, start, err)
 	if err != nil {
 		p.log.Warn("consumer: releasing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
+	}
+}
+
+// snoozeWarnEvery is how often (in deliveries) a snoozing message is logged.
+const snoozeWarnEvery = 100
+
+// snooze gives t's lease back without counting the attempt (Release when
+// the store cannot).
+func (p *Pipeline) snooze(ctx context.Context, m *Message, t *dedupe.Ticket) {
+	if t == nil {
+		return
+	}
+	sn, ok := p.guard.Store.(dedupe.Snoozer)
+	if !ok {
+		p.release(ctx, m, t)
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
+	defer cancel()
+	sctx, start := p.startStore(sctx, m, StoreSnooze)
+	err := sn.Snooze(sctx, t.Key, t.Token)
+	p.endStore(sctx, m, StoreSnooze, start, err)
+	if err != nil {
+		p.log.Warn("consumer: snoozing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
 }
 

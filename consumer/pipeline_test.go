@@ -717,3 +717,78 @@ func TestInvalidError(t *testing.T) {
 		t.Fatal("ErrInvalid matched an unrelated error, or Invalid is marked permanent")
 	}
 }
+
+// TestAttemptsHeaderCountsRuns: a dead letter whose publish failed several
+// times reports the handler's runs, not the claims that did not run it.
+func TestAttemptsHeaderCountsRuns(t *testing.T) {
+	fails := 3
+	var got consumer.DeadLetterInfo
+	cfg := consumer.Config{
+		Guard: guard(memstore.New(memstore.Config{})),
+		DeadLetter: func(_ context.Context, _ *consumer.Message, l consumer.DeadLetterInfo) error {
+			if fails > 0 {
+				fails--
+				return errors.New("down")
+			}
+			got = l
+			return nil
+		},
+	}
+	p := newPipeline(t, cfg, func(ctx context.Context, m *consumer.Message) error { return errBoom })
+	for d := 1; got.Reason == 0 && d < 20; d++ {
+		p.Process(context.Background(), msg("k", d))
+	}
+	if got.Reason != consumer.ReasonExhausted || got.Attempts != policy.Attempts() {
+		t.Fatalf("dead letter %+v, want exhausted after %d runs", got, policy.Attempts())
+	}
+}
+
+func TestHandlerSeesGrowingFences(t *testing.T) {
+	var fences []uint64
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
+		fences = append(fences, m.Fence)
+		if len(fences) < 3 {
+			return errBoom
+		}
+		return nil
+	})
+	for d := 1; d <= 3; d++ {
+		p.Process(context.Background(), msg("k", d))
+	}
+	if len(fences) != 3 || fences[0] == 0 || fences[1] <= fences[0] || fences[2] <= fences[1] {
+		t.Fatalf("fences seen by the handler %v, want three growing non-zero ones", fences)
+	}
+	p = newPipeline(t, consumer.Config{}, func(ctx context.Context, m *consumer.Message) error {
+		if m.Fence != 0 {
+			t.Errorf("fence %d without a guard, want 0", m.Fence)
+		}
+		return nil
+	})
+	p.Process(context.Background(), msg("k", 1))
+}
+
+func TestSnoozeUsesNoAttempt(t *testing.T) {
+	var attempts []int
+	runs := 0
+	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
+		runs++
+		if runs <= 10 {
+			return consumer.Snooze(10 * time.Minute)
+		}
+		return errBoom
+	})
+	for d := 1; d <= 20; d++ {
+		out := p.Process(context.Background(), msg("k", d))
+		attempts = append(attempts, out.Attempt)
+		if d <= 10 && (out.Action != consumer.Retry || !out.Snoozed || out.Delay != 10*time.Minute) {
+			t.Fatalf("delivery %d: %+v, want a snoozed Retry after 10m", d, out)
+		}
+		if out.Action == consumer.DeadLetter {
+			break
+		}
+	}
+	// Ten snoozes at attempt 1, then the policy's attempts of failures.
+	if runs != 10+policy.Attempts() || attempts[9] != 1 || attempts[len(attempts)-1] != policy.Attempts() {
+		t.Fatalf("runs %d, attempts %v: want 10 snoozes at attempt 1, then %d failing attempts", runs, attempts, policy.Attempts())
+	}
+}

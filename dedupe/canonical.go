@@ -84,10 +84,17 @@ type parser struct {
 	data  []byte
 	pos   int
 	depth int
+	// jcs parses numbers as IEEE 754 doubles and writes them as ECMAScript
+	// does (RFC 8785) instead of as exact decimals.
+	jcs bool
 }
 
-func parseJSON(data []byte) (*node, error) {
-	p := parser{data: data}
+func parseJSON(data []byte) (*node, error) { return parseJSONMode(data, false) }
+
+// parseJSONMode parses data; with jcs, numbers are read as RFC 8785 reads
+// them (see CanonicalizeJCS).
+func parseJSONMode(data []byte, jcs bool) (*node, error) {
+	p := parser{data: data, jcs: jcs}
 	p.skipSpace()
 	n, err := p.value()
 	if err != nil {
@@ -373,6 +380,7 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 // number parses a JSON number at p.pos and returns its canonical text.
 func (p *parser) number() (string, error) {
+	begin := p.pos
 	neg := false
 	if p.data[p.pos] == '-' {
 		neg = true
@@ -418,6 +426,9 @@ func (p *parser) number() (string, error) {
 			return "", p.fail("invalid number: no digits in exponent")
 		}
 		ed := bytes.TrimLeft(p.data[es:p.pos], "0")
+		if p.jcs {
+			return p.jcsNumber(p.data[begin:p.pos])
+		}
 		if len(ed) > maxExpDigits {
 			return "", p.fail("exponent out of range")
 		}
@@ -427,6 +438,9 @@ func (p *parser) number() (string, error) {
 		if expNeg {
 			exp = -exp
 		}
+	}
+	if p.jcs {
+		return p.jcsNumber(p.data[begin:p.pos])
 	}
 	return canonicalNumber(neg, intPart, frac, exp), nil
 }

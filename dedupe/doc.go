@@ -24,9 +24,26 @@
 //     reused a key for another operation. Never run it, never drop it
 //     silently: HTTP 409, dead-letter reason "conflict".
 //
-// Long handlers call Guard.Extend as a heartbeat. Decide is the one
-// implementation of these rules; stores call it, or mirror it server-side
-// and are held to it by the conformance suite in dedupe/storetest.
+// # Fencing
+//
+// Every Acquired claim carries two fencing tokens: Claim.Token, an opaque
+// string the store itself checks on Complete, Release, Delete and Extend,
+// and Claim.Fence, a number that grows with every lease of the key — first
+// claim, claim after Release, takeover — for systems the store does not
+// know. A handler passes the fence along with its writes (a column, a
+// header, a conditional update "WHERE fence < $1"); the downstream system
+// keeps the largest fence it has accepted per key and refuses smaller ones,
+// so a holder that stalled past its lease and was taken over cannot
+// overwrite its successor's effects. Fences grow without any clock
+// assumption while the key's record exists; across a Delete or the end of
+// retention they rely on the clocks of the processes sharing the store
+// (storekit.NextFence says exactly how).
+//
+// Long handlers call Guard.Extend as a heartbeat. storekit.Decide is the
+// one implementation of these rules; stores call it (package
+// dedupe/storekit holds what only store authors need), or mirror it
+// server-side and are held to it by the conformance suite in
+// dedupe/storetest.
 //
 // # Keys
 //
@@ -49,6 +66,15 @@
 // together with the chosen Headers. SHA-256 by default; HMAC-SHA256 with
 // HMACKey when stored fingerprints must not reveal the payload. Non-JSON
 // payloads hash their raw bytes; asking for fields of one is ErrNotJSON.
+//
+// Fingerprinter.Canonical CanonicalJCS switches to RFC 8785 (JCS,
+// CanonicalizeJCS: numbers as IEEE 754 doubles written as JavaScript
+// writes them, names in UTF-16 order) and to a plain SHA-256 of the
+// canonical bytes, so that a producer in Python, JavaScript or any language
+// with a JCS library computes the same fingerprint and can send it, or
+// check it, itself. The exact mode stays the default: it never makes two
+// different amounts look alike, and changing a default would change every
+// stored fingerprint.
 //
 // # Retention
 //

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -45,6 +46,35 @@ type Fingerprinter struct {
 	// payload to whoever can read the store (a guessable payload such as an
 	// amount could otherwise be confirmed by hashing candidates).
 	HMACKey []byte
+	// Canonical chooses the canonical form of a JSON payload and the bytes
+	// hashed. Default CanonicalExact: Canonicalize, inside idemq's own
+	// framing (a version string and length-prefixed fields; stable, but
+	// only practical to reproduce with this package).
+	//
+	// CanonicalJCS is for fingerprints a producer in another language
+	// computes too. The fingerprint is the lower-case hex SHA-256 (or
+	// HMAC-SHA256 under HMACKey) of exactly these bytes, with no prefix and
+	// no length:
+	//
+	//   - JSON payload, no Headers: CanonicalizeJCS of the payload after
+	//     Exclude, or of the object {path: value} of the Include paths
+	//     present;
+	//   - JSON payload with Headers: CanonicalizeJCS of the object
+	//     {"headers": {name: [values…]}, "payload": document}, names in
+	//     lower case, each listed name present ([] when absent), invalid
+	//     UTF-8 in a value replaced by U+FFFD;
+	//   - a payload that is not JSON (not I-JSON: also duplicate names,
+	//     lone surrogates, numbers beyond a double): its raw bytes, or with
+	//     Headers the JCS of {"headers": {…}, "raw": base64 (standard, with
+	//     padding) of the bytes}. Include or Exclude on it is ErrNotJSON.
+	//
+	// A producer hashes the JCS bytes with its language's RFC 8785 library
+	// (Python: rfc8785.dumps; JavaScript: the canonicalize package; Go:
+	// CanonicalizeJCS) and SHA-256; see ExampleFingerprinter_jcs. Changing
+	// Canonical changes every fingerprint: a redelivery of a key completed
+	// under the other mode is a Conflict, so switch with a new
+	// Guard.Namespace or once Guard.Retention has passed.
+	Canonical CanonicalMode
 }
 
 // fingerprintVersion separates this encoding from any future one.
@@ -59,6 +89,9 @@ func (f *Fingerprinter) Fingerprint(in Input) (string, error) {
 		cfg = *f
 	}
 	selects := len(cfg.Include) > 0 || len(cfg.Exclude) > 0
+	if cfg.Canonical == CanonicalJCS {
+		return cfg.fingerprintJCS(in, selects)
+	}
 	var h hash.Hash
 	if len(cfg.HMACKey) > 0 {
 		h = hmac.New(sha256.New, cfg.HMACKey)
@@ -89,6 +122,58 @@ func (f *Fingerprinter) Fingerprint(in Input) (string, error) {
 			writeField(h, []byte(v))
 		}
 	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// fingerprintJCS is Fingerprint with Canonical CanonicalJCS.
+func (f *Fingerprinter) fingerprintJCS(in Input, selects bool) (string, error) {
+	var h hash.Hash
+	if len(f.HMACKey) > 0 {
+		h = hmac.New(sha256.New, f.HMACKey)
+	} else {
+		h = sha256.New()
+	}
+	root, err := parseJSONMode(in.Data, true)
+	if err != nil && selects {
+		return "", fmt.Errorf("%w (Include and Exclude need a JSON payload)", err)
+	}
+	if err == nil {
+		root = f.selectFields(root)
+	}
+	if len(f.Headers) == 0 {
+		if err != nil {
+			h.Write(in.Data)
+		} else {
+			var buf bytes.Buffer
+			root.writeJCS(&buf)
+			h.Write(buf.Bytes())
+		}
+		return hex.EncodeToString(h.Sum(nil)), nil
+	}
+	headers := &node{kind: kindObject}
+	seen := make(map[string]bool, len(f.Headers))
+	for _, name := range f.Headers {
+		lower := strings.ToLower(name)
+		if seen[lower] {
+			continue
+		}
+		seen[lower] = true
+		vals := &node{kind: kindArray, arr: []*node{}}
+		for _, v := range in.Values(name) {
+			vals.arr = append(vals.arr, &node{kind: kindString, str: strings.ToValidUTF8(v, "\uFFFD")})
+		}
+		headers.obj = append(headers.obj, member{name: strings.ToValidUTF8(lower, "\uFFFD"), val: vals})
+	}
+	sortMembers(headers.obj)
+	doc := &node{kind: kindObject, obj: []member{{name: "headers", val: headers}}}
+	if err != nil {
+		doc.obj = append(doc.obj, member{name: "raw", val: &node{kind: kindString, str: base64.StdEncoding.EncodeToString(in.Data)}})
+	} else {
+		doc.obj = append(doc.obj, member{name: "payload", val: root})
+	}
+	var buf bytes.Buffer
+	doc.writeJCS(&buf)
+	h.Write(buf.Bytes())
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 

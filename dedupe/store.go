@@ -2,13 +2,8 @@ package dedupe
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -114,6 +109,14 @@ type Claim struct {
 	// Takeover is true when Acquired replaced an in-progress record whose
 	// lease had expired (the previous attempt crashed or stalled).
 	Takeover bool
+	// Fence is the fencing token of the new lease as a number (Acquired
+	// only): larger than the Fence of every earlier lease of the same key,
+	// so that a downstream system can refuse writes from a holder that was
+	// taken over (it remembers the largest Fence it has seen per key and
+	// rejects smaller ones). Token is the store's own check; Fence is for
+	// systems the store does not know. Never 0 for an Acquired claim. See
+	// NextFence for how it is made and what its order relies on.
+	Fence uint64
 	// Attempt is the number of this attempt (Acquired only): 1 for the first
 	// claim of a key, one more for every later claim that is Acquired after
 	// a Release or a takeover. It counts runs of the operation, not
@@ -132,8 +135,8 @@ type Claim struct {
 // Store persists dedupe records and applies the claim state machine
 // atomically. Every implementation must pass the conformance suite in
 // package dedupe/storetest. Implementations that can read and write a record
-// atomically call Decide, CompleteRecord, ReleaseRecord and ExtendRecord so that
-// the state machine exists once; stores that must run it server-side (the
+// atomically call storekit's Decide, CompleteRecord, ReleaseRecord,
+// DeleteRecord and ExtendRecord so that the state machine exists once; stores that must run it server-side (the
 // Redis Lua script) mirror it and are held to it by the suite.
 type Store interface {
 	// Claim applies the state machine for key. lease is how long an Acquired
@@ -157,6 +160,15 @@ type Store interface {
 	// Extend pushes the lease out to now+lease (a heartbeat for a long
 	// handler). ErrLeaseLost unless token is current.
 	Extend(ctx context.Context, key, token string, lease time.Duration) error
+}
+
+// Snoozer is implemented by stores that can give a lease back without it
+// counting as an attempt (every store in this module does): Snooze is
+// Release, except that the next Claim is Acquired with the same Attempt as
+// the snoozed one. The pipeline uses it for a handler's consumer.Snooze.
+// ErrLeaseLost unless token is current.
+type Snoozer interface {
+	Snooze(ctx context.Context, key, token string) error
 }
 
 // Pinger is implemented by stores that can tell cheaply whether they
@@ -188,6 +200,9 @@ type Record struct {
 	// Attempts is the number of leases granted for the key: the attempt
 	// number of the current (or last) one.
 	Attempts int
+	// Fence is the numeric fencing token of the current (or last) lease, see
+	// Claim.Fence and NextFence; 0 in records written before fences existed.
+	Fence uint64
 	// LeaseUntil is when the in-progress lease ends.
 	LeaseUntil time.Time
 	// Result is the stored result (done or failed).
@@ -202,158 +217,4 @@ type Record struct {
 // Live reports whether the record exists at now (retention not over).
 func (r *Record) Live(now time.Time) bool {
 	return r != nil && now.Before(r.ExpiresAt)
-}
-
-// ValidateLease checks a lease and retention pair as Store.Claim requires.
-func ValidateLease(lease, retention time.Duration) error {
-	if lease <= 0 {
-		return fmt.Errorf("%w: lease %v must be positive", ErrInvalidLease, lease)
-	}
-	if retention < lease {
-		return fmt.Errorf("%w: retention %v is shorter than lease %v", ErrInvalidLease, retention, lease)
-	}
-	return nil
-}
-
-// NewToken returns a fresh fencing token: 32 lower-case hex digits, a
-// 64-bit prefix drawn from crypto/rand once per process (on the first call)
-// followed by a 64-bit counter that the process increments atomically.
-//
-// A fencing token needs uniqueness, not secrecy: it tells a lease's holder
-// from the attempt that took over after it, and every store compares it
-// only for equality. Tokens of one process never repeat (2^64 calls); tokens
-// of two processes collide only if their random prefixes do, which for a
-// thousand processes sharing one store has a probability below 10^-13.
-// Tokens are predictable within a process, so never use one as a secret.
-// The call costs an atomic increment and a hex encoding, with no system
-// call after the first.
-func NewToken() string {
-	tokenOnce.Do(func() {
-		_, _ = rand.Read(tokenPrefix[:]) // crypto/rand.Read never returns an error (Go 1.24+).
-	})
-	var b [16]byte
-	copy(b[:8], tokenPrefix[:])
-	binary.BigEndian.PutUint64(b[8:], tokenCounter.Add(1))
-	var h [32]byte
-	hex.Encode(h[:], b[:])
-	return string(h[:])
-}
-
-// The per-process state of NewToken: a random prefix drawn on first use
-// (sync.Once, so importing the package has no side effect) and a counter.
-var (
-	tokenOnce    sync.Once
-	tokenPrefix  [8]byte
-	tokenCounter atomic.Uint64
-)
-
-// Decide is the dedupe state machine. Given the current record for key (nil
-// when absent) it returns the claim answer and the record to store, or nil
-// when the stored record must not change. A record whose retention is over
-// counts as absent.
-//
-//   - absent → new in-progress record with a fresh token: Acquired, Attempt 1
-//   - in progress, released (no token) → new token: Acquired, Attempt + 1
-//   - in progress, lease alive → Busy with the lease remainder
-//   - in progress, lease expired → new token: Acquired with Takeover, Attempt + 1
-//   - done/failed, same fingerprint (or either empty) → Duplicate
-//   - done/failed, different fingerprint → Conflict
-func Decide(cur *Record, key, fingerprint string, now time.Time, lease, retention time.Duration) (Claim, *Record) {
-	if cur.Live(now) {
-		switch cur.State {
-		case StateInProgress:
-			released := cur.Token == ""
-			if !released && now.Before(cur.LeaseUntil) {
-				return Claim{Status: Busy, RetryAfter: cur.LeaseUntil.Sub(now), Fingerprint: cur.Fingerprint}, nil
-			}
-			next := *cur
-			next.Fingerprint = fingerprint
-			next.Token = NewToken()
-			next.Attempts = max(cur.Attempts, 0) + 1
-			next.LeaseUntil = now.Add(lease)
-			next.ExpiresAt = laterOf(now.Add(retention), next.LeaseUntil)
-			return Claim{Status: Acquired, Token: next.Token, Takeover: !released, Attempt: next.Attempts}, &next
-		case StateDone, StateFailed:
-			if fingerprint != "" && cur.Fingerprint != "" && fingerprint != cur.Fingerprint {
-				return Claim{Status: Conflict, Fingerprint: cur.Fingerprint}, nil
-			}
-			return Claim{
-				Status:      Duplicate,
-				Result:      Result{Failed: cur.State == StateFailed, Data: cur.Result},
-				Fingerprint: cur.Fingerprint,
-			}, nil
-		}
-	}
-	rec := &Record{
-		Key:         key,
-		Fingerprint: fingerprint,
-		State:       StateInProgress,
-		Token:       NewToken(),
-		Attempts:    1,
-		LeaseUntil:  now.Add(lease),
-		CreatedAt:   now,
-	}
-	rec.ExpiresAt = laterOf(now.Add(retention), rec.LeaseUntil)
-	return Claim{Status: Acquired, Token: rec.Token, Attempt: 1}, rec
-}
-
-// CompleteRecord applies Complete to cur and returns the record to store.
-func CompleteRecord(cur *Record, token string, res Result, now time.Time, retention time.Duration) (*Record, error) {
-	if err := owned(cur, token, now); err != nil {
-		return nil, err
-	}
-	next := *cur
-	next.State = StateDone
-	if res.Failed {
-		next.State = StateFailed
-	}
-	next.Result = res.Data
-	next.LeaseUntil = time.Time{}
-	next.ExpiresAt = now.Add(retention)
-	return &next, nil
-}
-
-// ReleaseRecord applies Release to cur and returns the record to store: the
-// token cleared and the lease ended, the attempt count and retention kept.
-func ReleaseRecord(cur *Record, token string, now time.Time) (*Record, error) {
-	if err := owned(cur, token, now); err != nil {
-		return nil, err
-	}
-	next := *cur
-	next.Token = ""
-	next.LeaseUntil = time.Time{}
-	return &next, nil
-}
-
-// DeleteRecord checks that Delete may remove cur.
-func DeleteRecord(cur *Record, token string, now time.Time) error {
-	return owned(cur, token, now)
-}
-
-// ExtendRecord applies Extend to cur and returns the record to store.
-func ExtendRecord(cur *Record, token string, now time.Time, lease time.Duration) (*Record, error) {
-	if err := owned(cur, token, now); err != nil {
-		return nil, err
-	}
-	next := *cur
-	next.LeaseUntil = now.Add(lease)
-	next.ExpiresAt = laterOf(next.ExpiresAt, next.LeaseUntil)
-	return &next, nil
-}
-
-// owned reports ErrLeaseLost unless cur is a live in-progress record whose
-// current token is token. An expired lease that nobody took over is still
-// owned: the token, not the clock, is the authority.
-func owned(cur *Record, token string, now time.Time) error {
-	if !cur.Live(now) || cur.State != StateInProgress || token == "" || cur.Token != token {
-		return ErrLeaseLost
-	}
-	return nil
-}
-
-func laterOf(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

@@ -110,10 +110,11 @@ const (
 	causeUnavailable
 	causeLeaseLost
 	causeBudget
+	causeSnooze
 	nCauses
 )
 
-var causeNames = [nCauses]string{"transient", "busy", "unavailable", "lease_lost", "budget"}
+var causeNames = [nCauses]string{"transient", "busy", "unavailable", "lease_lost", "budget", "snooze"}
 
 // dest is the precomputed attributes of one destination.
 type dest struct {
@@ -183,8 +184,8 @@ func (c *ConsumerObserver) StartMessage(ctx context.Context, m *consumer.Message
 	return ctx
 }
 
-var storeSpanNames = [consumer.StoreExtend + 1]string{"", "idemq.dedupe.claim", "idemq.dedupe.complete",
-	"idemq.dedupe.release", "idemq.dedupe.delete", "idemq.dedupe.extend"}
+var storeSpanNames = [consumer.StoreSnooze + 1]string{"", "idemq.dedupe.claim", "idemq.dedupe.complete",
+	"idemq.dedupe.release", "idemq.dedupe.delete", "idemq.dedupe.extend", "idemq.dedupe.snooze"}
 
 // StartStore starts a store call's span.
 func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp) context.Context {
@@ -309,6 +310,8 @@ func causeOf(out consumer.Outcome) int {
 	switch {
 	case out.Unavailable != 0:
 		return causeUnavailable
+	case out.Snoozed:
+		return causeSnooze
 	case out.Claim == dedupe.Busy:
 		return causeBusy
 	case out.Shed:
@@ -333,13 +336,13 @@ func endSpan(span trace.Span, err error) {
 
 // storeOpts is the precomputed attributes of store calls: operation ×
 // error.type (none, lease_lost, timeout, canceled, _OTHER).
-type storeOpts [6][5]opts
+type storeOpts [consumer.StoreSnooze + 1][5]opts
 
 var storeErrTypes = [5]string{"", "lease_lost", "timeout", "canceled", "_OTHER"}
 
 func newStoreOpts(component attribute.KeyValue, base []attribute.KeyValue) storeOpts {
 	var s storeOpts
-	for op := consumer.StoreClaim; op <= consumer.StoreExtend; op++ {
+	for op := consumer.StoreClaim; op <= consumer.StoreSnooze; op++ {
 		for i, et := range storeErrTypes {
 			kv := append([]attribute.KeyValue{component, AttrStoreOperation.String(op.String())}, base...)
 			if et != "" {

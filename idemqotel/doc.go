@@ -26,10 +26,10 @@
 //	                                          conflict, invalid, store_error; idemq.component: consumer, http
 //	idemq.dead_letters             {message}  dead letters stored, by idemq.dead_letter.reason
 //	idemq.retry.delay              s          redelivery delays by idemq.retry.cause: transient, busy, unavailable,
-//	                                          lease_lost, budget (the count is the number of retries)
+//	                                          lease_lost, budget, snooze (the count is the number of retries)
 //	idemq.handler.duration         s          handler runs, by idemq.component
 //	idemq.dedupe.store.duration    s          store calls by idemq.dedupe.operation: claim, complete, release,
-//	                                          delete, extend; error.type on failure
+//	                                          delete, extend, snooze; error.type on failure
 //	idemq.consumer.paused          {consumer} 1 while paused, by idemq.dependency: store, dead_letter
 //	idemq.consumer.pauses          {pause}    pauses, by idemq.dependency
 //	messaging.client.sent.messages {message}  rows the relay handed to the broker, by destination; error.type on failure

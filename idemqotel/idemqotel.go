@@ -42,14 +42,14 @@ const (
 	MetricDeadLetters = "idemq.dead_letters"
 	// MetricRetryDelay is the histogram of redelivery delays, in seconds,
 	// by idemq.retry.cause (transient, busy, unavailable, lease_lost,
-	// budget); its count is the number of retries.
+	// budget, snooze); its count is the number of retries.
 	MetricRetryDelay = "idemq.retry.delay"
 	// MetricHandlerDuration is the histogram of handler runs, in seconds,
 	// by idemq.component.
 	MetricHandlerDuration = "idemq.handler.duration"
 	// MetricStoreDuration is the histogram of dedupe store calls made
 	// through the guard, in seconds, by idemq.dedupe.operation (claim,
-	// complete, release, delete, extend), idemq.component and error.type.
+	// complete, release, delete, extend, snooze), idemq.component and error.type.
 	MetricStoreDuration = "idemq.dedupe.store.duration"
 	// MetricConsumerPaused is 1 while the consumer is paused because
 	// idemq.dependency (store, dead_letter) does not answer, 0 otherwise.
@@ -102,7 +102,7 @@ const (
 	// AttrDependency names what did not answer: store, dead_letter.
 	AttrDependency = attribute.Key("idemq.dependency")
 	// AttrStoreOperation is a dedupe store call: claim, complete, release,
-	// delete, extend.
+	// delete, extend, snooze.
 	AttrStoreOperation = attribute.Key("idemq.dedupe.operation")
 	// AttrComponent is consumer or http.
 	AttrComponent = attribute.Key("idemq.component")

@@ -141,6 +141,7 @@ func (in *Inbox) processFast(ctx context.Context, fn MessageFunc, msgs []*consum
 			it.err = retry.After(d, ErrBusy)
 		case dedupe.Acquired:
 			claimed[it.key] = true
+			it.m.Fence = c.Fence
 			res, rejected, err := runFast(hctx, fn, tx, it.m)
 			if err != nil {
 				return giveUp("handler", err)

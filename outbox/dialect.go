@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strconv"
 	"strings"
@@ -143,23 +142,23 @@ func (d dialect) ddl(table string) []string {
 
 // createTable runs the DDL in one transaction; on Postgres under an advisory
 // lock, because concurrent CREATE ... IF NOT EXISTS can still collide.
-func createTable(ctx context.Context, db *sql.DB, d dialect, table string) error {
-	tx, err := db.BeginTx(ctx, nil)
+func createTable(ctx context.Context, db sqlstore.DB, d dialect, table string) error {
+	tx, err := db.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("outbox: create table %s: %w", table, err)
 	}
-	defer func() { _ = tx.Rollback() }()
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if d.kind == sqlstore.Postgres {
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "idemq.outbox.ddl."+table); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "idemq.outbox.ddl."+table); err != nil {
 			return fmt.Errorf("outbox: create table %s: %w", table, err)
 		}
 	}
 	for _, q := range d.ddl(table) {
-		if _, err := tx.ExecContext(ctx, q); err != nil {
+		if _, err := tx.Exec(ctx, q); err != nil {
 			return fmt.Errorf("outbox: create table %s: %w", table, err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("outbox: create table %s: %w", table, err)
 	}
 	return nil

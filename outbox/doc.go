@@ -60,6 +60,17 @@
 // others commit. A batch handler must therefore keep all its work inside
 // the transaction: it may run twice in one batch attempt.
 //
+// # On pgx
+//
+// A program that talks to Postgres through pgx rather than database/sql
+// uses the same tables and guarantees: sqlstore.NewOn(ctx,
+// pgxconn.Pool(pool), …) for the store, NewOn(ctx, pgxconn.Pool(pool), …)
+// for the outbox, Inbox.PgxHandler(pool, fn) with fn(ctx, pgx.Tx, msg) for
+// the handler, and Outbox.AddIn(ctx, pgxconn.Tx(tx), msgs…) inside it (see
+// package dedupe/sqlstore/pgxconn). NewInbox then takes a nil *sql.DB. The
+// relay still reads the table through database/sql (pgx's stdlib driver).
+// Batches (BatchHandler) are database/sql only.
+//
 // # The relay
 //
 // Postgres: a round claims up to BatchSize due pending rows in sequence

@@ -9,6 +9,7 @@ import (
 	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/dedupe"
 	"github.com/idemq/idemq/dedupe/sqlstore"
+	"github.com/idemq/idemq/dedupe/storekit"
 	"github.com/idemq/idemq/retry"
 )
 
@@ -52,7 +53,8 @@ type Inbox struct {
 }
 
 // NewInbox returns an Inbox on db; cfg.Guard.Store must be a
-// *sqlstore.Store on db.
+// *sqlstore.Store on db. db may be nil for a program on pgx, which then
+// uses only PgxHandler and HandlePgx.
 func NewInbox(db *sql.DB, cfg InboxConfig) (*Inbox, error) {
 	if cfg.Guard == nil {
 		return nil, errors.New("outbox: InboxConfig.Guard is required")
@@ -61,7 +63,7 @@ func NewInbox(db *sql.DB, cfg InboxConfig) (*Inbox, error) {
 	if !ok {
 		return nil, fmt.Errorf("outbox: inbox needs a *sqlstore.Store as Guard.Store, got %T", cfg.Guard.Store)
 	}
-	if err := dedupe.ValidateLease(cfg.Guard.LeaseDuration(), cfg.Guard.RetentionDuration()); err != nil {
+	if err := storekit.ValidateLease(cfg.Guard.LeaseDuration(), cfg.Guard.RetentionDuration()); err != nil {
 		return nil, err
 	}
 	return &Inbox{db: db, store: st, guard: cfg.Guard, txo: cfg.TxOptions}, nil
@@ -99,6 +101,9 @@ type InboxOutcome struct {
 // fn's context carries a Cause (WithCause) for the derived outbox ids: the
 // one already in ctx, reset, or else one whose ID is key.
 func (i *Inbox) Handle(ctx context.Context, key, fingerprint string, fn TxFunc) (InboxOutcome, error) {
+	if i.db == nil {
+		return InboxOutcome{}, errNoSQLDB
+	}
 	tx, err := i.db.BeginTx(ctx, i.txo)
 	if err != nil {
 		return InboxOutcome{}, fmt.Errorf("outbox: inbox begin: %w", err)
@@ -118,8 +123,14 @@ func (i *Inbox) Handle(ctx context.Context, key, fingerprint string, fn TxFunc) 
 // savepoint). On a nil error with Status Acquired the record is completed
 // in tx and the caller commits.
 func (i *Inbox) handleTx(ctx context.Context, tx *sql.Tx, key, fingerprint string, fn TxFunc) (InboxOutcome, error) {
+	return i.handleIn(ctx, sqlstore.SQL(tx), key, fingerprint, func(ctx context.Context) (dedupe.Result, error) { return fn(ctx, tx) })
+}
+
+// handleIn is handleTx on any sqlstore.Conn in a transaction; body runs
+// the handler on that transaction.
+func (i *Inbox) handleIn(ctx context.Context, tx sqlstore.Conn, key, fingerprint string, body func(ctx context.Context) (dedupe.Result, error)) (InboxOutcome, error) {
 	lease, retention := i.guard.LeaseDuration(), i.guard.RetentionDuration()
-	c, err := i.store.ClaimTx(ctx, tx, key, fingerprint, lease, retention)
+	c, err := i.store.ClaimIn(ctx, tx, key, fingerprint, lease, retention)
 	if err != nil {
 		return InboxOutcome{}, fmt.Errorf("outbox: inbox claim: %w", err)
 	}
@@ -134,15 +145,18 @@ func (i *Inbox) handleTx(ctx context.Context, tx *sql.Tx, key, fingerprint strin
 	default:
 		return InboxOutcome{}, fmt.Errorf("outbox: inbox claim: unexpected status %v", c.Status)
 	}
-	res, err := fn(withFreshCause(ctx, key), tx)
+	res, err := body(context.WithValue(withFreshCause(ctx, key), fenceKey{}, c.Fence))
 	if err != nil {
 		return InboxOutcome{Status: dedupe.Acquired}, err
 	}
-	if err := i.store.CompleteTx(ctx, tx, key, c.Token, res, retention); err != nil {
+	if err := i.store.CompleteIn(ctx, tx, key, c.Token, res, retention); err != nil {
 		return InboxOutcome{Status: dedupe.Acquired}, fmt.Errorf("outbox: inbox complete: %w", err)
 	}
 	return InboxOutcome{Status: dedupe.Acquired, Result: res}, nil
 }
+
+// fenceKey carries the inbox claim's fencing token to the message handler.
+type fenceKey struct{}
 
 // withFreshCause puts a new Cause in ctx (counter at zero), copying the
 // existing one's id and headers, or using id.
@@ -187,18 +201,31 @@ func (i *Inbox) handleMessage(ctx context.Context, m *consumer.Message, fn Messa
 	ctx = WithCause(ctx, m.ID, m.Header)
 	var rejected error
 	out, err := run(ctx, key, fp, func(ctx context.Context, tx *sql.Tx) (dedupe.Result, error) {
-		err := fn(ctx, tx, m)
-		var rej *consumer.RejectError
-		if errors.As(err, &rej) {
-			rejected = err
-			return dedupe.Result{Failed: true, Data: rej.Data}, nil
-		}
-		if err != nil {
-			return dedupe.Result{}, err
-		}
-		data, _ := m.Result()
-		return dedupe.Result{Data: data}, nil
+		m.Fence, _ = ctx.Value(fenceKey{}).(uint64)
+		return messageResult(m, fn(ctx, tx, m), &rejected)
 	})
+	return messageOutcome(m, out, err, rejected)
+}
+
+// messageResult turns what a message handler returned into the result the
+// inbox stores: m's result, or a rejection's data as a stored failure (then
+// *rejected is the rejection, returned once the transaction committed).
+func messageResult(m *consumer.Message, err error, rejected *error) (dedupe.Result, error) {
+	var rej *consumer.RejectError
+	if errors.As(err, &rej) {
+		*rejected = err
+		return dedupe.Result{Failed: true, Data: rej.Data}, nil
+	}
+	if err != nil {
+		return dedupe.Result{}, err
+	}
+	data, _ := m.Result()
+	return dedupe.Result{Data: data}, nil
+}
+
+// messageOutcome is the consumer handler's answer for a message the inbox
+// handled: conflicts dead-lettered, duplicates replayed, the rest as run.
+func messageOutcome(m *consumer.Message, out InboxOutcome, err, rejected error) error {
 	switch {
 	case errors.Is(err, consumer.ErrConflict):
 		return retry.Permanent(err)

@@ -113,7 +113,7 @@ var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_
 // dialect detected from db, DefaultTable, a channel named after the table —
 // validates the table name, and returns the dialect's SQL.
 func resolveTable(db *sql.DB, kind *sqlstore.Dialect, table, channel *string) (dialect, error) {
-	if *kind == sqlstore.Auto {
+	if *kind == sqlstore.Auto && db != nil {
 		*kind = sqlstore.DetectDialect(db)
 	}
 	d, err := dialectFor(*kind)
@@ -135,8 +135,31 @@ func resolveTable(db *sql.DB, kind *sqlstore.Dialect, table, channel *string) (d
 // New returns an Outbox on db and, unless Config.SkipCreate, creates the
 // table and indexes if they are missing.
 func New(ctx context.Context, db *sql.DB, cfg Config) (*Outbox, error) {
+	if db == nil {
+		return nil, errors.New("outbox: nil *sql.DB")
+	}
+	if cfg.Dialect == sqlstore.Auto {
+		cfg.Dialect = sqlstore.DetectDialect(db)
+	}
+	return NewOn(ctx, sqlstore.SQLDB(db), cfg)
+}
+
+// NewOn is New on any sqlstore.DB: sqlstore.SQLDB(db), or
+// pgxconn.Pool(pool) for a program on pgx, which then adds messages with
+// AddIn on pgxconn.Tx(tx). Config.Dialect Auto asks db (pgxconn's adapters
+// answer Postgres). The relay reads the same table through database/sql
+// (NewRelay).
+func NewOn(ctx context.Context, db sqlstore.DB, cfg Config) (*Outbox, error) {
 	o := cfg
-	d, err := resolveTable(db, &o.Dialect, &o.Table, &o.Channel)
+	if db == nil {
+		return nil, errors.New("outbox: nil DB")
+	}
+	if o.Dialect == sqlstore.Auto {
+		if d, ok := db.(interface{ Dialect() sqlstore.Dialect }); ok {
+			o.Dialect = d.Dialect()
+		}
+	}
+	d, err := resolveTable(nil, &o.Dialect, &o.Table, &o.Channel)
 	if err != nil {
 		return nil, err
 	}
@@ -188,12 +211,40 @@ func (o *Outbox) AddTx(ctx context.Context, tx Querier, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	cause := causeFrom(ctx)
 	now := o.now()
+	rows, err := o.rows(ctx, msgs)
+	if err != nil {
+		return err
+	}
+	if buf := bufferFor(ctx, tx); buf != nil {
+		buf.add(o, rows)
+		return nil
+	}
+	return o.insert(ctx, sqlstore.SQL(tx), rows, now)
+}
+
+// AddIn is AddTx on any sqlstore.Conn: pgxconn.Tx(tx) adds the messages in
+// a pgx transaction, so they commit with the handler's pgx writes (see
+// Inbox.PgxHandler). The rows, ids and headers are AddTx's.
+func (o *Outbox) AddIn(ctx context.Context, tx sqlstore.Conn, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	now := o.now()
+	rows, err := o.rows(ctx, msgs)
+	if err != nil {
+		return err
+	}
+	return o.insert(ctx, tx, rows, now)
+}
+
+// rows checks msgs and derives their ids and headers.
+func (o *Outbox) rows(ctx context.Context, msgs []Message) ([]row, error) {
+	cause := causeFrom(ctx)
 	rows := make([]row, len(msgs))
 	for i, m := range msgs {
 		if m.Subject == "" {
-			return fmt.Errorf("%w: message %d has no subject", ErrInvalidMessage, i)
+			return nil, fmt.Errorf("%w: message %d has no subject", ErrInvalidMessage, i)
 		}
 		id := m.ID
 		if id == "" {
@@ -202,12 +253,12 @@ func (o *Outbox) AddTx(ctx context.Context, tx Querier, msgs ...Message) error {
 			cause.skip()
 		}
 		if len(id) > MaxIDLen {
-			return fmt.Errorf("%w: id of message %d is %d bytes, limit %d", ErrInvalidMessage, i, len(id), MaxIDLen)
+			return nil, fmt.Errorf("%w: id of message %d is %d bytes, limit %d", ErrInvalidMessage, i, len(id), MaxIDLen)
 		}
 		h := o.headers(ctx, cause, m.Header)
 		hb, err := encodeHeader(h)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		data := m.Data
 		if data == nil {
@@ -215,16 +266,16 @@ func (o *Outbox) AddTx(ctx context.Context, tx Querier, msgs ...Message) error {
 		}
 		rows[i] = row{ID: id, Subject: m.Subject, Header: hb, Data: data, OrderingKey: m.OrderingKey}
 	}
-	if buf := bufferFor(ctx, tx); buf != nil {
-		buf.add(o, rows)
-		return nil
-	}
-	// One statement per up to insertChunk rows keeps the parameter count
-	// within both engines' limits.
+	return rows, nil
+}
+
+// insert writes rows on tx: one statement per up to insertChunk rows keeps
+// the parameter count within both engines' limits.
+func (o *Outbox) insert(ctx context.Context, tx sqlstore.Conn, rows []row, now time.Time) error {
 	for start := 0; start < len(rows); start += insertChunk {
 		end := min(start+insertChunk, len(rows))
 		q, args := o.d.insertSQL(o.table, rows[start:end], now, o.notify && start == 0, o.channel)
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		if _, err := tx.Exec(ctx, q, args...); err != nil {
 			return fmt.Errorf("outbox: insert into %s: %w", o.table, err)
 		}
 	}

@@ -527,9 +527,11 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row, st *Re
 		st.Published, st.Duplicates, st.Failed, st.Retried = published, duplicates, failed, retried
 	}
 	r.checkAcked(ctx, outs)
-	if published == 0 && retried > 0 {
+	if published == 0 && retried > 1 {
 		// Nothing got through: the broker (or the streams' leaders) is
-		// not answering. The rows stay pending; the worker pauses.
+		// not answering. The rows stay pending; the worker pauses. One
+		// row alone failing says nothing of the broker: its own backoff
+		// spaces its retries.
 		return claimed, done, fmt.Errorf("%w: %d rows left pending: %w", errBrokerUnavailable, retried, lastErr)
 	}
 	return claimed, done, nil

@@ -54,8 +54,9 @@ type RelayRound struct {
 	Duration time.Duration
 	// Err is why the round failed (the database or the broker did not
 	// answer); nil for a committed round. A failed round marked nothing
-	// (counts are zero) unless every publish failed transiently, in which
-	// case Retried counts the rows left pending.
+	// (counts are zero) unless every publish of more than one row failed
+	// transiently (the broker is not answering), in which case Retried
+	// counts the rows left pending.
 	Err error
 }
 

@@ -115,11 +115,18 @@ func TestThreeRelaysShareWorkAndKeepKeyOrder(t *testing.T) {
 	eventually(t, 30*time.Second, "all rows sent", func() (bool, error) {
 		return counts(t, ctx, pg.DB, e.ob)[outbox.StateSent] == total, nil
 	})
+	// The counters move just after the commit the counts above see: wait
+	// for them too, then check they add up exactly.
 	var sum int64
+	eventually(t, 10*time.Second, "the relays' counters", func() (bool, error) {
+		sum = 0
+		for _, r := range relays {
+			sum += r.Stats().Published
+		}
+		return sum >= total, nil
+	})
 	for i, r := range relays {
-		st := r.Stats()
-		t.Logf("relay %d: %+v", i, st)
-		sum += st.Published
+		t.Logf("relay %d: %+v", i, r.Stats())
 	}
 	if sum != total {
 		t.Fatalf("relays marked %d rows sent, want %d", sum, total)

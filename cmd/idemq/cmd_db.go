@@ -39,6 +39,10 @@ func openOutbox(ctx context.Context, dbURL, table string) (*sql.DB, *outbox.Outb
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := requireTable(ctx, db, dbURL, "outbox", table, "outbox.New (a program that writes to the outbox)"); err != nil {
+		_ = db.Close()
+		return nil, nil, err
+	}
 	ob, err := outbox.New(ctx, db, outbox.Config{Table: table, SkipCreate: true})
 	if err != nil {
 		_ = db.Close()

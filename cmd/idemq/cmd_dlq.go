@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/schollz/progressbar/v3"
 )
@@ -19,7 +20,7 @@ func natsFlags(fs *flag.FlagSet) (url, stream *string) {
 }
 
 func (a *app) dlqList(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq list", "[-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]",
+	fs := a.flagSet("dlq list", "[-nats URL] [-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]",
 		"Lists dead letters oldest first, one line each: DLQ sequence, reason, original subject,\n"+
 			"original stream:sequence, attempts, failed-at and the error (cut to the terminal width).\n"+
 			"Messages are read by sequence (JetStream message get): nothing is consumed or acked.")
@@ -53,7 +54,7 @@ func (a *app) dlqList(ctx context.Context, args []string) error {
 }
 
 func (a *app) dlqShow(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq show", "[-stream DLQ] SEQ",
+	fs := a.flagSet("dlq show", "[-nats URL] [-stream DLQ] SEQ",
 		"Shows the dead letter at DLQ sequence SEQ: every header and the body (indented when it is\n"+
 			"JSON, as text when it is printable, else as a hex dump).")
 	url, stream := natsFlags(fs)
@@ -77,18 +78,19 @@ func (a *app) dlqShow(ctx context.Context, args []string) error {
 }
 
 func (a *app) dlqReplay(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq replay", "[-stream DLQ] [-reason R] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]",
+	fs := a.flagSet("dlq replay", "[-nats URL] [-stream DLQ] [-reason R] [-subject S] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]",
 		"Republishes dead letters to their Idemq-Original-Subject: the body unchanged, the original\n"+
 			"headers without the Idemq dead-letter headers, plus Idemq-Replayed-From: <stream>:<seq> and\n"+
 			"Nats-Msg-Id: replay.<stream>.<seq>. Each publish waits for its PubAck. Replaying the same\n"+
 			"dead letter again within the target stream's duplicate window is dropped by the server\n"+
-			"(counted as deduped); after the window it is published again. -reason filters -all (and\n"+
-			"checks -seq). Messages dead-lettered after the replay starts are not visited.")
+			"(counted as deduped); after the window it is published again. -reason and -subject filter\n"+
+			"-all (and check -seq). Messages dead-lettered after the replay starts are not visited.")
 	url, stream := natsFlags(fs)
 	var opts replayOptions
 	fs.Uint64Var(&opts.Seq, "seq", 0, "replay the dead letter at DLQ sequence `N`")
 	fs.StringVar(&opts.Reason, "reason", "", "only dead letters with this `reason`: permanent, exhausted, conflict or invalid")
-	fs.BoolVar(&opts.All, "all", false, "replay every dead letter in the stream (or every one with -reason)")
+	fs.StringVar(&opts.Filter.Subject, "subject", "", "only dead letters stored on this `subject` (a route such as dlq.payments.conflict; wildcards allowed)")
+	fs.BoolVar(&opts.All, "all", false, "replay every dead letter in the stream (or every one matching -reason and -subject)")
 	perSecond := fs.Float64("rate", defaultRate, "publish at most `N` messages per second; 0 means unlimited")
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "print what would be replayed; publish and delete nothing")
 	fs.BoolVar(&opts.Delete, "delete", false, "delete each dead letter from the DLQ once its replay is acknowledged")
@@ -155,11 +157,12 @@ func (a *app) dlqReplay(ctx context.Context, args []string) error {
 var errRefused = errors.New("refused without -yes")
 
 func (a *app) dlqPurge(ctx context.Context, args []string) error {
-	fs := a.flagSet("dlq purge", "[-stream DLQ] (-reason R | -all) -yes",
-		"Deletes dead letters: with -reason one message delete per matching letter, with -all a purge\n"+
-			"of the whole stream. Without -yes it only says how many it would delete and exits 2.")
+	fs := a.flagSet("dlq purge", "[-nats URL] [-stream DLQ] (-reason R | -subject S | -all) -yes",
+		"Deletes dead letters: with -reason or -subject one message delete per matching letter, with\n"+
+			"-all a purge of the whole stream. Without -yes it only says how many it would delete and exits 2.")
 	url, stream := natsFlags(fs)
 	reason := fs.String("reason", "", "delete the dead letters with this `reason`: permanent, exhausted, conflict or invalid")
+	subject := fs.String("subject", "", "delete the dead letters stored on this `subject` (a route; wildcards allowed)")
 	all := fs.Bool("all", false, "purge every message in the stream")
 	yes := fs.Bool("yes", false, "really delete")
 	pos, err := a.parse(fs, args)
@@ -169,8 +172,8 @@ func (a *app) dlqPurge(ctx context.Context, args []string) error {
 	if len(pos) > 0 {
 		return usageErrorf(fs, "unexpected argument %q", pos[0])
 	}
-	if (*reason == "") == !*all {
-		return usageErrorf(fs, "choose exactly one of -reason R and -all")
+	if (*reason == "" && *subject == "") == !*all {
+		return usageErrorf(fs, "choose -reason R and/or -subject S, or -all")
 	}
 	if err := checkReason(*reason); err != nil {
 		return usageErrorf(fs, "-reason: %v", err)
@@ -180,11 +183,18 @@ func (a *app) dlqPurge(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	what := "with reason " + *reason
+	var filters []string
+	if *reason != "" {
+		filters = append(filters, "with reason "+*reason)
+	}
+	if *subject != "" {
+		filters = append(filters, "on "+*subject)
+	}
+	what := strings.Join(filters, " and ")
 	if *all {
 		what = "(all)"
 	}
-	opts := purgeOptions{Stream: *stream, All: *all, Select: selector{Reason: *reason}}
+	opts := purgeOptions{Stream: *stream, All: *all, Select: selector{Reason: *reason, Subject: *subject}}
 	if !*yes {
 		n, err := countLetters(ctx, js, opts)
 		if err != nil {

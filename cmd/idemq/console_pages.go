@@ -46,6 +46,7 @@ func templateFuncs() template.FuncMap {
 		},
 		"cut":        cut,
 		"dash":       dash,
+		"num":        numDash,
 		"reasonHelp": func(r string) string { return reasonHelp[r] },
 		"bytes":      humanBytes,
 		"pct": func(n, total int) int {

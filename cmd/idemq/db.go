@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -37,6 +38,9 @@ func openDB(ctx context.Context, raw string) (*sql.DB, error) {
 		if path == "" {
 			return nil, fmt.Errorf("%w: empty sqlite path", errBadDBURL)
 		}
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("-db: no SQLite database at %s (the CLI opens existing databases only): %w", path, err)
+		}
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(5000)")
 		q.Set("mode", "rw")
@@ -65,4 +69,12 @@ func validDBURL(raw string) bool {
 		}
 	}
 	return false
+}
+
+// redactURL hides a password in a database or server URL for messages.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.Scheme != "" && u.User != nil {
+		return u.Redacted()
+	}
+	return raw
 }

@@ -251,13 +251,20 @@ func TestDedupeGet(t *testing.T) {
 			t.Fatalf("get long key: exit %d\n%s\n%s", code, outS, errS)
 		}
 
-		// Without the namespace the key is not found.
+		// Without the namespace the key is not found, and the error names
+		// the namespace that finds it.
 		code, _, errS = runCLI(t, "dedupe", "get", "-db", url, "k-done")
-		if code != exitError || !strings.Contains(errS, "record not found") {
-			t.Errorf("get without namespace: exit %d %q", code, errS)
+		if code != exitError || !strings.Contains(errS, "record not found") || !strings.Contains(errS, `"payments:k-done" (-namespace payments)`) {
+			t.Errorf("get without namespace: exit %d %q; want a miss naming -namespace payments", code, errS)
 		}
-		if err := dedupeGet(ctx, store, &dedupe.Guard{}, "k-done", time.Now(), false, io.Discard); !errors.Is(err, sqlstore.ErrNotFound) {
+		src := &sqlSource{db: db, store: store, url: url, table: sqlstore.DefaultTable}
+		if err := dedupeGet(ctx, src, &dedupe.Guard{}, "k-done", time.Now(), false, io.Discard); !errors.Is(err, sqlstore.ErrNotFound) || !errors.Is(err, errRecordNotFound) {
 			t.Errorf("dedupeGet(k-done) = %v, want sqlstore.ErrNotFound", err)
+		}
+		// A key stored nowhere says how keys are stored.
+		code, _, errS = runCLI(t, "dedupe", "get", "-db", url, "-namespace", "other", "nowhere")
+		if code != exitError || !strings.Contains(errS, `stored key "other:nowhere"`) || !strings.Contains(errS, "-namespace NS") {
+			t.Errorf("get of an unknown key: exit %d %q", code, errS)
 		}
 
 		// A missing table is an error and is not created.

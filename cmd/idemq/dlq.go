@@ -46,6 +46,35 @@ func connectNATS(url string) (*nats.Conn, jetstream.JetStream, error) {
 	return nc, js, nil
 }
 
+// errStreamNotFound is returned when the dead-letter stream named by
+// -stream does not exist on the server named by -nats.
+var errStreamNotFound = errors.New("dead-letter stream not found")
+
+// streamNotFound explains a missing dead-letter stream: which server was
+// asked, which streams it has, and the flags that name another stream or
+// another server.
+func streamNotFound(ctx context.Context, js jetstream.JetStream, name string) error {
+	server := js.Conn().ConnectedUrlRedacted()
+	var names []string
+	lister := js.StreamNames(ctx)
+	for n := range lister.Name() {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	have := "it has no streams"
+	switch {
+	case lister.Err() != nil:
+		have = fmt.Sprintf("its streams could not be listed: %v", lister.Err())
+	case len(names) > 20:
+		have = fmt.Sprintf("it has %d streams: %s, …", len(names), strings.Join(names[:20], ", "))
+	case len(names) > 0:
+		have = "its streams: " + strings.Join(names, ", ")
+	}
+	return fmt.Errorf("%w: no stream %q on the NATS server at %s (%s); name the dead-letter stream with -stream NAME, "+
+		"or another server with -nats URL (an embedded server, like the payments demo's, is gone once its program exits)",
+		errStreamNotFound, name, server, have)
+}
+
 // letter is one message stored in a dead-letter stream.
 type letter struct {
 	Seq     uint64
@@ -99,6 +128,9 @@ type dlq struct {
 // that failed again and were dead-lettered anew) are not visited.
 func openDLQ(ctx context.Context, js jetstream.JetStream, name string) (*dlq, error) {
 	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, streamNotFound(ctx, js, name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", name, err)
 	}
@@ -258,19 +290,22 @@ func checkReason(r string) error {
 
 // listEntry is one dead letter as list prints it (-json prints it as is).
 type listEntry struct {
-	Seq              uint64    `json:"seq"`
-	Subject          string    `json:"subject"`
-	StoredAt         time.Time `json:"stored_at"`
-	Reason           string    `json:"reason"`
-	OriginalSubject  string    `json:"original_subject"`
-	OriginalStream   string    `json:"original_stream"`
-	OriginalSequence string    `json:"original_sequence"`
-	Consumer         string    `json:"consumer"`
-	Attempts         string    `json:"attempts"`
-	FailedAt         string    `json:"failed_at"`
-	Host             string    `json:"host"`
-	Error            string    `json:"error"`
-	Size             int       `json:"size"`
+	Seq             uint64    `json:"seq"`
+	Subject         string    `json:"subject"`
+	StoredAt        time.Time `json:"stored_at"`
+	Reason          string    `json:"reason"`
+	OriginalSubject string    `json:"original_subject"`
+	OriginalStream  string    `json:"original_stream"`
+	// OriginalSequence and Attempts are the headers' numbers; 0 when the
+	// header is missing or not a number (no stream sequence is 0, and a
+	// dead letter has run at least once).
+	OriginalSequence uint64 `json:"original_sequence"`
+	Consumer         string `json:"consumer"`
+	Attempts         uint64 `json:"attempts"`
+	FailedAt         string `json:"failed_at"`
+	Host             string `json:"host"`
+	Error            string `json:"error"`
+	Size             int    `json:"size"`
 }
 
 func entryOf(l letter) listEntry {
@@ -281,9 +316,9 @@ func entryOf(l letter) listEntry {
 		Reason:           l.reason(),
 		OriginalSubject:  l.get(consumer.HeaderOriginalSubject),
 		OriginalStream:   l.get(consumer.HeaderOriginalStream),
-		OriginalSequence: l.get(consumer.HeaderOriginalSequence),
+		OriginalSequence: headerNumber(l.get(consumer.HeaderOriginalSequence)),
 		Consumer:         l.get(consumer.HeaderConsumer),
-		Attempts:         l.get(consumer.HeaderAttempts),
+		Attempts:         headerNumber(l.get(consumer.HeaderAttempts)),
 		FailedAt:         l.get(consumer.HeaderFailedAt),
 		Host:             l.get(consumer.HeaderHost),
 		Error:            l.get(consumer.HeaderError),
@@ -341,13 +376,13 @@ func writeTable(w io.Writer, entries []listEntry, width int) error {
 	head := []string{"SEQ", "REASON", "SUBJECT", "ORIGIN", "ATTEMPTS", "FAILED-AT", "ERROR"}
 	rows := [][]string{head}
 	for _, e := range entries {
-		origin := e.OriginalStream + ":" + e.OriginalSequence
-		if e.OriginalStream == "" && e.OriginalSequence == "" {
+		origin := dash(e.OriginalStream) + ":" + numDash(e.OriginalSequence)
+		if e.OriginalStream == "" && e.OriginalSequence == 0 {
 			origin = "-"
 		}
 		rows = append(rows, []string{
 			strconv.FormatUint(e.Seq, 10), dash(e.Reason), dash(e.OriginalSubject), origin,
-			dash(e.Attempts), dash(e.FailedAt), e.Error,
+			numDash(e.Attempts), dash(e.FailedAt), e.Error,
 		})
 	}
 	return writeColumns(w, rows, width)
@@ -358,6 +393,24 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// numDash formats n, or "-" for 0 (unknown).
+func numDash(n uint64) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.FormatUint(n, 10)
+}
+
+// headerNumber parses a numeric dead-letter header; 0 when it is missing or
+// not a decimal number.
+func headerNumber(v string) uint64 {
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // cut shortens s to at most n runes, ending with "…" when it was cut.

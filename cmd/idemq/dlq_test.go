@@ -204,12 +204,18 @@ func TestDLQList(t *testing.T) {
 		}
 
 		_, out, _ = f.cli(t, "dlq", "list", "-json", "-reason", "exhausted")
+		// Numeric headers are JSON numbers, like seq.
+		for _, want := range []string{`"seq":3,`, `"original_sequence":13,`, `"attempts":5,`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("-json output lacks %s: %s", want, out)
+			}
+		}
 		var e listEntry
 		if err := json.Unmarshal([]byte(out), &e); err != nil {
 			t.Fatalf("-json output %q: %v", out, err)
 		}
-		if e.Seq != 3 || e.Reason != "exhausted" || e.OriginalStream != f.orders || e.OriginalSequence != "13" ||
-			e.Attempts != "5" || e.Consumer != "worker" || e.Host != "test-host" || e.Size != 5 ||
+		if e.Seq != 3 || e.Reason != "exhausted" || e.OriginalStream != f.orders || e.OriginalSequence != 13 ||
+			e.Attempts != 5 || e.Consumer != "worker" || e.Host != "test-host" || e.Size != 5 ||
 			e.Error != consumer.ErrorText(errLong) || e.FailedAt != t0.Format(time.RFC3339) {
 			t.Errorf("-json entry %+v", e)
 		}
@@ -234,9 +240,22 @@ func TestDLQList(t *testing.T) {
 
 func TestDLQListMissingStream(t *testing.T) {
 	env := harness.EmbeddedNATS(t)
-	code, _, errOut := runCLI(t, "dlq", "list", "-nats", env.URL, "-stream", env.Name("NOPE"))
-	if code != exitError || !strings.Contains(errOut, "stream not found") {
-		t.Fatalf("exit %d, stderr %q", code, errOut)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	other := env.Name("OTHER")
+	if _, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: other, Subjects: []string{env.Subject("other.>")}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"dlq", "list"}, {"dlq", "show", "1"}, {"dlq", "replay", "-all"}, {"dlq", "purge", "-all"}} {
+		args := append(append([]string(nil), cmd...), "-nats", env.URL, "-stream", env.Name("NOPE"))
+		code, _, errOut := runCLI(t, args...)
+		// The error names the stream asked for, the server asked, the
+		// streams it has, and the two flags that fix it.
+		for _, want := range []string{"dead-letter stream not found", env.Name("NOPE"), "127.0.0.1", other, "-stream NAME", "-nats URL"} {
+			if code != exitError || !strings.Contains(errOut, want) {
+				t.Errorf("%s: exit %d, stderr %q; want exit 1 and %q", strings.Join(cmd, " "), code, errOut, want)
+			}
+		}
 	}
 }
 
@@ -573,6 +592,30 @@ func TestDLQDirectGet(t *testing.T) {
 		}
 		if string(m.Data) != `{"n":1}` || m.Header.Get("Nats-Msg-Id") != "replay."+dlqName+".2" {
 			t.Errorf("replayed %q, id %q", m.Data, m.Header.Get("Nats-Msg-Id"))
+		}
+	})
+}
+
+// TestDLQRoutes: replay and purge select dead letters by the subject (route)
+// they are stored on, like list -subject.
+func TestDLQRoutes(t *testing.T) {
+	eachServer(t, func(t *testing.T, env *harness.NATSEnv) {
+		f := newDLQFixture(t, env)
+		other := env.Subject("dlq.other")
+		code, _, errOut := f.cli(t, "dlq", "replay", "-all", "-subject", other, "-dry-run")
+		if code != exitOK || !strings.Contains(errOut, "2 selected") {
+			t.Fatalf("replay -subject -dry-run: exit %d, %q", code, errOut)
+		}
+		code, _, errOut = f.cli(t, "dlq", "replay", "-seq", "1", "-subject", other, "-dry-run")
+		if code == exitOK || !strings.Contains(errOut, "not on") {
+			t.Fatalf("replay -seq of a letter on another route: exit %d, %q", code, errOut)
+		}
+		code, out, errOut := f.cli(t, "dlq", "purge", "-subject", other, "-yes")
+		if code != exitOK || !strings.Contains(out, "deleted 2 messages") {
+			t.Fatalf("purge -subject: exit %d, %q %q", code, out, errOut)
+		}
+		if got := f.seqs(t); fmt.Sprint(got) != "[1 2 5]" {
+			t.Fatalf("after purge -subject %s: %v", other, got)
 		}
 	})
 }

@@ -4,18 +4,26 @@
 //
 // Usage:
 //
-//	idemq dlq list    [-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]
-//	idemq dlq show    [-stream DLQ] SEQ
-//	idemq dlq replay  [-stream DLQ] [-reason R] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]
-//	idemq dlq purge   [-stream DLQ] (-reason R | -all) -yes
+//	idemq dlq list    [-nats URL] [-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]
+//	idemq dlq show    [-nats URL] [-stream DLQ] SEQ
+//	idemq dlq replay  [-nats URL] [-stream DLQ] [-reason R] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]
+//	idemq dlq purge   [-nats URL] [-stream DLQ] (-reason R | -all) -yes
 //	idemq outbox stats  -db URL [-table idemq_outbox]
 //	idemq outbox failed -db URL [-table idemq_outbox] [-limit N]
 //	idemq outbox retry  -db URL [-table idemq_outbox] (-id ID ... | -all-failed)
-//	idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] [-max-key-len 200] [-json] KEY
+//	idemq dedupe get    STORE [-namespace NS] [-max-key-len 200] [-json] KEY
+//	idemq dedupe list   STORE [-namespace NS | -prefix P] [-state S] [-limit 50] [-json]
+//	idemq dedupe count  STORE [-namespace NS | -prefix P] [-state S] [-json]
 //	idemq console -nats URL [-stream DLQ ...] [-db URL] [-addr 127.0.0.1:8089] [-token T | -basic-auth U:P] [-show-bodies]
 //
+// where STORE is -db URL [-table idemq_dedupe] (dedupe/sqlstore), -redis URL
+// [-redis-prefix idemq:] (dedupe/redisstore) or -nats URL [-bucket idemq_dedupe]
+// (dedupe/natskv).
+//
 // Every command takes -h. The dlq commands connect to -nats URL (default
-// nats://127.0.0.1:4222); -db is postgres://… or sqlite:PATH. The exit status
+// nats://127.0.0.1:4222) and read -stream NAME (default DLQ); a stream the
+// server does not have is an error that lists the streams it has and names
+// both flags. -db is postgres://… or sqlite:PATH. The exit status
 // is 0 on success, 1 on an error, 2 on a usage error (including purge
 // without -yes). SIGINT and SIGTERM cancel the command's context: a replay
 // stops at once, says how many it replayed and exits 1. A publish cut short
@@ -64,13 +72,19 @@
 // outbox stats counts rows by state and shows the age of the oldest pending
 // row; outbox failed lists the rows the broker rejected permanently with
 // their last error; outbox retry puts failed rows back to pending through
-// outbox.Outbox.Requeue. None of them creates the table.
+// outbox.Outbox.Requeue. None of them creates the table: on a database
+// without it they say so and name -table and -db.
 //
-// dedupe get shows a record of the SQL dedupe store (dedupe/sqlstore):
-// state, fingerprint, fencing token, lease, creation and expiry times and the
-// stored result's size. The key is namespaced and hashed as dedupe.Guard
-// does (-namespace, -max-key-len). The Redis and NATS KV stores export no
-// inspection API, so they are not supported.
+// dedupe get shows one record of a dedupe store: state, fingerprint,
+// fencing token and fence, attempts, lease, creation and expiry times and
+// the stored result's size. The key is namespaced and hashed as
+// dedupe.Guard does (-namespace, -max-key-len): a Guard with Namespace NS
+// stores NS:KEY, so a miss looks for KEY under other namespaces and names
+// the -namespace that finds it. dedupe list prints live records (by
+// -namespace or stored-key -prefix, by -state), dedupe count counts them by
+// state and by namespace. They read through the stores' inspection APIs
+// (sqlstore.Store.Get and Scan, redisstore.Store.Get and Scan,
+// natskv.Store.Get and List) and change nothing.
 //
 // # Console
 //

@@ -30,19 +30,24 @@ const (
 const usageText = `idemq — operator tool for idemq dead letters, outbox and dedupe records.
 
 Usage:
-  idemq dlq list    [-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]
-  idemq dlq show    [-stream DLQ] SEQ
-  idemq dlq replay  [-stream DLQ] [-reason R] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]
-  idemq dlq purge   [-stream DLQ] (-reason R | -all) -yes
+  idemq dlq list    [-nats URL] [-stream DLQ] [-subject S] [-reason R] [-limit N] [-json]
+  idemq dlq show    [-nats URL] [-stream DLQ] SEQ
+  idemq dlq replay  [-nats URL] [-stream DLQ] [-reason R] (-seq N | -all) [-rate 50] [-dry-run] [-delete] [-keep-msg-id]
+  idemq dlq purge   [-nats URL] [-stream DLQ] (-reason R | -all) -yes
   idemq outbox stats  -db URL [-table idemq_outbox]
   idemq outbox failed -db URL [-table idemq_outbox] [-limit N]
   idemq outbox retry  -db URL [-table idemq_outbox] (-id ID ... | -all-failed)
-  idemq dedupe get    -db URL [-table idemq_dedupe] [-namespace NS] [-max-key-len 200] [-json] KEY
+  idemq dedupe get    STORE [-namespace NS] [-max-key-len 200] [-json] KEY
+  idemq dedupe list   STORE [-namespace NS | -prefix P] [-state S] [-limit 50] [-json]
+  idemq dedupe count  STORE [-namespace NS | -prefix P] [-state S] [-json]
   idemq console -nats URL [-stream DLQ ...] [-db URL] [-addr 127.0.0.1:8089] [-token T | -basic-auth U:P] [-show-bodies]
 
-The dlq commands take -nats URL (default nats://127.0.0.1:4222); -db is
-postgres://… or sqlite:PATH. Run "idemq <group> <command> -h" for details.
-Exit status: 0 ok, 1 error, 2 usage.
+The dlq commands take -nats URL (default nats://127.0.0.1:4222) and -stream
+NAME (default DLQ). -db is postgres://… or sqlite:PATH. STORE is one of
+-db URL [-table idemq_dedupe], -redis URL [-redis-prefix idemq:] or
+-nats URL [-bucket idemq_dedupe]. A Guard with a Namespace stores keys as
+NS:KEY: give dedupe get the same -namespace. Run "idemq <group> <command> -h"
+for details. Exit status: 0 ok, 1 error, 2 usage.
 `
 
 func main() {
@@ -109,6 +114,8 @@ func groups() map[string][]command {
 		},
 		"dedupe": {
 			{"get", (*app).dedupeGet},
+			{"list", (*app).dedupeList},
+			{"count", (*app).dedupeCount},
 		},
 	}
 }

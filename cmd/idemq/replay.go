@@ -172,6 +172,9 @@ func replay(ctx context.Context, js jetstream.JetStream, opts replayOptions, log
 		if opts.Reason != "" && l.reason() != opts.Reason {
 			return st, fmt.Errorf("%s:%d has reason %q, not %q", opts.Stream, opts.Seq, l.reason(), opts.Reason)
 		}
+		if opts.Filter.Subject != "" && !subjectMatches(opts.Filter.Subject, l.Subject) {
+			return st, fmt.Errorf("%s:%d is stored on %q, not on %q", opts.Stream, opts.Seq, l.Subject, opts.Filter.Subject)
+		}
 		seqs = []uint64{opts.Seq}
 	} else if opts.Seqs != nil {
 		seqs = opts.Seqs

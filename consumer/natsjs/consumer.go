@@ -231,23 +231,13 @@ func (c *Consumer) publishDeadLetter(ctx context.Context, m *consumer.Message, l
 	if !ok {
 		return fmt.Errorf("natsjs: dead-letter: message %s is not a jetstream.Msg", m.ID)
 	}
-	md, err := msg.Metadata()
+	letter, err := LetterOf(msg, l.Reason, l.Err, l.Attempts)
 	if err != nil {
-		return fmt.Errorf("natsjs: dead-letter: message metadata: %w", err)
+		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, c.cfg.DeadLetter.PublishTimeout)
 	defer cancel()
-	return c.dl.PublishLetter(pctx, Letter{
-		Subject:  msg.Subject(),
-		Header:   msg.Headers(),
-		Data:     msg.Data(),
-		Stream:   md.Stream,
-		Sequence: md.Sequence.Stream,
-		Consumer: md.Consumer,
-		Attempts: l.Attempts,
-		Reason:   l.Reason,
-		Err:      l.Err,
-	})
+	return c.dl.PublishLetter(pctx, letter)
 }
 
 // fatal reports pull errors that retrying cannot fix.

@@ -66,25 +66,40 @@ type DeadLetterer struct {
 
 // Publish dead-letters msg, a message delivered by a JetStream consumer,
 // with reason and cause: its metadata gives the stream, sequence, consumer
-// and attempts. It returns nil once the dead-letter stream has stored the
-// message (or recognised it as a duplicate); only then may the caller Term
-// msg. On error the caller must redeliver msg later (NakWithDelay).
+// and attempts (its delivery count). It returns nil once the dead-letter
+// stream has stored the message (or recognised it as a duplicate); only
+// then may the caller Term msg. On error the caller must redeliver msg
+// later (NakWithDelay).
 func (d *DeadLetterer) Publish(ctx context.Context, msg jetstream.Msg, reason consumer.Reason, cause error) error {
+	l, err := LetterOf(msg, reason, cause, -1)
+	if err != nil {
+		return err
+	}
+	return d.PublishLetter(ctx, l)
+}
+
+// LetterOf builds the Letter of msg, a message delivered by a JetStream
+// consumer, from its metadata. attempts fills Letter.Attempts; a negative
+// value means the delivery count.
+func LetterOf(msg jetstream.Msg, reason consumer.Reason, cause error, attempts int) (Letter, error) {
 	md, err := msg.Metadata()
 	if err != nil {
-		return fmt.Errorf("natsjs: dead-letter: message metadata: %w", err)
+		return Letter{}, fmt.Errorf("natsjs: dead-letter: message metadata: %w", err)
 	}
-	return d.PublishLetter(ctx, Letter{
+	if attempts < 0 {
+		attempts = clampInt(md.NumDelivered)
+	}
+	return Letter{
 		Subject:  msg.Subject(),
 		Header:   msg.Headers(),
 		Data:     msg.Data(),
 		Stream:   md.Stream,
 		Sequence: md.Sequence.Stream,
 		Consumer: md.Consumer,
-		Attempts: clampInt(md.NumDelivered),
+		Attempts: attempts,
 		Reason:   reason,
 		Err:      cause,
-	})
+	}, nil
 }
 
 // PublishLetter publishes l to the dead-letter subject and waits for the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // ErrFull is returned by Claim of a new key when the store holds MaxKeys
@@ -59,6 +60,7 @@ type entry struct {
 	leaseUntil  int64
 	createdAt   int64
 	expiresAt   int64
+	fence       uint64
 	attempts    int32
 	state       dedupe.State
 }
@@ -116,6 +118,7 @@ func toRecord(key string, e entry) *dedupe.Record {
 		State:       e.state,
 		Token:       e.token,
 		Attempts:    int(e.attempts),
+		Fence:       e.fence,
 		LeaseUntil:  time.Unix(0, e.leaseUntil),
 		Result:      e.result,
 		CreatedAt:   time.Unix(0, e.createdAt),
@@ -128,6 +131,7 @@ func toEntry(r *dedupe.Record) entry {
 		fingerprint: r.Fingerprint,
 		token:       r.Token,
 		attempts:    int32(min(r.Attempts, math.MaxInt32)),
+		fence:       r.Fence,
 		result:      r.Result,
 		createdAt:   r.CreatedAt.UnixNano(),
 		expiresAt:   r.ExpiresAt.UnixNano(),
@@ -182,7 +186,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
-	if err := dedupe.ValidateLease(lease, retention); err != nil {
+	if err := storekit.ValidateLease(lease, retention); err != nil {
 		return dedupe.Claim{}, err
 	}
 	now := s.now()
@@ -201,7 +205,7 @@ func (s *Store) claim(key, fingerprint string, now time.Time, lease, retention t
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	cur := s.lookup(sh, key)
-	c, next := dedupe.Decide(cur, key, fingerprint, now, lease, retention)
+	c, next := storekit.Decide(cur, key, fingerprint, now, lease, retention)
 	if next == nil {
 		if c.Status == dedupe.Duplicate && c.Result.Data != nil {
 			// Replay a copy: a caller that modifies the replayed bytes
@@ -247,7 +251,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	res.Data = append([]byte(nil), res.Data...)
-	next, err := dedupe.CompleteRecord(s.lookup(sh, key), token, res, now, retention)
+	next, err := storekit.CompleteRecord(s.lookup(sh, key), token, res, now, retention)
 	if err != nil {
 		return err
 	}
@@ -264,7 +268,24 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	next, err := dedupe.ReleaseRecord(s.lookup(sh, key), token, now)
+	next, err := storekit.ReleaseRecord(s.lookup(sh, key), token, now)
+	if err != nil {
+		return err
+	}
+	sh.m[key] = toEntry(next)
+	return nil
+}
+
+// Snooze implements dedupe.Snoozer.
+func (s *Store) Snooze(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.now()
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	next, err := storekit.SnoozeRecord(s.lookup(sh, key), token, now)
 	if err != nil {
 		return err
 	}
@@ -281,7 +302,7 @@ func (s *Store) Delete(ctx context.Context, key, token string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if err := dedupe.DeleteRecord(s.lookup(sh, key), token, now); err != nil {
+	if err := storekit.DeleteRecord(s.lookup(sh, key), token, now); err != nil {
 		return err
 	}
 	delete(sh.m, key)
@@ -304,7 +325,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	next, err := dedupe.ExtendRecord(s.lookup(sh, key), token, now, lease)
+	next, err := storekit.ExtendRecord(s.lookup(sh, key), token, now, lease)
 	if err != nil {
 		return err
 	}

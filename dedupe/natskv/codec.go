@@ -37,21 +37,24 @@ func chunkKey(id string, n int) string {
 	return "r_" + id + "_" + strconv.Itoa(n)
 }
 
-// Record value layout, version 2 (all integers varint-encoded):
+// Record value layout, version 3 (all integers varint-encoded):
 //
-//	byte     version (2; version 1 lacks the attempts field, read as 0)
+//	byte     version (3; version 2 lacks the fence field, version 1 also
+//	         the attempts field: both read as 0)
 //	byte     state (dedupe.State)
 //	byte     flags: 1 = result stored in chunks
 //	varint   lease end, Unix nanoseconds (0 = none)
 //	varint   created, Unix nanoseconds
 //	varint   retention end, Unix nanoseconds
-//	uvarint  attempts (version 2)
+//	uvarint  attempts (version 2 and later)
+//	uvarint  fence (version 3)
 //	uvarint  len, token
 //	uvarint  len, fingerprint
 //	then, inline:   the result bytes up to the end of the value
 //	or, chunked:    uvarint chunk count, uvarint total length, uvarint len, chunk id
 const (
-	codecVersion  = 2
+	codecVersion  = 3
+	codecV2       = 2
 	codecV1       = 1
 	flagChunked   = 1
 	fixedOverhead = 3 + 3*binary.MaxVarintLen64
@@ -84,7 +87,7 @@ func fromUnixNano(n int64) time.Time {
 // encode serialises r. When ch is not nil the result is referenced by ch
 // instead of held inline.
 func encode(r *dedupe.Record, ch *chunks) []byte {
-	n := fixedOverhead + 2*binary.MaxVarintLen64 + len(r.Token) + len(r.Fingerprint)
+	n := fixedOverhead + 3*binary.MaxVarintLen64 + len(r.Token) + len(r.Fingerprint)
 	if ch == nil {
 		n += len(r.Result)
 	} else {
@@ -100,6 +103,7 @@ func encode(r *dedupe.Record, ch *chunks) []byte {
 	b = binary.AppendVarint(b, unixNano(r.CreatedAt))
 	b = binary.AppendVarint(b, unixNano(r.ExpiresAt))
 	b = binary.AppendUvarint(b, uint64(max(r.Attempts, 0)))
+	b = binary.AppendUvarint(b, r.Fence)
 	b = binary.AppendUvarint(b, uint64(len(r.Token)))
 	b = append(b, r.Token...)
 	b = binary.AppendUvarint(b, uint64(len(r.Fingerprint)))
@@ -116,7 +120,7 @@ func encode(r *dedupe.Record, ch *chunks) []byte {
 // decode parses a value written by encode. The returned record's Result
 // aliases b; ch is non-nil when the result is in chunks.
 func decode(key string, b []byte) (*dedupe.Record, *chunks, error) {
-	if len(b) < 3 || b[0] != codecVersion && b[0] != codecV1 {
+	if len(b) < 3 || b[0] != codecVersion && b[0] != codecV2 && b[0] != codecV1 {
 		return nil, nil, fmt.Errorf("%w: key %q: bad header", errCorrupt, key)
 	}
 	r := &dedupe.Record{Key: key, State: dedupe.State(b[1])}
@@ -157,12 +161,15 @@ func decode(key string, b []byte) (*dedupe.Record, *chunks, error) {
 	r.LeaseUntil = fromUnixNano(next())
 	r.CreatedAt = fromUnixNano(next())
 	r.ExpiresAt = fromUnixNano(next())
-	if version >= codecVersion {
+	if version >= codecV2 {
 		a := nextU()
 		if a > math.MaxInt32 {
 			err = errCorrupt
 		}
 		r.Attempts = int(a)
+	}
+	if version >= codecVersion {
+		r.Fence = nextU()
 	}
 	r.Token = str()
 	r.Fingerprint = str()

@@ -27,6 +27,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{codecVersion, 2, flagChunked, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0, 0})
 	f.Add([]byte{codecVersion, 2, 0, 0, 0, 0, 5, 'a'}) // token past the end
 	f.Add([]byte{2, 2, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{1, 2, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, ch, err := decode("k", b)
 		if err != nil {
@@ -55,9 +56,9 @@ func FuzzDecode(f *testing.F) {
 // FuzzEncodeDecode checks that every record round-trips through encode and
 // decode, inline or chunked.
 func FuzzEncodeDecode(f *testing.F) {
-	f.Add(uint8(1), int64(1893456030000000000), int64(1893456000000000000), int64(1893459600000000000), "tok", "fp", []byte(nil), false, 0, 0, "")
-	f.Add(uint8(2), int64(0), int64(-1), int64(1<<62), "", "", []byte("res"), true, 4, 1<<20, "0123456789abcdef")
-	f.Fuzz(func(t *testing.T, st uint8, lease, created, expires int64, token, fp string, result []byte, chunked bool, n, total int, id string) {
+	f.Add(uint8(1), int64(1893456030000000000), int64(1893456000000000000), int64(1893459600000000000), "tok", "fp", []byte(nil), false, 0, 0, "", uint64(1893456000000000), uint16(3))
+	f.Add(uint8(2), int64(0), int64(-1), int64(1<<62), "", "", []byte("res"), true, 4, 1<<20, "0123456789abcdef", uint64(1<<64-1), uint16(0))
+	f.Fuzz(func(t *testing.T, st uint8, lease, created, expires int64, token, fp string, result []byte, chunked bool, n, total int, id string, fence uint64, attempts uint16) {
 		at := func(ns int64) time.Time {
 			if ns == 0 {
 				return time.Time{}
@@ -72,6 +73,8 @@ func FuzzEncodeDecode(f *testing.F) {
 			LeaseUntil:  at(lease),
 			CreatedAt:   at(created),
 			ExpiresAt:   at(expires),
+			Fence:       fence,
+			Attempts:    int(attempts),
 		}
 		var ch *chunks
 		if chunked {
@@ -96,6 +99,7 @@ func FuzzEncodeDecode(f *testing.F) {
 func sameRecord(t *testing.T, got, want *dedupe.Record) {
 	t.Helper()
 	if got.Key != want.Key || got.State != want.State || got.Token != want.Token || got.Fingerprint != want.Fingerprint ||
+		got.Fence != want.Fence || got.Attempts != want.Attempts ||
 		!bytes.Equal(got.Result, want.Result) ||
 		!got.LeaseUntil.Equal(want.LeaseUntil) || !got.CreatedAt.Equal(want.CreatedAt) || !got.ExpiresAt.Equal(want.ExpiresAt) {
 		t.Fatalf("got %+v, want %+v", got, want)

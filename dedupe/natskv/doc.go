@@ -5,13 +5,13 @@
 // # Guarantee
 //
 // Each operation reads the record and writes it back with a
-// compare-and-set: Claim is Get, then dedupe.Decide in Go, then Create when
+// compare-and-set: Claim is Get, then storekit.Decide in Go, then Create when
 // the key is absent (atomic: only one creator wins) or Update with the
 // revision it read; Complete and Extend are Update with the read revision;
 // Release is Delete with the read revision as the expected last revision. A
 // writer that loses the race re-reads and decides again (at most
 // MaxAttempts times, then ErrContention). The state machine is
-// dedupe.Decide itself, so the answers are the other stores' answers; the
+// storekit.Decide itself, so the answers are the other stores' answers; the
 // dedupe/storetest suite checks them against NATS 2.9 and the current 2.x.
 // Each operation costs two round trips (read, conditional write); replies
 // from the bucket's stream leader make them linearizable with Replicas > 1.
@@ -45,6 +45,11 @@
 // chunks under keys "r_<id>_<n>" with a fresh id, and the completed record
 // refers to them; a Complete that then loses its lease leaves the chunks to
 // be purged (best effort) or collected by the TTL.
+//
+// # Inspection
+//
+// Get reads one live record and List walks the bucket's records (the idemq
+// CLI's "dedupe get", "list" and "count"); neither changes anything.
 //
 // # Limits
 //

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // Defaults of Config.
@@ -166,13 +167,13 @@ func lostRace(err error) bool {
 		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
 }
 
-// Claim implements dedupe.Store: Get, then dedupe.Decide, then Create (key
+// Claim implements dedupe.Store: Get, then storekit.Decide, then Create (key
 // absent) or Update with the read revision, re-reading on a lost race.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
-	if err := dedupe.ValidateLease(lease, retention); err != nil {
+	if err := storekit.ValidateLease(lease, retention); err != nil {
 		return dedupe.Claim{}, err
 	}
 	if err := s.checkTTL("retention", retention); err != nil {
@@ -187,7 +188,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 		if err != nil {
 			return dedupe.Claim{}, err
 		}
-		c, next := dedupe.Decide(cur, key, fingerprint, s.now(), lease, retention)
+		c, next := storekit.Decide(cur, key, fingerprint, s.now(), lease, retention)
 		if next == nil {
 			if c.Status == dedupe.Duplicate {
 				if ch != nil {
@@ -217,7 +218,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	return dedupe.Claim{}, fmt.Errorf("%w: claim %q", ErrContention, key)
 }
 
-// Complete implements dedupe.Store: Get, dedupe.CompleteRecord, Update with
+// Complete implements dedupe.Store: Get, storekit.CompleteRecord, Update with
 // the read revision. A result too large for one message (the server's max
 // payload less 4 KiB) is first written in chunks under keys of its own,
 // named by a fresh id, and the record refers to them.
@@ -238,7 +239,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 		if err != nil {
 			return err
 		}
-		next, err := dedupe.CompleteRecord(cur, token, res, now, retention)
+		next, err := storekit.CompleteRecord(cur, token, res, now, retention)
 		if err != nil {
 			s.dropChunks(ctx, ch)
 			return err
@@ -264,7 +265,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 
 // writeChunks stores data in chunks of at most maxValue bytes.
 func (s *Store) writeChunks(ctx context.Context, key string, data []byte) (*chunks, error) {
-	ch := &chunks{id: dedupe.NewToken(), total: len(data)}
+	ch := &chunks{id: storekit.NewToken(), total: len(data)}
 	for off := 0; off < len(data); off += s.maxValue {
 		end := min(off+s.maxValue, len(data))
 		if _, err := s.kv.Put(ctx, chunkKey(ch.id, ch.n), data[off:end]); err != nil {
@@ -306,19 +307,27 @@ func (s *Store) dropChunks(ctx context.Context, ch *chunks) {
 	}
 }
 
-// Release implements dedupe.Store: Get, dedupe.ReleaseRecord, then Update
+// Release implements dedupe.Store: Get, storekit.ReleaseRecord, then Update
 // with the read revision.
 func (s *Store) Release(ctx context.Context, key, token string) error {
 	return s.ownedWrite(ctx, "release", key, token, func(cur *dedupe.Record) (*dedupe.Record, error) {
-		return dedupe.ReleaseRecord(cur, token, s.now())
+		return storekit.ReleaseRecord(cur, token, s.now())
 	})
 }
 
-// Delete implements dedupe.Store: Get, dedupe.DeleteRecord, then Delete
+// Snooze implements dedupe.Snoozer: Get, storekit.SnoozeRecord, then Update
+// with the read revision.
+func (s *Store) Snooze(ctx context.Context, key, token string) error {
+	return s.ownedWrite(ctx, "snooze", key, token, func(cur *dedupe.Record) (*dedupe.Record, error) {
+		return storekit.SnoozeRecord(cur, token, s.now())
+	})
+}
+
+// Delete implements dedupe.Store: Get, storekit.DeleteRecord, then Delete
 // with the read revision as the expected last revision.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
 	return s.ownedWrite(ctx, "delete", key, token, func(cur *dedupe.Record) (*dedupe.Record, error) {
-		return nil, dedupe.DeleteRecord(cur, token, s.now())
+		return nil, storekit.DeleteRecord(cur, token, s.now())
 	})
 }
 
@@ -369,7 +378,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Extend implements dedupe.Store: Get, dedupe.ExtendRecord, Update with the
+// Extend implements dedupe.Store: Get, storekit.ExtendRecord, Update with the
 // read revision.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
 	if err := s.checkOwner(ctx, "lease", lease, token); err != nil {
@@ -384,7 +393,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 		if err != nil {
 			return err
 		}
-		next, err := dedupe.ExtendRecord(cur, token, s.now(), lease)
+		next, err := storekit.ExtendRecord(cur, token, s.now(), lease)
 		if err != nil {
 			return err
 		}

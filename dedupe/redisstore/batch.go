@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // ClaimRequest is one claim of a ClaimMany batch; the fields are the
@@ -46,8 +47,13 @@ type CompleteRequest struct {
 //
 // A consumer with a worker pool prefers ClaimMany and CompleteMany to Claim
 // and Complete when it fetches messages in batches: the per-message cost
-// drops from two round trips to two per batch, which is what lets a Redis
-// backed consumer keep up with raw JetStream throughput.
+// drops from two round trips to two per batch. Measured in integration/bench
+// on a 2-core machine shared by the consumer, nats-server and Redis,
+// batching (there the Store's own coalescing of concurrent calls) took a
+// consumer/natsjs consumer with a Redis guard from about 11k to 24k msg/s
+// and its CPU per message, summed over the three processes, from about 129
+// to 55 µs; it does not keep up with raw JetStream: 0.12-0.20x raw nats.go
+// consume+ack, which costs about 9 µs per message in all.
 //
 // The returned error is non-nil only when the batch as a whole failed (the
 // context ended, the connection broke); then some claims may have been
@@ -62,7 +68,7 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []ClaimRequest) ([]ClaimResu
 	pending := make([]*pendingClaim, len(reqs))
 	sent := make([]*op, 0, len(reqs))
 	for i, r := range reqs {
-		if err := dedupe.ValidateLease(r.Lease, r.Retention); err != nil {
+		if err := storekit.ValidateLease(r.Lease, r.Retention); err != nil {
 			out[i].Err = err
 			continue
 		}

@@ -7,7 +7,7 @@
 // Every operation is atomic on one key and takes one round trip (or a share
 // of one, see Batching). Claim is a plain SET NX GET: it creates the record
 // of an absent key, or returns the existing record, from which Claim answers
-// Busy, Duplicate or Conflict with dedupe.Decide itself, in Go; only a
+// Busy, Duplicate or Conflict with storekit.Decide itself, in Go; only a
 // takeover after an expired lease, or a record past its retention that
 // Redis has not yet collected, takes a second round trip: a Lua script that
 // swaps the record only if it is still the version decided on (else the
@@ -84,26 +84,38 @@
 //
 // # Record format
 //
-// A record is one string at Config.Prefix + key, readable with GET:
+// A record is one string at Config.Prefix + key, readable with GET (or with
+// Store.Get and Store.Scan, which decode it):
 //
-//	byte 1        state: 'i' in progress, 'd' done, 'f' failed
+//	byte 1        state: 'I' in progress, 'D' done, 'F' failed
 //	bytes 2-14    retention end, Unix milliseconds, 13 digits, zero-padded;
 //	              from then on the record counts as absent
 //	bytes 15-27   lease end, Unix milliseconds, 13 digits (zeros once completed
 //	              or released)
 //	bytes 28-40   creation time, Unix milliseconds, 13 digits
 //	bytes 41-46   attempts: leases granted for the key, 6 digits
+//	bytes 47-66   fence: the numeric fencing token of the current (or last)
+//	              lease, dedupe.Claim.Fence, 20 digits
 //	then          fencing token (empty once released), ":", fingerprint
 //	              length in decimal, ":", fingerprint, and the stored result
 //	              (binary, to the end)
 //
 // For example, a first claim at 2030-01-01T00:00:00Z with a 30s lease, 1h
 // retention and fingerprint "fp" stores
-// "i189345960000018934560300001893456000000000001" + token + ":2:fp".
+// "I189345960000018934560300001893456000000000001" +
+// "00001893456000000000" + token + ":2:fp".
 // Fixed-width fields let the scripts compare them as strings and cut them
 // at fixed offsets: no parsing, no number formatting, one GET and one SET
 // (or DEL) per script. Times are clamped to 13 digits (year 2286), attempts
 // to 999999.
+//
+// Records written before fences existed have lower-case states ('i', 'd',
+// 'f') and no fence field (a 46-byte header). They are still read, with
+// fence 0: duplicates and conflicts are answered from them and an expired
+// lease is taken over (writing the new format); their in-progress leases
+// cannot be completed by this version, nor new records by the earlier one
+// (each version's scripts check the state letter), so a rolling upgrade
+// errs towards ErrLeaseLost and a redelivery, never towards a wrong answer.
 //
 // # Durability
 //

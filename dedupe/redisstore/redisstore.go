@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // DefaultPrefix is the key prefix used when Config.Prefix is empty.
@@ -55,6 +56,7 @@ type Store struct {
 	complete *redis.Script
 	release  *redis.Script
 	del      *redis.Script
+	snooze   *redis.Script
 	extend   *redis.Script
 
 	// maxBatch is Config.MaxBatch; the queue of calls waiting for a
@@ -88,6 +90,7 @@ func New(c redis.UniversalClient, cfg Config) *Store {
 		complete: redis.NewScript(completeLua),
 		release:  redis.NewScript(releaseLua),
 		del:      redis.NewScript(deleteLua),
+		snooze:   redis.NewScript(snoozeLua),
 		extend:   redis.NewScript(extendLua),
 		maxBatch: o.MaxBatch,
 	}
@@ -107,7 +110,7 @@ var gcMargin = ms(GCMargin)
 
 // Claim implements dedupe.Store in one round trip: SET NX GET creates the
 // record of an absent key, or returns the existing one, from which
-// dedupe.Decide answers Busy, Duplicate or Conflict. Only a takeover (the
+// storekit.Decide answers Busy, Duplicate or Conflict. Only a takeover (the
 // lease expired) or a record past its retention but not yet collected
 // takes a second round trip, a script that swaps the record if it is still
 // the one decided on. Times are kept in whole milliseconds: the injected now
@@ -117,7 +120,7 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
-	if err := dedupe.ValidateLease(lease, retention); err != nil {
+	if err := storekit.ValidateLease(lease, retention); err != nil {
 		return dedupe.Claim{}, err
 	}
 	for range maxSwaps {
@@ -161,16 +164,18 @@ type pendingClaim struct {
 	op                        *op
 	key, fingerprint, token   string
 	now, leaseMs, retentionMs int64
+	fence                     uint64
 }
 
 func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration) *pendingClaim {
 	p := &pendingClaim{
-		key: key, fingerprint: fingerprint, token: dedupe.NewToken(),
+		key: key, fingerprint: fingerprint, token: storekit.NewToken(),
 		now: s.now().UnixMilli(), leaseMs: ms(lease), retentionMs: ms(retention),
 	}
 	leaseEnd := p.now + p.leaseMs
 	expires := max(p.now+p.retentionMs, leaseEnd)
-	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.token, fingerprint, nil)
+	p.fence = storekit.NextFence(0, time.UnixMilli(p.now))
+	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.fence, p.token, fingerprint, nil)
 	k := s.Key(key)
 	p.op = &op{key: k, args: []any{"set", k, val, "px", expires - p.now + gcMargin, "nx", "get"}}
 	return p
@@ -181,7 +186,7 @@ func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration
 func (s *Store) settle(p *pendingClaim) (dedupe.Claim, *op, error) {
 	cmd, err := p.op.result()
 	if errors.Is(err, redis.Nil) {
-		return dedupe.Claim{Status: dedupe.Acquired, Token: p.token, Attempt: 1}, nil, nil
+		return dedupe.Claim{Status: dedupe.Acquired, Token: p.token, Fence: p.fence, Attempt: 1}, nil, nil
 	}
 	if err != nil {
 		return dedupe.Claim{}, nil, fmt.Errorf("redisstore: claim %q: %w", p.key, err)
@@ -195,7 +200,7 @@ func (s *Store) settle(p *pendingClaim) (dedupe.Claim, *op, error) {
 		return dedupe.Claim{}, nil, err
 	}
 	now := time.UnixMilli(p.now)
-	c, next := dedupe.Decide(cur, p.key, p.fingerprint, now,
+	c, next := storekit.Decide(cur, p.key, p.fingerprint, now,
 		time.Duration(p.leaseMs)*time.Millisecond, time.Duration(p.retentionMs)*time.Millisecond)
 	if next == nil {
 		return c, nil, nil
@@ -249,6 +254,14 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 		return err
 	}
 	return s.owned(ctx, s.release, "release", key, token, s.now().UnixMilli())
+}
+
+// Snooze implements dedupe.Snoozer in one round trip.
+func (s *Store) Snooze(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.owned(ctx, s.snooze, "snooze", key, token, s.now().UnixMilli())
 }
 
 // Delete implements dedupe.Store in one round trip.

@@ -253,8 +253,52 @@ func TestPhysicalTTLIsGarbageCollectionOnly(t *testing.T) {
 	if ttl < 24*time.Hour || ttl > 24*time.Hour+redisstore.GCMargin {
 		t.Errorf("PTTL after complete %v, want between the 24h retention and 24h+GCMargin", ttl)
 	}
-	if v := env.Client.Get(ctx, s.Key("k")).Val(); len(v) == 0 || v[0] != 'd' {
-		t.Errorf("stored record %q, want state d (done)", v)
+	if v := env.Client.Get(ctx, s.Key("k")).Val(); len(v) == 0 || v[0] != 'D' {
+		t.Errorf("stored record %q, want state D (done)", v)
+	}
+}
+
+// TestFirstFormatRecords checks that records written before fences existed
+// (lower-case states, a 46-byte header) are still answered from, taken over
+// into the current format, and never completed by this version.
+func TestFirstFormatRecords(t *testing.T) {
+	env := harness.Redis(t)
+	var clock storetest.Clock
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now})
+	ctx := context.Background()
+	ms := func(d time.Duration) string { return fmt.Sprintf("%013d", storetest.Epoch.Add(d).UnixMilli()) }
+	// done, retention 1h, created at the epoch, 2 attempts, token "tok", fingerprint "fp", result "r".
+	done := "d" + ms(time.Hour) + "0000000000000" + ms(0) + "000002" + "tok:2:fpr"
+	// in progress, lease 30s, retention 1h, 1 attempt, token "old".
+	running := "i" + ms(time.Hour) + ms(30*time.Second) + ms(0) + "000001" + "old:2:fp"
+	for k, v := range map[string]string{"done": done, "running": running} {
+		if err := env.Client.Set(ctx, s.Key(k), v, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := s.Claim(ctx, "done", "fp", 30*time.Second, time.Hour)
+	if err != nil || c.Status != dedupe.Duplicate || string(c.Result.Data) != "r" {
+		t.Fatalf("claim of a first-format done record: %+v, %v; want a duplicate replaying %q", c, err, "r")
+	}
+	if c, err := s.Claim(ctx, "done", "other", 30*time.Second, time.Hour); err != nil || c.Status != dedupe.Conflict {
+		t.Fatalf("claim with another fingerprint: %+v, %v; want a conflict", c, err)
+	}
+	if c, err := s.Claim(ctx, "running", "fp", 30*time.Second, time.Hour); err != nil || c.Status != dedupe.Busy {
+		t.Fatalf("claim of a first-format record with a live lease: %+v, %v; want busy", c, err)
+	}
+	if err := s.Complete(ctx, "running", "old", dedupe.Result{}, time.Hour); !errors.Is(err, dedupe.ErrLeaseLost) {
+		t.Fatalf("Complete of a first-format lease: %v, want ErrLeaseLost", err)
+	}
+	clock.Advance(30 * time.Second)
+	c, err = s.Claim(ctx, "running", "fp", 30*time.Second, time.Hour)
+	if err != nil || c.Status != dedupe.Acquired || !c.Takeover || c.Attempt != 2 || c.Fence == 0 {
+		t.Fatalf("claim after the first-format lease expired: %+v, %v; want a takeover, attempt 2, a fence", c, err)
+	}
+	if v := env.Client.Get(ctx, s.Key("running")).Val(); len(v) == 0 || v[0] != 'I' {
+		t.Fatalf("record after the takeover %q, want the current format (state I)", v)
+	}
+	if err := s.Complete(ctx, "running", c.Token, dedupe.Result{Data: []byte("new")}, time.Hour); err != nil {
+		t.Fatalf("Complete after the takeover: %v", err)
 	}
 }
 

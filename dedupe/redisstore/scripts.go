@@ -12,12 +12,17 @@ import (
 
 // A record is one Redis string (see "Record format" in doc.go):
 //
-//	byte 1        state: 'i' in progress, 'd' done, 'f' failed
+//	byte 1        state: 'I' in progress, 'D' done, 'F' failed
 //	bytes 2-14    retention end, Unix ms, 13 digits, zero-padded
 //	bytes 15-27   lease end, Unix ms, 13 digits (all zeros once completed)
 //	bytes 28-40   creation time, Unix ms, 13 digits
 //	bytes 41-46   attempts, 6 digits, zero-padded
+//	bytes 47-66   fence, 20 digits, zero-padded
 //	then          token ":" len(fingerprint) ":" fingerprint result
+//
+// Records of the first format (lower-case states, no fence: a 46-byte
+// header) are still read, with fence 0; the scripts do not own them, so
+// they are never rewritten in place, only replaced by a takeover.
 //
 // A released record has an empty token and lease end zero.
 //
@@ -28,17 +33,26 @@ import (
 // header, and every new lease has a new token.
 
 const (
-	headerLen   = 46
+	headerLen   = 66
+	legacyLen   = 46 // the header of the first format, without the fence
 	digits      = 13
+	fenceLen    = 20
 	maxMillis   = 9_999_999_999_999 // the largest 13-digit time: year 2286
 	attemptLen  = 6
 	maxAttempts = 999_999
 )
 
 const (
-	stateInProgress = 'i'
-	stateDone       = 'd'
-	stateFailed     = 'f'
+	stateInProgress = 'I'
+	stateDone       = 'D'
+	stateFailed     = 'F'
+)
+
+// The states of the first format, which had no fence.
+const (
+	legacyInProgress = 'i'
+	legacyDone       = 'd'
+	legacyFailed     = 'f'
 )
 
 // errRecord reports a stored value that is not a record of this format.
@@ -67,8 +81,18 @@ func appendAttempts(b []byte, n int) []byte {
 	return append(b, d[:]...)
 }
 
+// appendFence appends f as 20 zero-padded digits (every uint64 fits).
+func appendFence(b []byte, f uint64) []byte {
+	var d [fenceLen]byte
+	for i := fenceLen - 1; i >= 0; i-- {
+		d[i] = byte('0' + f%10)
+		f /= 10
+	}
+	return append(b, d[:]...)
+}
+
 // encode returns the stored form of a record.
-func encode(state byte, expires, leaseEnd, created int64, attempts int, token, fp string, result []byte) string {
+func encode(state byte, expires, leaseEnd, created int64, attempts int, fence uint64, token, fp string, result []byte) string {
 	var sb strings.Builder
 	sb.Grow(headerLen + len(token) + len(fp) + len(result) + 24)
 	b := make([]byte, 0, headerLen+len(token)+24)
@@ -77,6 +101,7 @@ func encode(state byte, expires, leaseEnd, created int64, attempts int, token, f
 	b = appendMillis(b, leaseEnd)
 	b = appendMillis(b, created)
 	b = appendAttempts(b, attempts)
+	b = appendFence(b, fence)
 	b = append(b, token...)
 	b = append(b, ':')
 	b = strconv.AppendInt(b, int64(len(fp)), 10)
@@ -100,7 +125,7 @@ func encodeRecord(r *dedupe.Record) string {
 	if !r.LeaseUntil.IsZero() {
 		lease = r.LeaseUntil.UnixMilli()
 	}
-	return encode(state, r.ExpiresAt.UnixMilli(), lease, r.CreatedAt.UnixMilli(), r.Attempts, r.Token, r.Fingerprint, r.Result)
+	return encode(state, r.ExpiresAt.UnixMilli(), lease, r.CreatedAt.UnixMilli(), r.Attempts, r.Fence, r.Token, r.Fingerprint, r.Result)
 }
 
 // decode parses a stored value. version is the part that identifies the
@@ -109,19 +134,26 @@ func decode(key, v string) (rec *dedupe.Record, version string, err error) {
 	bad := func(what string) (*dedupe.Record, string, error) {
 		return nil, "", fmt.Errorf("%w at %q: %s", errRecord, key, what)
 	}
-	if len(v) < headerLen+3 {
+	if len(v) == 0 {
 		return bad("too short")
 	}
 	r := &dedupe.Record{Key: key}
+	hl := headerLen
 	switch v[0] {
-	case stateInProgress:
+	case stateInProgress, legacyInProgress:
 		r.State = dedupe.StateInProgress
-	case stateDone:
+	case stateDone, legacyDone:
 		r.State = dedupe.StateDone
-	case stateFailed:
+	case stateFailed, legacyFailed:
 		r.State = dedupe.StateFailed
 	default:
 		return bad("unknown state")
+	}
+	if v[0] >= 'a' {
+		hl = legacyLen
+	}
+	if len(v) < hl+3 {
+		return bad("too short")
 	}
 	var t [3]int64
 	for i := range t {
@@ -137,18 +169,26 @@ func decode(key, v string) (rec *dedupe.Record, version string, err error) {
 		r.LeaseUntil = time.UnixMilli(t[1])
 	}
 	r.CreatedAt = time.UnixMilli(t[2])
-	a := v[1+3*digits : headerLen]
+	a := v[1+3*digits : legacyLen]
 	if !decimal(a) {
 		return bad("attempts")
 	}
 	r.Attempts, _ = strconv.Atoi(a)
-	rest := v[headerLen:]
+	if hl == headerLen {
+		f := v[legacyLen:headerLen]
+		fence, err := strconv.ParseUint(f, 10, 64)
+		if err != nil || !decimal(f) {
+			return bad("fence")
+		}
+		r.Fence = fence
+	}
+	rest := v[hl:]
 	tok, rest, ok := strings.Cut(rest, ":")
 	if !ok {
 		return bad("token")
 	}
 	r.Token = tok
-	version = v[:headerLen+len(tok)+1]
+	version = v[:hl+len(tok)+1]
 	n, rest, ok := strings.Cut(rest, ":")
 	fpLen, err := strconv.Atoi(n)
 	if !ok || err != nil || !decimal(n) || n != "0" && n[0] == '0' || fpLen > len(rest) {
@@ -177,7 +217,7 @@ func decimal(s string) bool {
 
 // The scripts hold the state machine's writes that must check the record
 // first; Claim of an absent key needs none (SET NX GET), and Claim of an
-// existing one runs dedupe.Decide in Go on the value SET NX GET returned.
+// existing one runs storekit.Decide in Go on the value SET NX GET returned.
 
 // swapLua: KEYS[1] key; ARGV version, new value, PX (ms). Replaces the
 // record if it is still the version the caller decided on. Returns 1, or 0
@@ -192,30 +232,40 @@ return 1
 // ownedLua is the prologue of complete, release, delete and extend:
 // ARGV[1] is now (13 digits), ARGV[2] the token followed by ":" (never
 // empty: the caller refuses an empty token). The record must be live (now
-// before its retention end), in progress, with that token (dedupe's
-// owned). An expired lease nobody took over is still owned.
+// before its retention end), in progress ('I', 73), with that token
+// (dedupe's owned). An expired lease nobody took over is still owned.
 const ownedLua = `
 local v = redis.call('GET', KEYS[1])
-if not v or string.byte(v, 1) ~= 105 or ARGV[1] >= string.sub(v, 2, 14)
-  or string.sub(v, 47, 46 + #ARGV[2]) ~= ARGV[2] then
+if not v or string.byte(v, 1) ~= 73 or ARGV[1] >= string.sub(v, 2, 14)
+  or string.sub(v, 67, 66 + #ARGV[2]) ~= ARGV[2] then
   return 0
 end
 `
 
 // completeLua: ARGV now, token ":", new state and times (27 bytes), result,
-// PX (ms). Keeps creation time, token and fingerprint. Returns 1, or 0 for a
-// lost lease.
+// PX (ms). Keeps creation time, attempts, fence, token and fingerprint.
+// Returns 1, or 0 for a lost lease.
 const completeLua = ownedLua + `
 redis.call('SET', KEYS[1], ARGV[3] .. string.sub(v, 28) .. ARGV[4], 'PX', ARGV[5])
 return 1
 `
 
 // releaseLua: ARGV now, token ":". Clears the token and the lease end,
-// keeping retention, creation time, attempts, fingerprint and the key's
-// TTL. Returns 1, or 0 for a lost lease.
+// keeping retention, creation time, attempts, fence, fingerprint and the
+// key's TTL. Returns 1, or 0 for a lost lease.
 const releaseLua = ownedLua + `
-redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 46) ..
-  string.sub(v, 46 + #ARGV[2]), 'KEEPTTL')
+redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 66) ..
+  string.sub(v, 66 + #ARGV[2]), 'KEEPTTL')
+return 1
+`
+
+// snoozeLua: releaseLua, with the attempts field lowered by one (never below
+// zero): the lease given back does not count as an attempt.
+const snoozeLua = ownedLua + `
+local a = tonumber(string.sub(v, 41, 46)) - 1
+if a < 0 then a = 0 end
+redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 40) ..
+  string.format('%06d', a) .. string.sub(v, 47, 66) .. string.sub(v, 66 + #ARGV[2]), 'KEEPTTL')
 return 1
 `
 
@@ -231,7 +281,7 @@ return 1
 const extendLua = ownedLua + `
 local e = string.sub(v, 2, 14)
 if ARGV[3] > e then e = ARGV[3] end
-redis.call('SET', KEYS[1], 'i' .. e .. ARGV[3] .. string.sub(v, 28), 'PX',
+redis.call('SET', KEYS[1], 'I' .. e .. ARGV[3] .. string.sub(v, 28), 'PX',
   tonumber(e) - tonumber(ARGV[1]) + tonumber(ARGV[4]))
 return 1
 `

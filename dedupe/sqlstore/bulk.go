@@ -2,13 +2,13 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"sort"
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/storekit"
 )
 
 // ClaimRequest is one claim of ClaimManyTx: the arguments of ClaimTx.
@@ -57,14 +57,20 @@ type CompleteRequest struct {
 // dedupe.ErrInvalidLease before any statement runs. Any other error leaves
 // tx in an unknown state: roll it back.
 func (s *Store) ClaimManyTx(ctx context.Context, tx Querier, reqs []ClaimRequest) ([]dedupe.Claim, error) {
-	if _, ok := tx.(*sql.DB); ok {
+	return s.ClaimManyIn(ctx, SQL(tx), reqs)
+}
+
+// ClaimManyIn is ClaimManyTx on any Conn inside a transaction (see
+// ClaimIn).
+func (s *Store) ClaimManyIn(ctx context.Context, tx Conn, reqs []ClaimRequest) ([]dedupe.Claim, error) {
+	if !tx.InTx() {
 		return nil, ErrNotInTx
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	for i, r := range reqs {
-		if err := dedupe.ValidateLease(r.Lease, r.Retention); err != nil {
+		if err := storekit.ValidateLease(r.Lease, r.Retention); err != nil {
 			return nil, fmt.Errorf("sqlstore: claim %q (request %d): %w", r.Key, i, err)
 		}
 	}
@@ -90,7 +96,7 @@ func (s *Store) ClaimManyTx(ctx context.Context, tx Querier, reqs []ClaimRequest
 }
 
 // claimManyPostgres fills claims for reqs (Postgres, at least two).
-func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimRequest, now time.Time, claims []dedupe.Claim) error {
+func (s *Store) claimManyPostgres(ctx context.Context, tx Conn, reqs []ClaimRequest, now time.Time, claims []dedupe.Claim) error {
 	// firsts: the first request of each key, in key order. after holds, for
 	// each key, the record as it stands once its first request is answered
 	// (nil when unknown); the repeats are decided on it.
@@ -113,16 +119,18 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 		leases    = make([]int64, n)
 		created   = make([]int64, n)
 		expires   = make([]int64, n)
+		fences    = make([]int64, n)
 		newRecord = make([]*dedupe.Record, n)
 	)
 	for j, i := range firsts {
 		r := reqs[i]
-		c, rec := dedupe.Decide(nil, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
+		c, rec := storekit.Decide(nil, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
 		claims[i], newRecord[j] = c, rec
 		keys[j], fps[j], tokens[j] = bytesOf(rec.Key), bytesOf(rec.Fingerprint), rec.Token
 		leases[j], created[j], expires[j] = nanos(rec.LeaseUntil), nanos(rec.CreatedAt), nanos(rec.ExpiresAt)
+		fences[j] = int64(rec.Fence)
 	}
-	inserted, err := s.keySet(ctx, tx, s.qInsertMany(), n, keys, fps, tokens, leases, created, expires)
+	inserted, err := s.keySet(ctx, tx, s.qInsertMany(), n, keys, fps, tokens, leases, created, expires, fences)
 	if err != nil {
 		return err
 	}
@@ -145,7 +153,7 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 				continue
 			}
 			if cur := current[r.Key]; cur != nil {
-				c, rec := dedupe.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
+				c, rec := storekit.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
 				if rec == nil {
 					claims[i], after[r.Key] = c, cur
 					continue
@@ -168,7 +176,7 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 			continue
 		}
 		if cur := after[r.Key]; cur != nil {
-			c, rec := dedupe.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
+			c, rec := storekit.Decide(cur, r.Key, r.Fingerprint, now, r.Lease, r.Retention)
 			if rec == nil {
 				claims[i] = c
 				continue
@@ -186,11 +194,11 @@ func (s *Store) claimManyPostgres(ctx context.Context, tx Querier, reqs []ClaimR
 
 // qInsertMany inserts one in-progress record per array element ($1 keys,
 // $2 fingerprints, $3 tokens, $4 lease_until, $5 created_at, $6
-// expires_at) and returns the keys it inserted.
+// expires_at, $7 fence) and returns the keys it inserted.
 func (s *Store) qInsertMany() string {
 	return "INSERT INTO " + s.table + " (" + columns + ") " +
-		"SELECT u.k, u.f, 'in_progress', u.tok, u.lu, NULL, u.ca, u.ea, 1 " +
-		"FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) AS u(k, f, tok, lu, ca, ea) " +
+		"SELECT u.k, u.f, 'in_progress', u.tok, u.lu, NULL, u.ca, u.ea, 1, u.fe " +
+		"FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) AS u(k, f, tok, lu, ca, ea, fe) " +
 		"ON CONFLICT (key) DO NOTHING RETURNING key"
 }
 
@@ -205,8 +213,8 @@ func (s *Store) qCompleteMany() string {
 }
 
 // keySet runs query and returns the set of keys (first column) it returns.
-func (s *Store) keySet(ctx context.Context, tx Querier, query string, n int, args ...any) (map[string]bool, error) {
-	rows, err := tx.QueryContext(ctx, query, args...)
+func (s *Store) keySet(ctx context.Context, tx Conn, query string, n int, args ...any) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -223,8 +231,8 @@ func (s *Store) keySet(ctx context.Context, tx Querier, query string, n int, arg
 }
 
 // records reads the records of keys, by key (absent keys are missing).
-func (s *Store) records(ctx context.Context, tx Querier, keys [][]byte) (map[string]*dedupe.Record, error) {
-	rows, err := tx.QueryContext(ctx, "SELECT "+columns+" FROM "+s.table+" WHERE key = ANY($1::bytea[])", keys)
+func (s *Store) records(ctx context.Context, tx Conn, keys [][]byte) (map[string]*dedupe.Record, error) {
+	rows, err := tx.Query(ctx, "SELECT "+columns+" FROM "+s.table+" WHERE key = ANY($1::bytea[])", keys)
 	if err != nil {
 		return nil, err
 	}
@@ -252,13 +260,18 @@ func (s *Store) records(ctx context.Context, tx Querier, keys [][]byte) (map[str
 // one more statement per repeat); on SQLite it runs CompleteTx for each
 // request.
 func (s *Store) CompleteManyTx(ctx context.Context, tx Querier, reqs []CompleteRequest) (errs []error, err error) {
+	return s.CompleteManyIn(ctx, SQL(tx), reqs)
+}
+
+// CompleteManyIn is CompleteManyTx on any Conn (see ClaimIn).
+func (s *Store) CompleteManyIn(ctx context.Context, tx Conn, reqs []CompleteRequest) (errs []error, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	errs = make([]error, len(reqs))
 	if s.dialect != Postgres || len(reqs) == 1 {
 		for i, r := range reqs {
-			e := s.CompleteTx(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
+			e := s.CompleteIn(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
 			if e != nil && !errors.Is(e, dedupe.ErrLeaseLost) && !errors.Is(e, dedupe.ErrInvalidLease) {
 				return nil, e
 			}
@@ -312,7 +325,7 @@ func (s *Store) CompleteManyTx(ctx context.Context, tx Querier, reqs []CompleteR
 	sort.Ints(repeats)
 	for _, i := range repeats {
 		r := reqs[i]
-		e := s.CompleteTx(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
+		e := s.CompleteIn(ctx, tx, r.Key, r.Token, r.Result, r.Retention)
 		if e != nil && !errors.Is(e, dedupe.ErrLeaseLost) {
 			return nil, e
 		}

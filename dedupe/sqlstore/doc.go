@@ -36,15 +36,32 @@
 // existed) and one UPDATE, whatever its size; outbox.Inbox.BatchHandler uses them to
 // process hundreds of messages per transaction.
 //
+// # database/sql and pgx
+//
+// Every statement runs through Conn, one small interface: SQL adapts a
+// *sql.DB, *sql.Tx or *sql.Conn, and package dedupe/sqlstore/pgxconn adapts
+// pgx values (pgx.Tx, *pgxpool.Pool, *pgx.Conn), so that a program on pgx
+// needs no database/sql handle. New takes a *sql.DB; NewOn any DB
+// (SQLDB(db), pgxconn.Pool(pool)). The *Tx methods take a database/sql
+// Querier as before; the *In methods (ClaimIn, CompleteIn, ReleaseIn,
+// DeleteIn, ExtendIn, ClaimManyIn, CompleteManyIn) take a Conn, such as
+// pgxconn.Tx(tx) for the inbox mode in a pgx transaction. Both paths run
+// the same SQL and answer the same; BenchmarkInboxClaimComplete in pgxconn
+// compares their speed.
+//
 // # Table
 //
 // New creates the table (default "idemq_dedupe", may be schema-qualified)
 // and an index on expires_at if they are missing:
 //
 //	key bytea PRIMARY KEY, fingerprint bytea, state text ('in_progress' | 'done' | 'failed'),
-//	token text, lease_until bigint, result bytea, created_at bigint, expires_at bigint
+//	token text, lease_until bigint, result bytea, created_at bigint, expires_at bigint,
+//	attempts integer, fence bigint
 //
-// (BLOB and INTEGER on SQLite).
+// (BLOB and INTEGER on SQLite). attempts counts the leases granted for the
+// key; fence is the numeric fencing token of the last one
+// (dedupe.Claim.Fence). New adds either column to a table created before
+// it existed.
 //
 // Times are Unix nanoseconds (lease_until is 0 once the record is done), so
 // the injected clock round-trips exactly; in psql, to_timestamp(expires_at /
@@ -59,7 +76,7 @@
 // # Concurrency
 //
 // Claim inserts the new in-progress row with INSERT ... ON CONFLICT (key) DO
-// NOTHING; if the key exists it reads the row and runs dedupe.Decide in Go.
+// NOTHING; if the key exists it reads the row and runs storekit.Decide in Go.
 // Busy, Duplicate and Conflict are answered from that read, without a lock
 // (a live done or failed record never changes; an in-progress record read a
 // moment early is still a true answer), so a redelivery of a completed key

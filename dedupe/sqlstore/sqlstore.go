@@ -9,9 +9,6 @@ import (
 	"regexp"
 	"strings"
 	"time"
-	"unicode/utf8"
-
-	"github.com/idemq/idemq/dedupe"
 )
 
 // ErrNotFound is returned by Get when no live record exists for the key
@@ -105,7 +102,7 @@ type Querier interface {
 // in the caller's transaction, so the record commits or rolls back with the
 // caller's own writes (the transactional inbox).
 type Store struct {
-	db      *sql.DB
+	db      DB
 	dialect Dialect
 	now     func() time.Time
 	table   string // quoted, possibly schema-qualified
@@ -116,6 +113,7 @@ type Store struct {
 	qUpdate  string
 	qDone    string
 	qRelease string
+	qSnooze  string
 	qDelete  string
 	qExtend  string
 	qCleanup string
@@ -126,6 +124,24 @@ type Store struct {
 // (Postgres serialises it with an advisory lock, SQLite with its write lock).
 // An existing table must have the columns New would create.
 func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
+	if db == nil {
+		return nil, errors.New("sqlstore: nil *sql.DB")
+	}
+	if cfg.Dialect == Auto {
+		cfg.Dialect = DetectDialect(db)
+		if cfg.Dialect == Auto {
+			return nil, fmt.Errorf("%w: driver %T; set Config.Dialect", ErrUnknownDialect, db.Driver())
+		}
+	}
+	return NewOn(ctx, SQLDB(db), cfg)
+}
+
+// NewOn is New on any DB: SQLDB(db) for a *sql.DB (what New does), or
+// pgxconn.Pool(pool) for a *pgxpool.Pool, whose statements then go through
+// pgx itself rather than database/sql. Config.Dialect Auto asks db for its
+// dialect (pgxconn's adapters answer Postgres); a DB that cannot tell is
+// ErrUnknownDialect.
+func NewOn(ctx context.Context, db DB, cfg Config) (*Store, error) {
 	o := cfg
 	if o.Table == "" {
 		o.Table = DefaultTable
@@ -134,16 +150,18 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 		o.Now = time.Now
 	}
 	if db == nil {
-		return nil, errors.New("sqlstore: nil *sql.DB")
+		return nil, errors.New("sqlstore: nil DB")
 	}
 	schema, name, err := splitTable(o.Table)
 	if err != nil {
 		return nil, err
 	}
 	if o.Dialect == Auto {
-		o.Dialect = DetectDialect(db)
+		if d, ok := db.(interface{ Dialect() Dialect }); ok {
+			o.Dialect = d.Dialect()
+		}
 		if o.Dialect == Auto {
-			return nil, fmt.Errorf("%w: driver %T; set Config.Dialect", ErrUnknownDialect, db.Driver())
+			return nil, fmt.Errorf("%w: %T does not say; set Config.Dialect", ErrUnknownDialect, db)
 		}
 	}
 	if o.Dialect != Postgres && o.Dialect != SQLite {
@@ -206,476 +224,6 @@ func DetectDialect(db *sql.DB) Dialect {
 	return Auto
 }
 
-const columns = "key, fingerprint, state, token, lease_until, result, created_at, expires_at, attempts"
-
-func (s *Store) prepareSQL() {
-	t := s.table
-	s.qInsert = "INSERT INTO " + t + " (" + columns + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key) DO NOTHING"
-	s.qGet = "SELECT " + columns + " FROM " + t + " WHERE key = $1"
-	s.qLock = s.qGet + " FOR UPDATE"
-	s.qUpdate = "UPDATE " + t + " SET fingerprint = $2, state = $3, token = $4, lease_until = $5, result = $6, created_at = $7, expires_at = $8, attempts = $9 WHERE key = $1"
-	// The WHERE clause of the next three is dedupe's ownership rule: the
-	// current token of a live in-progress record. An expired lease nobody
-	// took over is still owned.
-	const owned = " WHERE key = $1 AND token = $2 AND state = 'in_progress' AND expires_at > $3"
-	s.qDone = "UPDATE " + t + " SET state = $4, result = $5, lease_until = 0, expires_at = $6" + owned
-	s.qRelease = "UPDATE " + t + " SET token = '', lease_until = 0" + owned
-	s.qDelete = "DELETE FROM " + t + owned
-	s.qExtend = "UPDATE " + t + " SET lease_until = $4, expires_at = CASE WHEN expires_at > $4 THEN expires_at ELSE $4 END" + owned
-	if s.dialect == Postgres {
-		s.qCleanup = "DELETE FROM " + t + " WHERE key IN (SELECT key FROM " + t +
-			" WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED) AND expires_at <= $1"
-	} else {
-		s.qCleanup = "DELETE FROM " + t + " WHERE rowid IN (SELECT rowid FROM " + t +
-			" WHERE expires_at <= $1 LIMIT $2)"
-	}
-}
-
-func (s *Store) createTable(ctx context.Context, schema, name string) error {
-	blob, integer := "bytea", "bigint"
-	if s.dialect == SQLite {
-		blob, integer = "BLOB", "INTEGER"
-	}
-	create := "CREATE TABLE IF NOT EXISTS " + s.table + ` (
-	key         ` + blob + ` PRIMARY KEY,
-	fingerprint ` + blob + ` NOT NULL,
-	state       text NOT NULL CHECK (state IN ('in_progress', 'done', 'failed')),
-	token       text NOT NULL,
-	lease_until ` + integer + ` NOT NULL,
-	result      ` + blob + `,
-	created_at  ` + integer + ` NOT NULL,
-	expires_at  ` + integer + ` NOT NULL,
-	attempts    integer NOT NULL DEFAULT 0
-)`
-	idx := name + "_expires_at_idx"
-	var index string
-	if s.dialect == Postgres {
-		// A Postgres index lives in its table's schema and takes no qualifier.
-		index = "CREATE INDEX IF NOT EXISTS " + quote(idx) + " ON " + s.table + " (expires_at)"
-	} else {
-		// SQLite qualifies the index name, not the table name.
-		qidx := quote(idx)
-		if schema != "" {
-			qidx = quote(schema) + "." + qidx
-		}
-		index = "CREATE INDEX IF NOT EXISTS " + qidx + " ON " + quote(name) + " (expires_at)"
-	}
-
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		if s.dialect == Postgres {
-			// CREATE TABLE IF NOT EXISTS races with itself in Postgres (a
-			// unique violation in pg_type); serialise the creators.
-			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", ddlLockID); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.ExecContext(ctx, create); err != nil {
-			return err
-		}
-		if err := s.addAttempts(ctx, tx, schema, name); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, index)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("sqlstore: create table %s: %w", s.table, err)
-	}
-	rows, err := s.db.QueryContext(ctx, s.qGet+" AND 1 = 0", []byte{})
-	if err != nil {
-		return fmt.Errorf("sqlstore: table %s exists but does not have the dedupe columns (%s): %w", s.table, columns, err)
-	}
-	return rows.Close()
-}
-
-// addAttempts adds the attempts column to a table created before it
-// existed: records already stored count as attempt 0.
-func (s *Store) addAttempts(ctx context.Context, tx *sql.Tx, schema, name string) error {
-	// Look first: ALTER TABLE would take an exclusive lock on a table that
-	// running consumers use, even when the column exists.
-	var n int
-	var err error
-	if s.dialect == Postgres {
-		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM information_schema.columns "+
-			"WHERE table_schema = COALESCE(NULLIF($1, ''), current_schema()) AND table_name = $2 AND column_name = 'attempts'",
-			schema, name).Scan(&n)
-	} else {
-		// Names are validated identifiers (splitTable), safe to inline.
-		info := "pragma_table_info('" + name + "')"
-		if schema != "" {
-			info = "pragma_table_info('" + name + "', '" + schema + "')"
-		}
-		err = tx.QueryRowContext(ctx, "SELECT count(*) FROM "+info+" WHERE name = 'attempts'").Scan(&n)
-	}
-	if err != nil {
-		return err
-	}
-	if n > 0 {
-		return nil
-	}
-	_, err = tx.ExecContext(ctx, "ALTER TABLE "+s.table+" ADD COLUMN attempts integer NOT NULL DEFAULT 0")
-	return err
-}
-
-// ddlLockID is the Postgres advisory lock key that serialises table
-// creation: FNV-1a 64 of "idemq/sqlstore/ddl". One key for every table, so
-// that a qualified and an unqualified name of the same table serialise too.
-const ddlLockID int64 = -1450621497885773064
-
-// inTx runs fn in a transaction of its own on s.db.
-func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	return tx.Commit()
-}
-
-// validToken reports whether token can be a stored token: non-empty text
-// (tokens are hex from dedupe.NewToken).
-func validToken(token string) bool {
-	return token != "" && utf8.ValidString(token) && strings.IndexByte(token, 0) < 0
-}
-
-// nanos converts a time to Unix nanoseconds, the zero time to 0.
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-// fromNanos is the inverse of nanos.
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n)
-}
-
-func recordArgs(r *dedupe.Record) []any {
-	return []any{[]byte(r.Key), []byte(r.Fingerprint), r.State.String(), r.Token, nanos(r.LeaseUntil), r.Result, nanos(r.CreatedAt), nanos(r.ExpiresAt), r.Attempts}
-}
-
-func scanRecord(row interface{ Scan(...any) error }) (*dedupe.Record, error) {
-	var (
-		r                                dedupe.Record
-		key, fingerprint                 []byte
-		state                            string
-		leaseUntil, createdAt, expiresAt int64
-	)
-	if err := row.Scan(&key, &fingerprint, &state, &r.Token, &leaseUntil, &r.Result, &createdAt, &expiresAt, &r.Attempts); err != nil {
-		return nil, err
-	}
-	st, err := dedupe.ParseState(state)
-	if err != nil {
-		return nil, err
-	}
-	r.Key, r.Fingerprint, r.State = string(key), string(fingerprint), st
-	r.LeaseUntil = fromNanos(leaseUntil)
-	r.CreatedAt = fromNanos(createdAt)
-	r.ExpiresAt = fromNanos(expiresAt)
-	return &r, nil
-}
-
-// Claim implements dedupe.Store: the state machine of dedupe.Decide, with
-// the record committed when Claim returns, so a crash inside the handler
-// lets the next attempt take over once the lease expires (store dedupe). Use
-// ClaimTx to make the record part of the handler's own transaction.
-//
-// A new key costs one INSERT, a known key one more SELECT (Busy, Duplicate
-// and Conflict are answered without a lock or a write); only a takeover, or
-// the replacement of a record whose retention is over, opens a short
-// transaction that locks the row.
-func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
-	if err := checkClaim(ctx, lease, retention); err != nil {
-		return dedupe.Claim{}, err
-	}
-	now := s.now()
-	c, ok, err := s.claimFast(ctx, key, fingerprint, now, lease, retention)
-	if err != nil {
-		return dedupe.Claim{}, fmt.Errorf("sqlstore: claim %q: %w", key, err)
-	}
-	if ok {
-		return c, nil
-	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		var err error
-		c, err = s.claim(ctx, tx, key, fingerprint, now, lease, retention)
-		return err
-	})
-	if err != nil {
-		return dedupe.Claim{}, fmt.Errorf("sqlstore: claim %q: %w", key, err)
-	}
-	return c, nil
-}
-
-// claimFast answers the claims that need no transaction: each statement is
-// atomic on its own. ok is false when the record must be written over (a
-// takeover or an expired record) or vanished between the two statements.
-func (s *Store) claimFast(ctx context.Context, key, fingerprint string, now time.Time, lease, retention time.Duration) (c dedupe.Claim, ok bool, err error) {
-	c, rec := dedupe.Decide(nil, key, fingerprint, now, lease, retention)
-	res, err := s.db.ExecContext(ctx, s.qInsert, recordArgs(rec)...)
-	if err != nil {
-		return dedupe.Claim{}, false, err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return dedupe.Claim{}, false, err
-	} else if n == 1 {
-		return c, true, nil
-	}
-	cur, err := scanRecord(s.db.QueryRowContext(ctx, s.qGet, []byte(key)))
-	if errors.Is(err, sql.ErrNoRows) {
-		return dedupe.Claim{}, false, nil
-	}
-	if err != nil {
-		return dedupe.Claim{}, false, err
-	}
-	c, rec = dedupe.Decide(cur, key, fingerprint, now, lease, retention)
-	return c, rec == nil, nil
-}
-
-// ClaimTx is Claim inside the caller's transaction tx (a *sql.Tx, or a
-// *sql.Conn inside BEGIN; a *sql.DB is refused with ErrNotInTx). The record
-// commits or rolls back with the caller's own writes: roll back and the
-// redelivery is Acquired again; commit after CompleteTx and every later claim
-// is a Duplicate. This is the transactional inbox: database effects happen
-// exactly once.
-//
-// On Postgres (READ COMMITTED, the default isolation) a concurrent ClaimTx of
-// the same key blocks on the primary key until this transaction ends, then
-// sees the committed record (Duplicate, Conflict or Busy) or, after a
-// rollback, acquires the key itself. Under REPEATABLE READ or SERIALIZABLE
-// that second claim fails with a serialization error instead. On SQLite the
-// transaction should be opened with _txlock=immediate (or the *sql.DB limited
-// to one connection), so that it holds the write lock from BEGIN.
-func (s *Store) ClaimTx(ctx context.Context, tx Querier, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
-	if _, ok := tx.(*sql.DB); ok {
-		return dedupe.Claim{}, ErrNotInTx
-	}
-	if err := checkClaim(ctx, lease, retention); err != nil {
-		return dedupe.Claim{}, err
-	}
-	c, err := s.claim(ctx, tx, key, fingerprint, s.now(), lease, retention)
-	if err != nil {
-		return dedupe.Claim{}, fmt.Errorf("sqlstore: claim %q: %w", key, err)
-	}
-	return c, nil
-}
-
-func checkClaim(ctx context.Context, lease, retention time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return dedupe.ValidateLease(lease, retention)
-}
-
-// maxClaimRounds bounds how often claim retries when the row it conflicted
-// with is deleted (released or cleaned up) before it could lock it.
-const maxClaimRounds = 8
-
-// claim runs the state machine on tx: insert a new in-progress row; if the
-// key exists, read it and decide in Go. Busy, Duplicate and Conflict need no
-// lock (a live done or failed record never changes until it expires; an
-// in-progress one read a moment early is still a true answer), so only a
-// takeover or the replacement of an expired record locks the row (SELECT
-// ... FOR UPDATE on Postgres; on SQLite the INSERT already holds the write
-// lock), decides again on the locked row and writes the decision back.
-func (s *Store) claim(ctx context.Context, tx Querier, key, fingerprint string, now time.Time, lease, retention time.Duration) (dedupe.Claim, error) {
-	for range maxClaimRounds {
-		c, rec := dedupe.Decide(nil, key, fingerprint, now, lease, retention)
-		res, err := tx.ExecContext(ctx, s.qInsert, recordArgs(rec)...)
-		if err != nil {
-			return dedupe.Claim{}, err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return dedupe.Claim{}, err
-		} else if n == 1 {
-			return c, nil
-		}
-		cur, err := scanRecord(tx.QueryRowContext(ctx, s.qGet, []byte(key)))
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // deleted since the insert conflicted: insert again
-		}
-		if err != nil {
-			return dedupe.Claim{}, err
-		}
-		c, rec = dedupe.Decide(cur, key, fingerprint, now, lease, retention)
-		if rec == nil {
-			return c, nil
-		}
-		if s.dialect == Postgres {
-			cur, err = scanRecord(tx.QueryRowContext(ctx, s.qLock, []byte(key)))
-			if errors.Is(err, sql.ErrNoRows) {
-				continue
-			}
-			if err != nil {
-				return dedupe.Claim{}, err
-			}
-			c, rec = dedupe.Decide(cur, key, fingerprint, now, lease, retention)
-			if rec == nil {
-				return c, nil // another claimer took over first
-			}
-		}
-		if _, err := tx.ExecContext(ctx, s.qUpdate, recordArgs(rec)...); err != nil {
-			return dedupe.Claim{}, err
-		}
-		return c, nil
-	}
-	return dedupe.Claim{}, fmt.Errorf("row inserted and deleted concurrently %d times", maxClaimRounds)
-}
-
-// Complete implements dedupe.Store with one conditional UPDATE.
-func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
-	return s.CompleteTx(ctx, s.db, key, token, res, retention)
-}
-
-// CompleteTx is Complete on tx (a *sql.Tx, *sql.Conn or *sql.DB). In the
-// inbox, call it in the transaction that ran ClaimTx and the handler's
-// writes; the result is stored when that transaction commits.
-func (s *Store) CompleteTx(ctx context.Context, tx Querier, key, token string, res dedupe.Result, retention time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if retention <= 0 {
-		return fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
-	}
-	now := s.now()
-	state := dedupe.StateDone
-	if res.Failed {
-		state = dedupe.StateFailed
-	}
-	return s.owned(ctx, tx, "complete", s.qDone, key, token, now, state.String(), res.Data, nanos(now.Add(retention)))
-}
-
-// Release implements dedupe.Store with one conditional UPDATE.
-func (s *Store) Release(ctx context.Context, key, token string) error {
-	return s.ReleaseTx(ctx, s.db, key, token)
-}
-
-// ReleaseTx is Release on tx (a *sql.Tx, *sql.Conn or *sql.DB). In the inbox
-// a rollback already removes a record claimed in the same transaction;
-// ReleaseTx is for a record claimed earlier and committed.
-func (s *Store) ReleaseTx(ctx context.Context, tx Querier, key, token string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.owned(ctx, tx, "release", s.qRelease, key, token, s.now())
-}
-
-// Delete implements dedupe.Store with one conditional DELETE.
-func (s *Store) Delete(ctx context.Context, key, token string) error {
-	return s.DeleteTx(ctx, s.db, key, token)
-}
-
-// DeleteTx is Delete on tx (a *sql.Tx, *sql.Conn or *sql.DB).
-func (s *Store) DeleteTx(ctx context.Context, tx Querier, key, token string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.owned(ctx, tx, "delete", s.qDelete, key, token, s.now())
-}
-
-// Ping implements dedupe.Pinger: it pings the database.
-func (s *Store) Ping(ctx context.Context) error {
-	if err := s.db.PingContext(ctx); err != nil {
-		return fmt.Errorf("sqlstore: ping: %w", err)
-	}
-	return nil
-}
-
-// Extend implements dedupe.Store with one conditional UPDATE.
-func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
-	return s.ExtendTx(ctx, s.db, key, token, lease)
-}
-
-// ExtendTx is Extend on tx (a *sql.Tx, *sql.Conn or *sql.DB). A heartbeat is
-// normally sent outside the handler's transaction (on the *sql.DB), since an
-// extension inside it is invisible to others until it commits.
-func (s *Store) ExtendTx(ctx context.Context, tx Querier, key, token string, lease time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if lease <= 0 {
-		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
-	}
-	now := s.now()
-	return s.owned(ctx, tx, "extend", s.qExtend, key, token, now, nanos(now.Add(lease)))
-}
-
-// owned runs a statement whose WHERE clause is the ownership rule ($1 key,
-// $2 token, $3 now; extra args from $4) and maps 0 rows to ErrLeaseLost.
-func (s *Store) owned(ctx context.Context, tx Querier, op, query, key, token string, now time.Time, extra ...any) error {
-	if !validToken(token) {
-		return dedupe.ErrLeaseLost // no stored token is empty or invalid text
-	}
-	args := append([]any{[]byte(key), token, nanos(now)}, extra...)
-	res, err := tx.ExecContext(ctx, query, args...)
-	if err != nil {
-		return fmt.Errorf("sqlstore: %s %q: %w", op, key, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("sqlstore: %s %q: %w", op, key, err)
-	}
-	if n == 0 {
-		return dedupe.ErrLeaseLost
-	}
-	return nil
-}
-
-// Get returns the live record for key, for inspection (the CLI). It returns
-// ErrNotFound when there is none or its retention is over.
-func (s *Store) Get(ctx context.Context, key string) (*dedupe.Record, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	r, err := scanRecord(s.db.QueryRowContext(ctx, s.qGet, []byte(key)))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("%w: %q", ErrNotFound, key)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("sqlstore: get %q: %w", key, err)
-	}
-	if !r.Live(s.now()) {
-		return nil, fmt.Errorf("%w: %q (retention over)", ErrNotFound, key)
-	}
-	return r, nil
-}
-
-// Cleanup deletes records whose retention is over, limit rows per statement
-// (DefaultCleanupBatch when limit <= 0), each batch in its own short
-// transaction, until a batch deletes fewer than limit rows or ctx is done.
-// It returns the number of rows deleted, also when it stops on an error.
-// Cleanup is garbage collection only: an expired row already counts as
-// absent. Run it periodically from one or several processes (on Postgres,
-// concurrent cleaners skip each other's rows).
-func (s *Store) Cleanup(ctx context.Context, limit int) (int64, error) {
-	if limit <= 0 {
-		limit = DefaultCleanupBatch
-	}
-	var total int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return total, err
-		}
-		res, err := s.db.ExecContext(ctx, s.qCleanup, nanos(s.now()), limit)
-		if err != nil {
-			return total, fmt.Errorf("sqlstore: cleanup: %w", err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return total, fmt.Errorf("sqlstore: cleanup: %w", err)
-		}
-		total += n
-		if n < int64(limit) {
-			return total, nil
-		}
-	}
-}
-
-var _ dedupe.Store = (*Store)(nil)
+// columns are the dedupe table's columns, in the order recordArgs and
+// scanRecord use.
+const columns = "key, fingerprint, state, token, lease_until, result, created_at, expires_at, attempts, fence"

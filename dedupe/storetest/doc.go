@@ -16,14 +16,18 @@
 // clock. Physical expiry (Redis PEXPIRE, NATS KV MaxAge, SQL cleanup) is
 // garbage collection only and must not cut a live record short.
 //
-// The suite checks the state machine documented on dedupe.Decide: claim of
+// The suite checks the state machine documented on storekit.Decide: claim of
 // an absent key, Busy with the exact lease remainder, exactly one winner
 // among concurrent claimers, takeover after lease expiry with a new fencing
 // token and ErrLeaseLost for the old one, Duplicate replay of stored results
 // and failures, Conflict on a different fingerprint, Release making the next
 // claim Acquired (never Duplicate), Extend, retention expiry, 1 MiB and binary
-// results, awkward keys, cancelled contexts, ErrInvalidLease and many
-// independent keys.
+// results, awkward keys, cancelled contexts, ErrInvalidLease, many
+// independent keys, and fencing: every Acquired claim's Fence is above the
+// fence of every earlier lease of its key — after a Release, after a
+// takeover (raced by many claimers too), with the clock standing still or
+// set back, and after the record was deleted or its retention ran out once
+// the clock has moved on by a millisecond (storekit.NextFence).
 //
 // All instants the suite uses are whole milliseconds apart, so a store that
 // keeps times with millisecond precision (the Redis store) is held to exact

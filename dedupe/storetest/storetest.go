@@ -154,8 +154,8 @@ func (e *env) wantLeaseLost(op string, err error) {
 
 // brief formats a claim without a possibly huge result.
 func brief(c dedupe.Claim) string {
-	return fmt.Sprintf("{Status:%v Token:%q Attempt:%d Takeover:%v RetryAfter:%v Failed:%v Data:%d bytes Fingerprint:%q}",
-		c.Status, c.Token, c.Attempt, c.Takeover, c.RetryAfter, c.Result.Failed, len(c.Result.Data), c.Fingerprint)
+	return fmt.Sprintf("{Status:%v Token:%q Fence:%d Attempt:%d Takeover:%v RetryAfter:%v Failed:%v Data:%d bytes Fingerprint:%q}",
+		c.Status, c.Token, c.Fence, c.Attempt, c.Takeover, c.RetryAfter, c.Result.Failed, len(c.Result.Data), c.Fingerprint)
 }
 
 // Run runs the conformance suite against stores made by newStore, one fresh
@@ -181,6 +181,10 @@ func Run(t *testing.T, newStore Factory) {
 		{"ReleaseThenAcquired", testRelease},
 		{"AttemptsCountRuns", testAttempts},
 		{"DeleteResetsAttempts", testDelete},
+		{"SnoozeKeepsTheAttempt", testSnooze},
+		{"FencesGrow", testFencesGrow},
+		{"FencesGrowUnderConcurrentTakeover", testFenceConcurrentTakeover},
+		{"FencesGrowAcrossResets", testFenceResets},
 		{"Extend", testExtend},
 		{"RetentionExpiry", testRetention},
 		{"RetentionFromCompletion", testRetentionFromCompletion},
@@ -521,6 +525,43 @@ func testAttempts(e *env) {
 	}
 }
 
+// testSnooze checks that Snooze gives the lease back like Release but
+// uncounted (stores that implement dedupe.Snoozer; the others skip).
+func testSnooze(e *env) {
+	sn, ok := e.s.(dedupe.Snoozer)
+	if !ok {
+		e.t.Skip("the store does not implement dedupe.Snoozer")
+	}
+	bg := ctx(e.t)
+	c := e.claim("k", "fp", 10*time.Second, time.Hour)
+	if err := e.s.Release(bg, "k", c.Token); err != nil {
+		e.t.Fatalf("Release: %v", err)
+	}
+	c = e.claim("k", "fp", 10*time.Second, time.Hour)
+	if c.Attempt != 2 {
+		e.t.Fatalf("claim after Release: %s, want attempt 2", brief(c))
+	}
+	e.wantLeaseLost("Snooze with a wrong token", sn.Snooze(bg, "k", "wrong"))
+	for range 3 {
+		if err := sn.Snooze(bg, "k", c.Token); err != nil {
+			e.t.Fatalf("Snooze: %v", err)
+		}
+		e.wantLeaseLost("Complete after Snooze", e.s.Complete(bg, "k", c.Token, dedupe.Result{}, time.Hour))
+		c = e.claim("k", "fp", 10*time.Second, time.Hour)
+		if c.Status != dedupe.Acquired || c.Takeover || c.Attempt != 2 {
+			e.t.Fatalf("claim after Snooze: %s, want acquired, no takeover, still attempt 2", brief(c))
+		}
+	}
+	// A first attempt snoozed is still the first.
+	c1 := e.claim("k1", "fp", 10*time.Second, time.Hour)
+	if err := sn.Snooze(bg, "k1", c1.Token); err != nil {
+		e.t.Fatalf("Snooze: %v", err)
+	}
+	if c := e.claim("k1", "fp", 10*time.Second, time.Hour); c.Status != dedupe.Acquired || c.Attempt != 1 {
+		e.t.Fatalf("claim after snoozing attempt 1: %s, want attempt 1", brief(c))
+	}
+}
+
 // testDelete checks that Delete removes an owned record, attempt count
 // included (a dead-lettered message replayed later starts again).
 func testDelete(e *env) {
@@ -549,6 +590,123 @@ func testDelete(e *env) {
 	e.complete("k", c.Token, dedupe.Result{Data: []byte("x")}, time.Hour)
 	e.wantLeaseLost("Delete after Complete", e.s.Delete(bg, "k", c.Token))
 	e.wantDuplicate("k", "other", dedupe.Result{Data: []byte("x")})
+}
+
+// fenceAbove fails unless c is Acquired with a fence above prev, and
+// returns its fence.
+func (e *env) fenceAbove(what string, c dedupe.Claim, prev uint64) uint64 {
+	e.t.Helper()
+	if c.Status != dedupe.Acquired {
+		e.t.Fatalf("%s: %s, want acquired", what, brief(c))
+	}
+	if c.Fence == 0 || c.Fence <= prev {
+		e.t.Fatalf("%s: fence %d, want above %d (the previous lease's); claim %s", what, c.Fence, prev, brief(c))
+	}
+	return c.Fence
+}
+
+// testFencesGrow checks that every lease of a key gets a larger fence than
+// the one before — after a Release, after a takeover, with the clock
+// standing still or set back — and that answers other than Acquired carry
+// none.
+func testFencesGrow(e *env) {
+	bg := ctx(e.t)
+	c := e.claim("k", "fp", 5*time.Second, time.Hour)
+	f := e.fenceAbove("first claim", c, 0)
+	if b := e.claim("k", "fp", 5*time.Second, time.Hour); b.Status != dedupe.Busy || b.Fence != 0 {
+		e.t.Errorf("busy claim: %s, want busy with no fence", brief(b))
+	}
+	// Released and claimed again at the same instant: the fence still grows.
+	if err := e.s.Release(bg, "k", c.Token); err != nil {
+		e.t.Fatalf("Release: %v", err)
+	}
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	f = e.fenceAbove("claim after Release, clock standing still", c, f)
+	// The clock is set back a minute (another process's clock, or NTP):
+	// the fence grows anyway, within the record.
+	e.clock.Advance(-time.Minute)
+	if err := e.s.Release(bg, "k", c.Token); err != nil {
+		e.t.Fatalf("Release: %v", err)
+	}
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	f = e.fenceAbove("claim after Release with the clock set back", c, f)
+	// The holder stalls; a takeover fences it out.
+	stalled := c
+	e.clock.Advance(5 * time.Second)
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	if !c.Takeover {
+		e.t.Fatalf("claim after lease expiry: %s, want a takeover", brief(c))
+	}
+	f = e.fenceAbove("takeover", c, f)
+	if stalled.Fence >= c.Fence {
+		e.t.Fatalf("the stalled holder's fence %d is not below the taker's %d", stalled.Fence, c.Fence)
+	}
+	e.wantLeaseLost("Complete by the stalled holder", e.s.Complete(bg, "k", stalled.Token, dedupe.Result{}, time.Hour))
+	// Extend and Complete keep the fence: it belongs to the lease.
+	if err := e.s.Extend(bg, "k", c.Token, 10*time.Second); err != nil {
+		e.t.Fatalf("Extend: %v", err)
+	}
+	e.complete("k", c.Token, dedupe.Result{Data: []byte("ok")}, time.Hour)
+	if d := e.wantDuplicate("k", "fp", dedupe.Result{Data: []byte("ok")}); d.Fence != 0 {
+		e.t.Errorf("duplicate: %s, want no fence", brief(d))
+	}
+	if x := e.claim("k", "other", 5*time.Second, time.Hour); x.Status != dedupe.Conflict || x.Fence != 0 {
+		e.t.Errorf("conflict: %s, want conflict with no fence", brief(x))
+	}
+	_ = f
+}
+
+// testFenceConcurrentTakeover checks that the one winner of a race to take
+// over an expired lease has a fence above the lease it replaced.
+func testFenceConcurrentTakeover(e *env) {
+	old := e.claim("k", "fp", 10*time.Second, time.Hour)
+	f := e.fenceAbove("first claim", old, 0)
+	for round := range 3 {
+		e.clock.Advance(10 * time.Second)
+		w := e.raceClaims("k")
+		if !w.Takeover {
+			e.t.Fatalf("round %d: winner %s, want a takeover", round, brief(w))
+		}
+		f = e.fenceAbove(fmt.Sprintf("round %d: takeover", round), w, f)
+	}
+}
+
+// testFenceResets checks that a key's fences keep growing when its record
+// is removed — by Delete after a dead letter, or at the end of retention —
+// provided the clock moves on (see storekit.NextFence): here by a
+// millisecond, the least that a store keeping milliseconds can see.
+func testFenceResets(e *env) {
+	bg := ctx(e.t)
+	c := e.claim("k", "fp", 5*time.Second, time.Hour)
+	f := e.fenceAbove("first claim", c, 0)
+	for range 3 { // several leases at one instant: fences beyond the clock
+		if err := e.s.Release(bg, "k", c.Token); err != nil {
+			e.t.Fatalf("Release: %v", err)
+		}
+		c = e.claim("k", "fp", 5*time.Second, time.Hour)
+		f = e.fenceAbove("claim after Release", c, f)
+	}
+	if err := e.s.Delete(bg, "k", c.Token); err != nil {
+		e.t.Fatalf("Delete: %v", err)
+	}
+	e.clock.Advance(time.Millisecond)
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	if c.Attempt != 1 {
+		e.t.Fatalf("claim after Delete: %s, want attempt 1", brief(c))
+	}
+	f = e.fenceAbove("claim after Delete", c, f)
+	// Completed, then forgotten at the end of its retention.
+	e.complete("k", c.Token, dedupe.Result{Data: []byte("ok")}, time.Minute)
+	e.clock.Advance(time.Minute)
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	if c.Attempt != 1 || c.Takeover {
+		e.t.Fatalf("claim after retention: %s, want attempt 1, no takeover", brief(c))
+	}
+	f = e.fenceAbove("claim after retention", c, f)
+	// An in-progress record whose retention ran out.
+	e.clock.Advance(time.Hour)
+	c = e.claim("k", "fp", 5*time.Second, time.Hour)
+	e.fenceAbove("claim after an in-progress record's retention", c, f)
 }
 
 func testExtend(e *env) {

@@ -39,6 +39,7 @@ func apiCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	dbURL := fs.String("db", "", "database: postgres://… or sqlite:PATH (required)")
 	lease := fs.Duration("lease", defaultAPILease, "how long a request holds its idempotency key before a retry may take over after a crash")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
+	prefix := fs.String("prefix", "", "put PREFIX in front of every stream, subject and table name, for a shared server (default: the contract's names)")
 	metricsAddr := fs.String("metrics", "", metricsFlagUsage)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: payments api -addr :8080 -nats URL -db URL [-metrics ADDR]
@@ -59,10 +60,16 @@ Flags:
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *dbURL == "" {
-		fmt.Fprintln(stderr, "payments api: -db is required")
-		fs.Usage()
-		return errUsage
+	if err := firstError(
+		required("-addr", *addr), required("-nats", *natsURL), checkNATSURL(*natsURL),
+		required("-db", *dbURL), checkFlag("-db", checkDBURL(*dbURL)),
+		positive("-lease", *lease), checkFlag("-log-format", checkLogFormat(*logFormat)),
+	); err != nil {
+		return usageError(fs, "payments api", err)
+	}
+	nm, err := namesFor(*prefix)
+	if err != nil {
+		return usageError(fs, "payments api", err)
 	}
 	log, err := newLogger(stderr, *logFormat)
 	if err != nil {
@@ -73,7 +80,7 @@ Flags:
 	if err != nil {
 		return err
 	}
-	a, err := newAPI(ctx, *dbURL, *natsURL, *lease, log, tel)
+	a, err := newAPI(ctx, *dbURL, *natsURL, nm, *lease, log, tel)
 	if err != nil {
 		tel.close()
 		return err
@@ -92,8 +99,8 @@ type api struct {
 	h http.Handler
 }
 
-func newAPI(ctx context.Context, dbURL, natsURL string, lease time.Duration, log *slog.Logger, tel *telemetry) (*api, error) {
-	n, err := openNode(ctx, "payments-api", dbURL, natsURL, log, tel)
+func newAPI(ctx context.Context, dbURL, natsURL string, nm names, lease time.Duration, log *slog.Logger, tel *telemetry) (*api, error) {
+	n, err := openNode(ctx, "payments-api", dbURL, natsURL, nm, log, tel)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +182,7 @@ func (a *api) putPayment(w http.ResponseWriter, r *http.Request) {
 	}
 	msg := outbox.Message{
 		ID:      outboxRequestedPfx + key,
-		Subject: subjRequested,
+		Subject: a.nm.requested(),
 		Header:  map[string][]string{headerKey: {key}},
 		Data:    mustJSON(p),
 	}

@@ -61,20 +61,20 @@ func (s *streamState) settled(applied, rejected int64, p *producer) bool {
 func (d *demo) scan(ctx context.Context) (*streamState, error) {
 	st := &streamState{completedIDs: map[string]int{}, rejectedIDs: map[string]int{}, requestedIDs: map[string]int{}}
 	runKey := d.run + "-"
-	err := d.readStream(ctx, streamPayments, func(m jetstream.Msg) {
+	err := d.readStream(ctx, d.nm.paymentsStream(), func(m jetstream.Msg) {
 		id := m.Headers().Get(headerNatsMsgID)
 		switch m.Subject() {
-		case subjCompleted:
+		case d.nm.completed():
 			if strings.HasPrefix(id, outboxCompletedPfx+runKey) {
 				st.completed++
 				st.completedIDs[id]++
 			}
-		case subjRejected:
+		case d.nm.rejected():
 			if strings.HasPrefix(id, outboxRejectedPfx+runKey) {
 				st.rejected++
 				st.rejectedIDs[id]++
 			}
-		case subjRequested:
+		case d.nm.requested():
 			// Requests the API published (the producer's carry the run header).
 			if strings.HasPrefix(id, outboxRequestedPfx+runKey) && m.Headers().Get(headerDemoRun) == "" {
 				st.requested++
@@ -85,7 +85,7 @@ func (d *demo) scan(ctx context.Context) (*streamState, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = d.readStream(ctx, streamDLQ, func(m jetstream.Msg) {
+	err = d.readStream(ctx, d.nm.dlqStream(), func(m jetstream.Msg) {
 		h := m.Headers()
 		if h.Get(headerDemoRun) != d.run {
 			return
@@ -97,7 +97,7 @@ func (d *demo) scan(ctx context.Context) (*streamState, error) {
 			origStream:     h.Get(headerOrigStream),
 			msgID:          h.Get(headerNatsMsgID),
 			data:           append([]byte(nil), m.Data()...),
-			subjectOK:      m.Subject() == subjDLQ,
+			subjectOK:      m.Subject() == d.nm.dlqSubject(),
 			idempotencyKey: h.Get(headerKey),
 		})
 	})
@@ -313,7 +313,7 @@ func (d *demo) check(ctx context.Context, drained bool) (*report, error) {
 		fmt.Sprintf("conflicts              %d × 409 at the API (key reused with another amount), %d dead-lettered by the workers", s.conflicts.Load(), reasons["conflict"]),
 		fmt.Sprintf("accepted               %d payments (202): %d completed, %d rejected", len(accepted), completed, rejected),
 		fmt.Sprintf("rejected (402)         %d (%d planned overdrafts, %d when an account ran low); recorded once, replayed to duplicates", rejected, plannedOverdrafts, rejected-plannedOverdrafts),
-		fmt.Sprintf("dead-lettered          %d on %s (%s)", len(st.deadLetters), subjDLQ, formatReasons(reasons)),
+		fmt.Sprintf("dead-lettered          %d on %s (%s)", len(st.deadLetters), d.nm.dlqSubject(), formatReasons(reasons)),
 		fmt.Sprintf("crashes                %d worker SIGKILLs, %d API SIGKILL, each followed by a restart", d.crashes.workers.Load(), d.crashes.api.Load()),
 	}
 
@@ -378,12 +378,12 @@ func (d *demo) check(ctx context.Context, drained bool) (*report, error) {
 	r.add("completed events in the stream = applied payments",
 		st.completed == completed && len(st.completedIDs) == completed && st.rejected == rejected && len(st.rejectedIDs) == rejected,
 		"%s: %d messages, %d distinct Nats-Msg-Id, %d completed transfers; %s: %d messages, %d distinct, %d rejected transfers",
-		subjCompleted, st.completed, len(st.completedIDs), completed, subjRejected, st.rejected, len(st.rejectedIDs), rejected)
+		d.nm.completed(), st.completed, len(st.completedIDs), completed, d.nm.rejected(), st.rejected, len(st.rejectedIDs), rejected)
 
 	// 5. Requests published once per accepted payment.
 	r.add("request events = accepted payments (API outbox)",
 		st.requested == len(accepted) && len(st.requestedIDs) == len(accepted),
-		"%s from the API: %d messages, %d distinct Nats-Msg-Id, %d payments accepted", subjRequested, st.requested, len(st.requestedIDs), len(accepted))
+		"%s from the API: %d messages, %d distinct Nats-Msg-Id, %d payments accepted", d.nm.requested(), st.requested, len(st.requestedIDs), len(accepted))
 
 	// 6. DLQ = malformed + conflicts, each dead letter intact.
 	byMsg := map[string]deadLetter{}
@@ -405,7 +405,7 @@ func (d *demo) check(ctx context.Context, drained bool) (*report, error) {
 			bad = append(bad, fmt.Sprintf("message %d (%s expected) missing", m.n, m.reason))
 		case dl.reason != m.reason:
 			bad = append(bad, fmt.Sprintf("message %d: reason %q, want %q", m.n, dl.reason, m.reason))
-		case !bytes.Equal(dl.data, m.data) || dl.origSubject != subjRequested || dl.origStream != streamPayments || !dl.subjectOK || dl.idempotencyKey != m.key:
+		case !bytes.Equal(dl.data, m.data) || dl.origSubject != d.nm.requested() || dl.origStream != d.nm.paymentsStream() || !dl.subjectOK || dl.idempotencyKey != m.key:
 			bad = append(bad, fmt.Sprintf("message %d: dead letter altered (body, key or Idemq-Original-* headers)", m.n))
 		}
 	}

@@ -18,6 +18,22 @@ import (
 // sqlite:PATH.
 var ErrBadDBURL = errors.New("-db must be postgres://… or sqlite:PATH")
 
+// checkDBURL validates a -db value without connecting, so that a command
+// can refuse it before it starts anything.
+func checkDBURL(raw string) error {
+	switch {
+	case strings.HasPrefix(raw, "postgres://") && len(raw) > len("postgres://"),
+		strings.HasPrefix(raw, "postgresql://") && len(raw) > len("postgresql://"):
+		return nil
+	case strings.HasPrefix(raw, "sqlite:"):
+		if strings.TrimPrefix(strings.TrimPrefix(raw, "sqlite:"), "//") == "" {
+			return fmt.Errorf("%w: empty sqlite path", ErrBadDBURL)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: got %q", ErrBadDBURL, raw)
+}
+
 // dialect is the SQL flavour behind a -db URL.
 type dialect int
 
@@ -42,6 +58,8 @@ const sqliteBusyTimeout = 20 * time.Second
 type database struct {
 	*sql.DB
 	dialect dialect
+	// nm prefixes the example's table names in q (zero: the contract's).
+	nm names
 }
 
 // openDB opens a -db URL: postgres://… (or postgresql://…) through pgx, or
@@ -93,9 +111,11 @@ func openDB(ctx context.Context, raw string) (*database, error) {
 	return &database{DB: db, dialect: d}, nil
 }
 
-// q rewrites a query written with ? placeholders for the dialect: Postgres
-// gets $1, $2, …; SQLite keeps ?.
+// q rewrites a query written with ? placeholders for the dialect (Postgres
+// gets $1, $2, …; SQLite keeps ?) and with the example's table names
+// (accounts, transfers) prefixed as -prefix asks.
 func (db *database) q(query string) string {
+	query = db.nm.tables(query)
 	if db.dialect != postgres {
 		return query
 	}
@@ -138,7 +158,7 @@ func ensureSchema(ctx context.Context, db *database) error {
 		`CREATE INDEX IF NOT EXISTS transfers_idempotency_key ON transfers (idempotency_key)`,
 	}
 	for _, s := range stmts {
-		if err := execRetry(ctx, db, s); err != nil {
+		if err := execRetry(ctx, db, db.q(s)); err != nil {
 			return fmt.Errorf("create schema: %w", err)
 		}
 	}

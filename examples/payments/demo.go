@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/idemq/idemq/dedupe/sqlstore"
+	"github.com/idemq/idemq/outbox"
 )
 
 // errInvariants is returned by the demo when an invariant did not hold.
@@ -49,6 +53,7 @@ type demoConfig struct {
 	Exe         string        // the executable re-executed as api and worker; "" means os.Executable()
 	Out         io.Writer     // progress and summary
 	KeepDir     bool          // keep the temporary directory (logs, SQLite file)
+	Prefix      string        // -prefix: put in front of every stream, subject, consumer and table name
 }
 
 func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -64,6 +69,9 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&cfg.DBURL, "db", "", "database, postgres://… or sqlite:PATH; empty uses SQLite in a temporary directory")
 	fs.DurationVar(&cfg.Drain, "drain", 40*time.Second, "how long to wait for the workers to finish after the last request")
 	fs.BoolVar(&cfg.KeepDir, "keep", false, "keep the temporary directory with the subprocess logs")
+	fs.StringVar(&cfg.Prefix, "prefix", "", "put PREFIX in front of every stream, subject, consumer and table name (PREFIX_PAYMENTS,\n"+
+		"PREFIX.payments.>, PREFIX_accounts…) so that runs on a shared NATS server or database do not collide;\n"+
+		"default: the contract's names (PAYMENTS, DLQ, accounts…)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageText+"\nDemo flags:\n")
 		fs.PrintDefaults()
@@ -71,9 +79,15 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if cfg.Payments < 100 || cfg.Workers < 1 || cfg.Concurrency < 1 || cfg.Clients < 1 || cfg.DropRate < 0 || cfg.DropRate > 0.9 {
-		fmt.Fprintln(stderr, "payments: -payments must be at least 100, -workers, -concurrency and -clients at least 1, -drop within 0-0.9")
-		return errUsage
+	// Every flag is checked, one at a time and before anything starts, and
+	// the first that is wrong is named alone.
+	if err := firstError(
+		atLeast("-payments", cfg.Payments, 100), atLeast("-workers", cfg.Workers, 1),
+		atLeast("-concurrency", cfg.Concurrency, 1), atLeast("-clients", cfg.Clients, 1),
+		within("-drop", cfg.DropRate, 0, 0.9), positive("-drain", cfg.Drain),
+		checkNATSURL(cfg.NATSURL), demoDBURL(cfg.DBURL), checkFlag("-prefix", prefixError(cfg.Prefix)),
+	); err != nil {
+		return usageError(fs, "payments", err)
 	}
 	rep, err := runDemo(ctx, cfg)
 	if err != nil {
@@ -88,6 +102,7 @@ func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 // demo is one run of the demo.
 type demo struct {
 	cfg    demoConfig
+	nm     names  // stream, subject and table names (-prefix)
 	run    string // run id: prefixes keys and account ids
 	dir    string
 	db     *database
@@ -136,7 +151,11 @@ func runDemo(ctx context.Context, cfg demoConfig) (*report, error) {
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
-	d := &demo{cfg: cfg, run: newRunID(), events: newEventCounter(), startSeq: map[string]uint64{}}
+	nm, err := namesFor(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	d := &demo{cfg: cfg, nm: nm, run: newRunID(), events: newEventCounter(), startSeq: map[string]uint64{}}
 	dir, err := os.MkdirTemp("", "idemq-payments-")
 	if err != nil {
 		return nil, err
@@ -157,7 +176,8 @@ func runDemo(ctx context.Context, cfg demoConfig) (*report, error) {
 	out := cfg.Out
 	fmt.Fprintf(out, "idemq payments demo · run %s\n", d.run)
 
-	if cfg.NATSURL == "" {
+	embedded := cfg.NATSURL == ""
+	if embedded {
 		srv, err := startEmbeddedNATS(filepath.Join(dir, "nats"))
 		if err != nil {
 			return nil, err
@@ -178,6 +198,9 @@ func runDemo(ctx context.Context, cfg demoConfig) (*report, error) {
 		fmt.Fprintf(out, "  database  SQLite %s\n", filepath.Join(dir, "payments.db"))
 	} else {
 		fmt.Fprintf(out, "  database  %s\n", redactDB(cfg.DBURL))
+	}
+	if nm.prefix != "" {
+		fmt.Fprintf(out, "  names     prefix %s: %s\n", nm.prefix, nm.describe())
 	}
 
 	if err := d.setup(ctx); err != nil {
@@ -213,6 +236,7 @@ func runDemo(ctx context.Context, cfg demoConfig) (*report, error) {
 		return nil, err
 	}
 	rep.print(out)
+	d.printInspect(out, embedded)
 	switch {
 	case cfg.KeepDir:
 		fmt.Fprintf(out, "\nsubprocess logs and database kept in %s\n", dir)
@@ -251,6 +275,7 @@ func (d *demo) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	db.nm = d.nm
 	d.db = db
 	if err := ensureSchema(ctx, db); err != nil {
 		return err
@@ -263,10 +288,10 @@ func (d *demo) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := ensureStreams(ctx, d.js); err != nil {
+	if err := ensureStreams(ctx, d.js, d.nm); err != nil {
 		return err
 	}
-	for _, name := range []string{streamPayments, streamDLQ} {
+	for _, name := range []string{d.nm.paymentsStream(), d.nm.dlqStream()} {
 		s, err := d.js.Stream(ctx, name)
 		if err != nil {
 			return err
@@ -307,6 +332,9 @@ func (d *demo) startProcesses(ctx context.Context) error {
 		// over by the client's retries two seconds later.
 		args: []string{"api", "-addr", addr, "-nats", d.cfg.NATSURL, "-db", d.cfg.DBURL, "-lease", "2s", "-log-format", "json"},
 	}
+	if d.nm.prefix != "" {
+		d.api.args = append(d.api.args, "-prefix", d.nm.prefix)
+	}
 	if err := d.startAndWait(ctx, d.api, "api_ready"); err != nil {
 		return err
 	}
@@ -315,6 +343,9 @@ func (d *demo) startProcesses(ctx context.Context) error {
 			name: "worker-" + strconv.Itoa(i), exe: d.cfg.Exe, events: d.events, logw: d.logf,
 			args: []string{"worker", "-nats", d.cfg.NATSURL, "-db", d.cfg.DBURL,
 				"-concurrency", strconv.Itoa(d.cfg.Concurrency), "-ack-wait", d.cfg.AckWait.String(), "-log-format", "json"},
+		}
+		if d.nm.prefix != "" {
+			w.args = append(w.args, "-prefix", d.nm.prefix)
 		}
 		d.workers = append(d.workers, w)
 		if err := d.startAndWait(ctx, w, "worker_ready"); err != nil {
@@ -334,7 +365,10 @@ func (d *demo) startAndWait(ctx context.Context, p *proc, ready string) error {
 	defer cancel()
 	for d.events.get(ready) <= before {
 		if !p.running() {
-			return fmt.Errorf("%s exited during start-up; see %s", p.name, d.logf.Name())
+			if last := p.lastWords(); last != "" {
+				return fmt.Errorf("%s exited during start-up; its last lines:\n  %s\n(all in %s, kept with -keep)", p.name, last, d.logf.Name())
+			}
+			return fmt.Errorf("%s exited during start-up; see %s (kept with -keep)", p.name, d.logf.Name())
 		}
 		select {
 		case <-ctx.Done():
@@ -367,7 +401,7 @@ func (d *demo) crashWorker(ctx context.Context, i int) error {
 		return err
 	}
 	d.crashes.workers.Add(1)
-	d.note("✗ SIGKILL %s", w.name)
+	d.note("%s SIGKILL %s", killMark, w.name)
 	sleepCtx(ctx, 150*time.Millisecond)
 	return d.startAndWait(ctx, w, "worker_ready")
 }
@@ -378,10 +412,41 @@ func (d *demo) crashAPI(ctx context.Context) error {
 		return err
 	}
 	d.crashes.api.Add(1)
-	d.note("✗ SIGKILL api")
+	d.note("%s SIGKILL api", killMark)
 	sleepCtx(ctx, 300*time.Millisecond)
 	return d.startAndWait(ctx, d.api, "api_ready")
 }
+
+// printInspect says how to look at what the run left behind with the
+// operator CLI: its commands when the servers outlive the demo, else how to
+// keep them.
+func (d *demo) printInspect(out io.Writer, embeddedNATS bool) {
+	if embeddedNATS || strings.HasPrefix(d.cfg.DBURL, "sqlite:"+d.dir) {
+		fmt.Fprintln(out, "\nthe embedded NATS server and the temporary SQLite database end with the demo; to inspect a run with")
+		fmt.Fprintln(out, "cmd/idemq afterwards, run it against servers you keep: -nats URL -db URL (and -prefix on shared ones)")
+		return
+	}
+	db := shellQuote(d.cfg.DBURL)
+	fmt.Fprintln(out, "\ninspect this run with the operator CLI:")
+	fmt.Fprintf(out, "  go run ./cmd/idemq dlq list -nats %s -stream %s\n", shellQuote(d.cfg.NATSURL), d.nm.dlqStream())
+	fmt.Fprintf(out, "  go run ./cmd/idemq dedupe count -db %s -table %s\n", db, d.nm.table(sqlstore.DefaultTable))
+	fmt.Fprintf(out, "  go run ./cmd/idemq outbox stats -db %s -table %s\n", db, d.nm.table(outbox.DefaultTable))
+}
+
+// shellQuote quotes s for a POSIX shell when it holds anything but safe
+// characters.
+func shellQuote(s string) string {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@=%+,", r)) {
+			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+	}
+	return s
+}
+
+// killMark marks a SIGKILL in the progress lines: a lightning bolt, not the
+// ✗ that marks an invariant that did not hold.
+const killMark = "⚡"
 
 // note prints a line prefixed with the elapsed time.
 func (d *demo) note(format string, args ...any) {
@@ -532,7 +597,7 @@ func (d *demo) progress(ctx context.Context) {
 	applied, rejected, _ := d.countTransfers(ctx)
 	d.note("sent %d/%d  accepted %d  retried %d  lost %d  409 %d  applied %d  rejected(402) %d  dlq %d  crashes %d",
 		s.sent.Load(), d.jobCount(), s.accepted.Load(), s.retries.Load(), s.lost.Load(),
-		s.conflicts.Load()+s.inFlight409.Load(), applied, rejected, d.streamCount(ctx, streamDLQ),
+		s.conflicts.Load()+s.inFlight409.Load(), applied, rejected, d.streamCount(ctx, d.nm.dlqStream()),
 		d.crashes.workers.Load()+d.crashes.api.Load())
 }
 

@@ -16,12 +16,13 @@ import (
 // e2ePayments keeps each end-to-end run around ten seconds (twenty with -race).
 const e2ePayments = 400
 
-// runE2E runs the demo against natsURL and dbURL with the test binary as the
-// worker and api executable, and fails the test unless every invariant holds.
+// runE2E runs the demo against natsURL and dbURL, its names prefixed with
+// prefix ("" for the contract's), with the test binary as the worker and
+// api executable, and fails the test unless every invariant holds.
 // The demo itself SIGKILLs workers mid-run and the API once, and checks the
 // invariants from the database and the streams; the test then checks again
 // directly, with its own queries.
-func runE2E(t *testing.T, natsURL, dbURL string, payments int) {
+func runE2E(t *testing.T, natsURL, dbURL, prefix string, payments int) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -41,6 +42,7 @@ func runE2E(t *testing.T, natsURL, dbURL string, payments int) {
 		Drain:       30 * time.Second,
 		Exe:         exe,
 		Out:         &out,
+		Prefix:      prefix,
 	})
 	t.Log("\n" + out.String())
 	if err != nil {
@@ -58,18 +60,23 @@ func runE2E(t *testing.T, natsURL, dbURL string, payments int) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
-	verifyIndependently(t, ctx, dbURL, payments, rep)
+	nm, err := namesFor(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyIndependently(t, ctx, dbURL, nm, payments, rep)
 }
 
 // verifyIndependently re-checks the main invariants with fresh connections
 // and plain queries, not through the demo's own checking code.
-func verifyIndependently(t *testing.T, ctx context.Context, dbURL string, payments int, rep *report) {
+func verifyIndependently(t *testing.T, ctx context.Context, dbURL string, nm names, payments int, rep *report) {
 	t.Helper()
 	db, err := openDB(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
+	db.nm = nm
 	var sum, n int64
 	if err := db.QueryRowContext(ctx, db.q(`SELECT coalesce(sum(balance), 0), count(*) FROM accounts WHERE id LIKE ?`), "acc-"+rep.run+"-%").Scan(&sum, &n); err != nil {
 		t.Fatal(err)
@@ -106,15 +113,15 @@ func TestE2EPostgresEmbeddedNATS(t *testing.T) {
 	}
 	pg := harness.Postgres(t)
 	ns := harness.EmbeddedNATS(t)
-	runE2E(t, ns.URL, pg.URL, e2ePayments)
+	runE2E(t, ns.URL, pg.URL, "", e2ePayments)
 }
 
 // TestE2EPostgresRealNATS runs the example against the real Postgres and
-// the real NATS server. The contract fixes the stream names PAYMENTS and DLQ,
-// so the test cannot use the harness's prefixed names: it purges both
-// streams first, and must not run in parallel with anything else using them.
-// The demo only counts messages of its own run (keys and headers carry a run
-// id), so leftovers from other runs cannot make it pass or fail.
+// the real, shared NATS server with -prefix, as anyone sharing a server
+// would: its streams, subjects and consumer carry the prefix, so it touches
+// no PAYMENTS or DLQ stream of anyone else and needs no purge. The test
+// checks that the prefixed streams are the ones used, and deletes them
+// afterwards.
 func TestE2EPostgresRealNATS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test: skipped with -short")
@@ -123,23 +130,28 @@ func TestE2EPostgresRealNATS(t *testing.T) {
 	ns := harness.NATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	purge := func() {
-		for _, name := range []string{streamPayments, streamDLQ} {
-			s, err := ns.JS.Stream(ctx, name)
-			if errors.Is(err, jetstream.ErrStreamNotFound) {
-				continue
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Purge(ctx); err != nil {
-				t.Fatalf("purge %s: %v", name, err)
+	prefix := strings.ReplaceAll(ns.Name("e2e"), "-", "_")
+	nm, err := namesFor(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, name := range []string{nm.paymentsStream(), nm.dlqStream()} {
+			if err := ns.JS.DeleteStream(context.Background(), name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				t.Errorf("delete stream %s: %v", name, err)
 			}
 		}
+	})
+	runE2E(t, ns.URL, pg.URL, prefix, e2ePayments)
+	for _, name := range []string{nm.paymentsStream(), nm.dlqStream()} {
+		s, err := ns.JS.Stream(ctx, name)
+		if err != nil || s.CachedInfo().State.Msgs == 0 {
+			t.Fatalf("prefixed stream %s: %v, or empty; the demo did not use it", name, err)
+		}
 	}
-	purge()
-	runE2E(t, ns.URL, pg.URL, e2ePayments)
-	purge() // leave no payments behind on the shared server
+	if _, err := ns.JS.Consumer(ctx, nm.paymentsStream(), nm.durable()); err != nil {
+		t.Errorf("prefixed consumer %s: %v", nm.durable(), err)
+	}
 }
 
 // TestE2ESQLiteEmbedded runs the zero-set-up configuration of the demo
@@ -149,5 +161,5 @@ func TestE2ESQLiteEmbedded(t *testing.T) {
 		t.Skip("end-to-end test: skipped with -short")
 	}
 	ns := harness.EmbeddedNATS(t)
-	runE2E(t, ns.URL, "sqlite:"+t.TempDir()+"/payments.db", e2ePayments/2)
+	runE2E(t, ns.URL, "sqlite:"+t.TempDir()+"/payments.db", "", e2ePayments/2)
 }

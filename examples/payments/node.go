@@ -23,17 +23,18 @@ type node struct {
 	ob    *outbox.Outbox
 	relay *outbox.Relay
 	log   *slog.Logger
+	nm    names
 	tel   *telemetry // -metrics; nil without
 }
 
 // openNode connects to the database and NATS as name, creates the streams
 // when they are missing, and prepares the dedupe store, the outbox and its
-// relay, observed by tel (-metrics; nil for none). On error everything it
-// opened is closed again.
-func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger, tel *telemetry) (_ *node, err error) {
+// relay, all under the names nm, observed by tel (-metrics; nil for none).
+// On error everything it opened is closed again.
+func openNode(ctx context.Context, name, dbURL, natsURL string, nm names, log *slog.Logger, tel *telemetry) (_ *node, err error) {
 	// n is not the named result: "return nil, err" must not clear what the
 	// deferred close needs.
-	n := &node{log: log, tel: tel}
+	n := &node{log: log, nm: nm, tel: tel}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -42,22 +43,24 @@ func openNode(ctx context.Context, name, dbURL, natsURL string, log *slog.Logger
 	if n.db, err = openDB(ctx, dbURL); err != nil {
 		return nil, err
 	}
+	n.db.nm = nm
 	if n.nc, err = nats.Connect(natsURL, nats.Name(name), nats.MaxReconnects(-1)); err != nil {
 		return nil, fmt.Errorf("connect to nats at %s: %w", natsURL, err)
 	}
 	if n.js, err = jetstream.New(n.nc); err != nil {
 		return nil, err
 	}
-	if err = ensureStreams(ctx, n.js); err != nil {
+	if err = ensureStreams(ctx, n.js, nm); err != nil {
 		return nil, err
 	}
-	if n.store, err = sqlstore.New(ctx, n.db.DB, sqlstore.Config{}); err != nil {
+	if n.store, err = sqlstore.New(ctx, n.db.DB, sqlstore.Config{Table: nm.table(sqlstore.DefaultTable)}); err != nil {
 		return nil, fmt.Errorf("dedupe store: %w", err)
 	}
-	if n.ob, err = outbox.New(ctx, n.db.DB, outbox.Config{}); err != nil {
+	if n.ob, err = outbox.New(ctx, n.db.DB, outbox.Config{Table: nm.table(outbox.DefaultTable)}); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	if n.relay, err = outbox.NewRelay(n.db.DB, outbox.JetStream(n.js), outbox.RelayConfig{Streams: []string{streamPayments}, Logger: log, Observer: tel.relay()}); err != nil {
+	relayCfg := outbox.RelayConfig{Table: nm.table(outbox.DefaultTable), Streams: []string{nm.paymentsStream()}, Logger: log, Observer: tel.relay()}
+	if n.relay, err = outbox.NewRelay(n.db.DB, outbox.JetStream(n.js), relayCfg); err != nil {
 		return nil, fmt.Errorf("outbox relay: %w", err)
 	}
 	if err = tel.observeOutbox(n.db.DB, n.ob); err != nil {

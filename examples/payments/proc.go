@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -31,6 +32,18 @@ type proc struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	started int
+	last    []string // the last lines the process wrote to stderr, for errors
+}
+
+// lastLines is how many of its stderr lines a proc keeps for lastWords.
+const lastLines = 5
+
+// lastWords returns the last lines the process wrote to stderr, joined, or
+// "" when it wrote none.
+func (p *proc) lastWords() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.last, "\n  ")
 }
 
 // start runs the process. It is an error to start a running process.
@@ -55,6 +68,7 @@ func (p *proc) start() error {
 	}()
 	p.cmd, p.exited = cmd, exited
 	p.started++
+	p.last = nil
 	return nil
 }
 
@@ -68,6 +82,12 @@ func (p *proc) line(b []byte) {
 		p.events.add(ev.Event)
 	}
 	_, _ = fmt.Fprintf(p.logw, "%s: %s\n", p.name, b)
+	p.mu.Lock()
+	p.last = append(p.last, string(b))
+	if len(p.last) > lastLines {
+		p.last = p.last[len(p.last)-lastLines:]
+	}
+	p.mu.Unlock()
 }
 
 // kill sends SIGKILL and waits for the process to be gone.

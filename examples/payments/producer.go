@@ -224,7 +224,7 @@ func (p *producer) pickApplied(ctx context.Context) (payment, string, error) {
 // does not dedupe it: only the worker's inbox stands between it and a second
 // transfer.
 func (p *producer) publish(ctx context.Context, m directMsg) error {
-	msg := nats.NewMsg(subjRequested)
+	msg := nats.NewMsg(p.d.nm.requested())
 	msg.Data = m.data
 	if m.key != "" {
 		msg.Header.Set(headerKey, m.key)

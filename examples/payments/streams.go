@@ -27,21 +27,22 @@ const (
 // that republishes a row after a crash does so within seconds, well inside it.
 const duplicateWindow = 10 * time.Minute
 
-// ensureStreams creates the PAYMENTS and DLQ streams when they are missing and
-// leaves existing ones as they are (an operator may have tuned them).
-func ensureStreams(ctx context.Context, js jetstream.JetStream) error {
+// ensureStreams creates the PAYMENTS and DLQ streams (named by nm) when they
+// are missing and leaves existing ones as they are (an operator may have
+// tuned them).
+func ensureStreams(ctx context.Context, js jetstream.JetStream, nm names) error {
 	for _, cfg := range []jetstream.StreamConfig{
 		{
-			Name:        streamPayments,
+			Name:        nm.paymentsStream(),
 			Description: "idemq examples/payments: payment requests and their outcomes",
-			Subjects:    []string{subjectsPayments},
+			Subjects:    []string{nm.paymentsSubjects()},
 			Storage:     jetstream.FileStorage,
 			Duplicates:  duplicateWindow,
 		},
 		{
-			Name:        streamDLQ,
+			Name:        nm.dlqStream(),
 			Description: "idemq dead letters",
-			Subjects:    []string{subjectsDLQ},
+			Subjects:    []string{nm.dlqSubjects()},
 			Storage:     jetstream.FileStorage,
 			Duplicates:  duplicateWindow,
 		},

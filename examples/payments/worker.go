@@ -41,6 +41,7 @@ func workerCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	concurrency := fs.Int("concurrency", 4, "payments handled at once")
 	ackWait := fs.Duration("ack-wait", natsjs.DefaultAckWait, "JetStream AckWait: how soon a message held by a crashed worker is redelivered")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
+	prefix := fs.String("prefix", "", "put PREFIX in front of every stream, subject, consumer and table name, for a shared server (default: the contract's names)")
 	metricsAddr := fs.String("metrics", "", metricsFlagUsage)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: payments worker -nats URL -db URL [-concurrency N] [-metrics ADDR]
@@ -67,10 +68,16 @@ Flags:
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *dbURL == "" || *concurrency < 1 {
-		fmt.Fprintln(stderr, "payments worker: -db is required and -concurrency must be at least 1")
-		fs.Usage()
-		return errUsage
+	if err := firstError(
+		required("-nats", *natsURL), checkNATSURL(*natsURL), required("-db", *dbURL), checkFlag("-db", checkDBURL(*dbURL)),
+		atLeast("-concurrency", *concurrency, 1), positive("-ack-wait", *ackWait),
+		checkFlag("-log-format", checkLogFormat(*logFormat)),
+	); err != nil {
+		return usageError(fs, "payments worker", err)
+	}
+	nm, err := namesFor(*prefix)
+	if err != nil {
+		return usageError(fs, "payments worker", err)
 	}
 	log, err := newLogger(stderr, *logFormat)
 	if err != nil {
@@ -81,7 +88,7 @@ Flags:
 	if err != nil {
 		return err
 	}
-	w, err := newWorker(ctx, *dbURL, *natsURL, *concurrency, *ackWait, log, tel)
+	w, err := newWorker(ctx, *dbURL, *natsURL, nm, *concurrency, *ackWait, log, tel)
 	if err != nil {
 		tel.close()
 		return err
@@ -97,8 +104,8 @@ type worker struct {
 	cons  *natsjs.Consumer
 }
 
-func newWorker(ctx context.Context, dbURL, natsURL string, concurrency int, ackWait time.Duration, log *slog.Logger, tel *telemetry) (w *worker, err error) {
-	n, err := openNode(ctx, "payments-worker", dbURL, natsURL, log, tel)
+func newWorker(ctx context.Context, dbURL, natsURL string, nm names, concurrency int, ackWait time.Duration, log *slog.Logger, tel *telemetry) (w *worker, err error) {
+	n, err := openNode(ctx, "payments-worker", dbURL, natsURL, nm, log, tel)
 	if err != nil {
 		return nil, err
 	}
@@ -123,12 +130,12 @@ func newWorker(ctx context.Context, dbURL, natsURL string, concurrency int, ackW
 		return nil, fmt.Errorf("inbox: %w", err)
 	}
 	cfg := natsjs.Config{
-		Stream:         streamPayments,
-		Durable:        durableWorker,
-		FilterSubjects: []string{subjRequested},
+		Stream:         n.nm.paymentsStream(),
+		Durable:        n.nm.durable(),
+		FilterSubjects: []string{n.nm.requested()},
 		Concurrency:    concurrency,
 		AckWait:        ackWait,
-		DeadLetter:     natsjs.DeadLetterConfig{Subject: subjDLQ, Stream: streamDLQ},
+		DeadLetter:     natsjs.DeadLetterConfig{Subject: n.nm.dlqSubject(), Stream: n.nm.dlqStream()},
 		// No Guard: the inbox is the dedupe (outbox.Inbox.Handler).
 		Pipeline: consumer.Config{Retry: workerRetry, Logger: log, Observer: tel.consumer(durableWorker)},
 	}
@@ -170,7 +177,7 @@ func (w *worker) run(ctx context.Context) error {
 		}
 		cancel()
 	})
-	w.log.Info("payments worker running", "event", "worker_ready", "stream", streamPayments, "consumer", durableWorker)
+	w.log.Info("payments worker running", "event", "worker_ready", "stream", w.nm.paymentsStream(), "consumer", w.nm.durable())
 	wg.Wait()
 	close(errs)
 	var all []error
@@ -265,11 +272,11 @@ func (w *worker) apply(ctx context.Context, tx *sql.Tx, m *consumer.Message) err
 	key := keyOf(m)
 	err = applyTransfer(ctx, w.db, tx, key, p)
 	ev := outcomeEvent{payment: p, Status: outcomeCompleted, Code: 200}
-	id, subject := outboxCompletedPfx+key, subjCompleted
+	id, subject := outboxCompletedPfx+key, w.nm.completed()
 	switch {
 	case errors.Is(err, ErrInsufficientFunds):
 		ev.Status, ev.Code = outcomeRejected, 402
-		id, subject = outboxRejectedPfx+key, subjRejected
+		id, subject = outboxRejectedPfx+key, w.nm.rejected()
 	case err != nil:
 		return err
 	}

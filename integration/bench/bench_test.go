@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -52,7 +53,7 @@ type variant struct {
 	// watermill marks Watermill variants.
 	watermill bool
 	// dedupe marks variants that dedupe; idemq dedupe variants are compared
-	// with the fastest Watermill variant.
+	// with the Watermill baseline (watermillBaseline).
 	dedupe bool
 }
 
@@ -82,6 +83,14 @@ type measurement struct {
 	// one ack per message plus pull requests (and anything else a variant
 	// sends), so out/N - 1 is the pull requests per message.
 	out uint64
+	// natsCPU and redisCPU are the CPU time (user+system) of the
+	// nats-server and redis-server processes in the timed region, read from
+	// /proc (10ms resolution); -1 when the process is not known. They
+	// include whatever else those shared servers did meanwhile.
+	natsCPU, redisCPU time.Duration
+	// mallocs is the heap allocations of this process in the timed region
+	// (runtime.MemStats.Mallocs).
+	mallocs uint64
 }
 
 // runRound consumes the stream once with v. The timed region runs from
@@ -94,6 +103,9 @@ func runRound(tb testing.TB, fx *fixture, v variant, timer func(on bool)) measur
 	ctx, cancel := context.WithTimeout(context.Background(), roundTimeout)
 	defer cancel()
 
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	srv0 := fx.serverCPU()
 	cpu0 := processCPU()
 	out0 := r.nc.Stats().OutMsgs
 	timer(true)
@@ -106,6 +118,11 @@ func runRound(tb testing.TB, fx *fixture, v variant, timer func(on bool)) measur
 	timer(false)
 	m.cpu = processCPU() - cpu0
 	m.out = r.nc.Stats().OutMsgs - out0
+	srv1 := fx.serverCPU()
+	runtime.ReadMemStats(&ms1)
+	m.natsCPU = cpuDelta(srv0.nats, srv1.nats)
+	m.redisCPU = cpuDelta(srv0.redis, srv1.redis)
+	m.mallocs = ms1.Mallocs - ms0.Mallocs
 
 	stopStart := time.Now()
 	if serr := s.stop(); err == nil {
@@ -128,6 +145,11 @@ type totals struct {
 	elapsed time.Duration
 	cpu     time.Duration
 	out     uint64
+	mallocs uint64
+	// natsCPU and redisCPU sum the servers' CPU over the rounds that
+	// measured it, natsMsgs and redisMsgs the messages of those rounds.
+	natsCPU, redisCPU   time.Duration
+	natsMsgs, redisMsgs int
 }
 
 func (t *totals) add(n int, m measurement) {
@@ -136,6 +158,39 @@ func (t *totals) add(n int, m measurement) {
 	t.elapsed += m.elapsed
 	t.cpu += m.cpu
 	t.out += m.out
+	t.mallocs += m.mallocs
+	if m.natsCPU >= 0 {
+		t.natsCPU += m.natsCPU
+		t.natsMsgs += n
+	}
+	if m.redisCPU >= 0 {
+		t.redisCPU += m.redisCPU
+		t.redisMsgs += n
+	}
+}
+
+// perMsg is d in microseconds per message, ok false without messages.
+func perMsg(d time.Duration, msgs int) (float64, bool) {
+	if msgs == 0 {
+		return 0, false
+	}
+	return float64(d.Nanoseconds()) / 1e3 / float64(msgs), true
+}
+
+// natsPerMsg is nats-server's CPU per message in microseconds, ok false
+// when it was not measured.
+func (t totals) natsPerMsg() (float64, bool) { return perMsg(t.natsCPU, t.natsMsgs) }
+
+// redisPerMsg is redis-server's CPU per message in microseconds, ok false
+// when it was not measured.
+func (t totals) redisPerMsg() (float64, bool) { return perMsg(t.redisCPU, t.redisMsgs) }
+
+// allocsPerMsg is this process's heap allocations per message.
+func (t totals) allocsPerMsg() float64 {
+	if t.msgs == 0 {
+		return 0
+	}
+	return float64(t.mallocs) / float64(t.msgs)
 }
 
 // outPerMsg is the messages sent to NATS per message consumed.
@@ -156,10 +211,8 @@ func (t totals) rate() float64 {
 
 // cpuPerMsg is the client CPU per message in microseconds.
 func (t totals) cpuPerMsg() float64 {
-	if t.msgs == 0 {
-		return 0
-	}
-	return float64(t.cpu.Microseconds()) / float64(t.msgs)
+	v, _ := perMsg(t.cpu, t.msgs)
+	return v
 }
 
 // results holds the totals of every variant of one run.
@@ -172,18 +225,6 @@ func (rs results) get(name string) totals {
 	return totals{}
 }
 
-// bestWatermill returns the fastest Watermill variant's name and rate.
-func (rs results) bestWatermill(vs []variant) (string, float64) {
-	var name string
-	var best float64
-	for _, v := range vs {
-		if r := rs.get(v.name).rate(); v.watermill && r > best {
-			name, best = v.name, r
-		}
-	}
-	return name, best
-}
-
 // xRaw is v's rate over its raw baseline's, 0 when either is missing.
 func (rs results) xRaw(v variant) float64 {
 	base := rs.get(v.baseline).rate()
@@ -193,10 +234,11 @@ func (rs results) xRaw(v variant) float64 {
 	return rs.get(v.name).rate() / base
 }
 
-// xWatermill is v's rate over the fastest Watermill variant's, for idemq
-// variants that dedupe; 0 otherwise.
-func (rs results) xWatermill(vs []variant, v variant) float64 {
-	_, wm := rs.bestWatermill(vs)
+// xWatermill is v's rate over the Watermill baseline's (watermillBaseline,
+// one fixed configuration), for idemq variants that dedupe; 0 otherwise or
+// when the baseline did not run.
+func (rs results) xWatermill(v variant) float64 {
+	wm := rs.get(watermillBaseline).rate()
 	if v.watermill || !v.dedupe || wm == 0 {
 		return 0
 	}
@@ -220,7 +262,7 @@ func benchTimer(b *testing.B) func(bool) {
 // it). One iteration is one full consumption of N messages; ns/op is per
 // message. Each sub-benchmark reports msg/s, client CPU µs per message and,
 // when its baselines ran earlier in the same run, x_raw (rate over its raw
-// baseline's) and x_watermill (over the fastest Watermill variant's). Under
+// baseline's) and x_watermill (over watermillBaseline's). Under
 // background load prefer BenchmarkRatios, which interleaves the variants.
 func BenchmarkConsume(b *testing.B) {
 	b.StopTimer()
@@ -242,7 +284,7 @@ func BenchmarkConsume(b *testing.B) {
 			if x := rs.xRaw(v); x > 0 {
 				b.ReportMetric(x, "x_raw")
 			}
-			if x := rs.xWatermill(vs, v); x > 0 {
+			if x := rs.xWatermill(v); x > 0 {
 				b.ReportMetric(x, "x_watermill")
 			}
 		})
@@ -250,7 +292,8 @@ func BenchmarkConsume(b *testing.B) {
 	fmt.Print(summaryTable(fx.n, 1, vs, summarise(vs, []results{rs}, rs), rs))
 }
 
-// BenchmarkRatios is the measurement of record. Each iteration is one
+// BenchmarkRatios runs every variant (BenchmarkSideBySide, the table of
+// record, runs the main five with every process's CPU). Each iteration is one
 // cycle: it consumes the same pre-filled stream once with every variant, in
 // an order rotated from one cycle to the next, so that background load
 // (other builds on the machine) falls on all variants alike. Ratios are
@@ -339,7 +382,7 @@ func summarise(vs []variant, cycles []results, all results) map[string]row {
 			if x := rs.xRaw(v); x > 0 {
 				xr = append(xr, x)
 			}
-			if x := rs.xWatermill(vs, v); x > 0 {
+			if x := rs.xWatermill(v); x > 0 {
 				xw = append(xw, x)
 			}
 		}
@@ -353,14 +396,20 @@ func summarise(vs []variant, cycles []results, all results) map[string]row {
 // rounds.
 func summaryTable(n, cycles int, vs []variant, sum map[string]row, all results) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\nidemq bench: N=%d messages per round, %d cycles; medians over cycles (min..max)\n", n, cycles)
-	fmt.Fprintf(&sb, "%-20s %20s %11s %13s %-14s %20s %20s\n", "variant", "msg/s", "cpu-µs/msg", "nats-out/msg", "baseline", "x baseline", "x best watermill")
+	fmt.Fprintf(&sb, "\nidemq bench: N=%d messages per round, %d cycles; medians over cycles (min..max); CPU per message over all rounds\n", n, cycles)
+	fmt.Fprintf(&sb, "%-22s %20s %11s %11s %11s %11s %13s %-8s %20s %20s\n", "variant", "msg/s", "client-µs", "nats-µs", "redis-µs", "allocs/msg", "nats-out/msg", "baseline", "x baseline", "x "+watermillBaseline)
+	opt := func(v float64, ok bool) string {
+		if !ok {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
 	for _, v := range vs {
 		r := sum[v.name]
 		t := all.get(v.name)
-		fmt.Fprintf(&sb, "%-20s %20s %11.1f %13.3f %-14s %20s %20s\n", v.name,
+		fmt.Fprintf(&sb, "%-22s %20s %11.1f %11s %11s %11.1f %13.3f %-8s %20s %20s\n", v.name,
 			fmt.Sprintf("%.0f (%.0f..%.0f)", r.rate.median, r.rate.min, r.rate.max),
-			t.cpuPerMsg(), t.outPerMsg(), v.baseline, r.xRaw, r.xWatermill)
+			t.cpuPerMsg(), opt(t.natsPerMsg()), opt(t.redisPerMsg()), t.allocsPerMsg(), t.outPerMsg(), v.baseline, r.xRaw, r.xWatermill)
 	}
 	return sb.String()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,27 @@ type fixture struct {
 	redisMu   sync.Mutex
 	redisEnvs map[testing.TB]*harness.RedisEnv
 	rounds    atomic.Int64
+
+	// natsProc and redisProc are the server processes behind the NATS and
+	// Redis URLs, when they run on this machine and can be inspected (nil
+	// otherwise, with the reason in natsWhy and redisWhy). Guarded by
+	// redisMu.
+	natsProc, redisProc *localProc
+	natsWhy, redisWhy   string
+}
+
+// servers returns the server processes found so far and why a missing one
+// is missing.
+func (fx *fixture) servers() (nats, redis *localProc, natsWhy, redisWhy string) {
+	fx.redisMu.Lock()
+	defer fx.redisMu.Unlock()
+	return fx.natsProc, fx.redisProc, fx.natsWhy, fx.redisWhy
+}
+
+// serverCPU reads the CPU time of the server processes found so far.
+func (fx *fixture) serverCPU() serverCPU {
+	nats, redis, _, _ := fx.servers()
+	return serverCPU{nats: readCPU(nats), redis: readCPU(redis)}
 }
 
 // payment is the body of every message (the payments example's shape, plus
@@ -123,6 +145,22 @@ func newFixture(tb testing.TB, n int) *fixture {
 	if fx.legacy, err = env.Conn.JetStream(); err != nil {
 		tb.Fatalf("jetstream context: %v", err)
 	}
+	if p, err := findLocalServer(env.URL, 4222); err != nil {
+		fx.natsWhy = err.Error()
+	} else {
+		fx.natsProc = &p
+	}
+	// Redis is looked up now when its URL is set, so that its CPU is read
+	// in every round, the rounds without Redis too (showing its background
+	// load); otherwise with the first Redis environment.
+	fx.redisWhy = "no Redis environment yet"
+	if u := os.Getenv(harness.EnvRedisURL); u != "" {
+		if p, err := findLocalServer(u, 6379); err != nil {
+			fx.redisWhy = err.Error()
+		} else {
+			fx.redisProc, fx.redisWhy = &p, ""
+		}
+	}
 	return fx
 }
 
@@ -137,6 +175,13 @@ func (fx *fixture) redis(tb testing.TB) *harness.RedisEnv {
 	}
 	env := harness.Redis(tb)
 	fx.redisEnvs[tb] = env
+	if fx.redisProc == nil {
+		if p, err := findLocalServer(env.URL, 6379); err != nil {
+			fx.redisWhy = err.Error()
+		} else {
+			fx.redisProc, fx.redisWhy = &p, ""
+		}
+	}
 	tb.Cleanup(func() {
 		fx.redisMu.Lock()
 		delete(fx.redisEnvs, tb)

@@ -52,8 +52,11 @@ const EnvConcurrency = "IDEMQ_BENCH_CONCURRENCY"
 
 // idemqVariant is consumer/natsjs with its defaults except the names and
 // Concurrency/FetchBatch (idemqConcurrency), and a dedupe.Guard keyed by the
-// Idempotency-Key header (no fingerprint, like Watermill's Deduplicator) on
-// the given store.
+// Idempotency-Key header on the given store, with the Guard's default
+// fingerprint: the payload in canonical JSON form, hashed and stored for
+// conflict detection. That is work Watermill's Deduplicator (key only) does
+// not do; with NoFingerprint the idemq-mem client used about 4-5 µs less
+// CPU per message (about a fifth) on the 2-core machine.
 func idemqVariant(name string, kind storeKind) variant {
 	return idemqVariantConc(name, kind, 0)
 }

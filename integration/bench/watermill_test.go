@@ -32,6 +32,19 @@ const (
 	wmBatch = 500
 )
 
+// watermillBaseline names the one Watermill configuration idemq is compared
+// with (x_watermill, and the side-by-side table): watermill-nats, that is
+// Watermill's router over watermill-nats/v2 pkg/nats in JetStream mode —
+// the subscriber its authors recommend for production (they call
+// pkg/jetstream experimental) — with wmSubscribersCount (4) queue
+// subscriptions on one durable push consumer, AckAsync, and the middleware
+// stack of newWatermillSession (Deduplicator on the in-memory repository,
+// PoisonQueue, Retry, Recoverer). It is fixed in advance rather than the
+// faster of the Watermill variants in each cycle, which would pick whichever
+// the noise favoured and bias the baseline upwards. watermill-js is still
+// measured by BenchmarkRatios and BenchmarkConsume, for information.
+const watermillBaseline = "watermill-nats"
+
 // wmDedupeWindow is the Deduplicator's memory, like idemq's retention.
 const wmDedupeWindow = 24 * time.Hour
 

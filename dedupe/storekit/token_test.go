@@ -1,4 +1,4 @@
-package dedupe
+package storekit
 
 import (
 	"encoding/hex"
