@@ -53,6 +53,51 @@ func BenchmarkConsumeObserved(b *testing.B) {
 }
 
 func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
+	b.StopTimer()
+	wall, cpu := consumeOnce(b, env, store, mode, b.N)
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "msg/s")
+	// CPU time of this process (the consumer; the broker and Redis run
+	// elsewhere) per message: steadier than msg/s on a shared machine.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
+}
+
+// BenchmarkConsumeOverhead runs the modes of BenchmarkConsumeObserved
+// interleaved — none, metrics, traces-10pct, traces-all, then the reverse,
+// b.N rounds of 10,000 messages each, Redis dedupe — so that the machine's
+// changing load falls on every mode alike, and reports each mode's CPU per
+// message and its ratio to none:
+//
+//	go test -run '^$' -bench ConsumeOverhead -benchtime 4x ./idemqotel/
+func BenchmarkConsumeOverhead(b *testing.B) {
+	env := harness.NATS(b)
+	const n = 10000
+	modes := []string{"none", "metrics", "traces-10pct", "traces-all"}
+	cpu := map[string]time.Duration{}
+	b.StopTimer()
+	for round := range b.N {
+		order := slices.Clone(modes)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, mode := range order {
+			_, c := consumeOnce(b, env, "redis", mode, n)
+			cpu[mode] += c
+		}
+	}
+	msgs := float64(b.N * n)
+	for _, mode := range modes {
+		b.ReportMetric(float64(cpu[mode].Microseconds())/msgs, mode+"-cpu-µs/msg")
+		if mode != "none" {
+			b.ReportMetric(float64(cpu[mode])/float64(cpu["none"]), mode+"/none")
+		}
+	}
+}
+
+// consumeOnce fills a fresh stream with n messages, consumes them with a
+// natsjs consumer on store ("redis" or "memstore") observed as mode says,
+// and returns the wall time and this process's CPU time from the start of
+// Run to the last handler call.
+func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) (wall, cpu time.Duration) {
 	run := fmt.Sprintf("%d", benchRuns.Add(1))
 	stream, subject := env.Name("OB"+run), env.Subject("ob"+run+".x")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -60,7 +105,7 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 	if _, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{subject}}); err != nil {
 		b.Fatal(err)
 	}
-	for i := range b.N {
+	for i := range n {
 		m := nats.NewMsg(subject)
 		m.Header.Set("Idempotency-Key", fmt.Sprintf("%s-%d", run, i))
 		// A producer's trace context, as the relay publishes it: a fresh
@@ -106,7 +151,6 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 		obs = tel.Consumer(idemqotel.ConsumerOptions{Group: "bench"})
 	}
 	var done atomic.Int64
-	n := int64(b.N)
 	finished := make(chan struct{})
 	c, err := natsjs.New(env.JS, natsjs.Config{
 		Stream: stream, Durable: "bench", Store: st, Concurrency: 64, FetchBatch: 64,
@@ -115,7 +159,7 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 			StreamSubjects: []string{env.Subject("dlqob" + run + ".>")}},
 		Pipeline: consumer.Config{Logger: quiet(), Observer: obs},
 	}, func(ctx context.Context, m *consumer.Message) error {
-		if done.Add(1) == n {
+		if done.Add(1) == int64(n) {
 			close(finished)
 		}
 		return nil
@@ -125,7 +169,6 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	defer rcancel()
-	b.ResetTimer()
 	start, cpu0 := time.Now(), cpuTime()
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(rctx) }()
@@ -134,11 +177,7 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 	case err := <-errc:
 		b.Fatalf("Run returned early: %v", err)
 	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
-	// CPU time of this process (the consumer; the broker and Redis run
-	// elsewhere) per message: steadier than msg/s on a shared machine.
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+	wall, cpu = time.Since(start), cpuTime()-cpu0
 	rcancel()
 	if err := <-errc; err != nil {
 		b.Fatal(err)
@@ -149,6 +188,7 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 			b.Fatal(err)
 		}
 	}
+	return wall, cpu
 }
 
 // BenchmarkPipelineObserved measures the CPU cost per delivery of the

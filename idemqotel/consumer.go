@@ -59,15 +59,10 @@ func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
 		c.base = append(c.base, semconv.MessagingConsumerGroupNameKey.String(o.Group))
 	}
 	c.store = newStoreOpts(componentConsume, c.base)
-	c.claimOpts = claimOpts(componentConsume, c.base)
+	c.claims = t.claimCounts(componentConsume, c.base)
 	c.handlerOpts = newOpts(append([]attribute.KeyValue{componentConsume}, c.base...)...)
 	for _, dep := range []consumer.Dependency{consumer.StoreUnavailable, consumer.DeadLetterUnavailable} {
 		c.pauseOpts[dep] = newOpts(append([]attribute.KeyValue{AttrDependency.String(dep.String())}, c.base...)...)
-	}
-	// Every claim answer starts at 0, so that dashboards see the series
-	// (and rate() works) before the first of each kind.
-	for _, co := range c.claimOpts[1:] {
-		t.claims.Add(context.Background(), 0, co.add...)
 	}
 	if o.Destination != "" {
 		c.fixed = c.newDest(o.Destination)
@@ -82,11 +77,12 @@ type ConsumerObserver struct {
 	o           ConsumerOptions
 	base        []attribute.KeyValue
 	store       storeOpts
-	claimOpts   [consumer.ClaimStoreError + 1]opts
+	claims      [consumer.ClaimStoreError + 1]*count
 	handlerOpts opts
 	pauseOpts   [consumer.DeadLetterUnavailable + 1]opts
-	fixed       *dest    // ConsumerOptions.Destination
-	dests       sync.Map // subject → *dest
+	fixed       *dest      // ConsumerOptions.Destination
+	dests       sync.Map   // subject → *dest
+	newDests    sync.Mutex // one newDest per subject: its counts are registered
 }
 
 var _ consumer.PauseObserver = (*ConsumerObserver)(nil)
@@ -122,7 +118,8 @@ type dest struct {
 	span     string // "process <name>"
 	attr     attribute.KeyValue
 	outcomes [nOutcomes]opts
-	reasons  [consumer.ReasonInvalid + 1]opts
+	messages [nOutcomes]*count
+	reasons  [consumer.ReasonInvalid + 1]*count
 	causes   [nCauses]opts
 }
 
@@ -131,22 +128,20 @@ func (c *ConsumerObserver) newDest(name string) *dest {
 	with := func(kv ...attribute.KeyValue) opts {
 		return newOpts(append(append([]attribute.KeyValue{d.attr}, c.base...), kv...)...)
 	}
+	kvs := func(kv ...attribute.KeyValue) []attribute.KeyValue {
+		return append(append([]attribute.KeyValue{d.attr}, c.base...), kv...)
+	}
+	// Every outcome and reason is a point from 0 on, so that dashboards
+	// see the series (and rate() works) before the first of each kind.
 	for i, n := range outcomeNames {
 		d.outcomes[i] = with(AttrOutcome.String(n))
+		d.messages[i] = c.t.newCount(&c.t.messageNs, kvs(AttrOutcome.String(n))...)
 	}
 	for r := consumer.ReasonPermanent; r <= consumer.ReasonInvalid; r++ {
-		d.reasons[r] = with(AttrDeadLetterReason.String(r.String()))
+		d.reasons[r] = c.t.newCount(&c.t.deadLetterNs, kvs(AttrDeadLetterReason.String(r.String()))...)
 	}
 	for i, n := range causeNames {
 		d.causes[i] = with(AttrRetryCause.String(n))
-	}
-	// Outcomes and dead-letter reasons start at 0 for each destination.
-	ctx := context.Background()
-	for _, o := range d.outcomes {
-		c.t.messages.Add(ctx, 0, o.add...)
-	}
-	for _, o := range d.reasons[1:] {
-		c.t.deadLetters.Add(ctx, 0, o.add...)
 	}
 	return d
 }
@@ -159,8 +154,14 @@ func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
 	if d, ok := c.dests.Load(m.Subject); ok {
 		return d.(*dest)
 	}
-	d, _ := c.dests.LoadOrStore(m.Subject, c.newDest(m.Subject))
-	return d.(*dest)
+	c.newDests.Lock()
+	defer c.newDests.Unlock()
+	if d, ok := c.dests.Load(m.Subject); ok {
+		return d.(*dest) // made while this call waited
+	}
+	d := c.newDest(m.Subject)
+	c.dests.Store(m.Subject, d)
+	return d
 }
 
 // StartMessage starts the process span, a child of the producer's trace
@@ -233,14 +234,14 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 	out := del.Outcome
 	o := outcomeOf(out)
 	c.t.processDur.Record(ctx, del.Duration.Seconds(), d.outcomes[o].rec...)
-	c.t.messages.Add(ctx, 1, d.outcomes[o].add...)
-	if del.Claim > 0 && int(del.Claim) < len(c.claimOpts) {
-		c.t.claims.Add(ctx, 1, c.claimOpts[del.Claim].add...)
+	d.messages[o].n.Add(1)
+	if del.Claim > 0 && int(del.Claim) < len(c.claims) {
+		c.claims[del.Claim].n.Add(1)
 	}
 	cause := -1
 	switch {
 	case o == outDeadLetter && int(out.Reason) < len(d.reasons) && out.Reason > 0:
-		c.t.deadLetters.Add(ctx, 1, d.reasons[out.Reason].add...)
+		d.reasons[out.Reason].n.Add(1)
 	case o == outRetry || o == outUnavailable:
 		cause = causeOf(out)
 		c.t.retryDelay.Record(ctx, out.Delay.Seconds(), d.causes[cause].rec...)
@@ -376,11 +377,11 @@ func (s *storeOpts) of(op int, err error) opts {
 	return s[op][i]
 }
 
-// claimOpts returns the attributes of each claim answer.
-func claimOpts(component attribute.KeyValue, base []attribute.KeyValue) [consumer.ClaimStoreError + 1]opts {
-	var out [consumer.ClaimStoreError + 1]opts
+// claimCounts returns the counts of each claim answer.
+func (t *Telemetry) claimCounts(component attribute.KeyValue, base []attribute.KeyValue) [consumer.ClaimStoreError + 1]*count {
+	var out [consumer.ClaimStoreError + 1]*count
 	for c := consumer.ClaimAcquired; c <= consumer.ClaimStoreError; c++ {
-		out[c] = newOpts(append([]attribute.KeyValue{component, AttrDedupeOutcome.String(c.String())}, base...)...)
+		out[c] = t.newCount(&t.claimNs, append([]attribute.KeyValue{component, AttrDedupeOutcome.String(c.String())}, base...)...)
 	}
 	return out
 }

@@ -29,11 +29,8 @@ import (
 func (t *Telemetry) HTTP() *HTTPObserver {
 	h := &HTTPObserver{t: t}
 	h.store = newStoreOpts(componentHTTP, nil)
-	h.claimOpts = claimOpts(componentHTTP, nil)
+	h.claims = t.claimCounts(componentHTTP, nil)
 	h.handlerOpts = newOpts(componentHTTP)
-	for _, co := range h.claimOpts[1:] {
-		t.claims.Add(context.Background(), 0, co.add...)
-	}
 	return h
 }
 
@@ -41,7 +38,7 @@ func (t *Telemetry) HTTP() *HTTPObserver {
 type HTTPObserver struct {
 	t           *Telemetry
 	store       storeOpts
-	claimOpts   [consumer.ClaimStoreError + 1]opts
+	claims      [consumer.ClaimStoreError + 1]*count
 	handlerOpts opts
 	requests    sync.Map // requestKey → opts
 }
@@ -132,8 +129,8 @@ func (h *HTTPObserver) EndRequest(ctx context.Context, r *http.Request, q httpde
 		o, _ = h.requests.LoadOrStore(k, newOpts(kv...))
 	}
 	h.t.httpRequests.Add(ctx, 1, o.(opts).add...)
-	if q.Claim > 0 && int(q.Claim) < len(h.claimOpts) {
-		h.t.claims.Add(ctx, 1, h.claimOpts[q.Claim].add...)
+	if q.Claim > 0 && int(q.Claim) < len(h.claims) {
+		h.claims[q.Claim].n.Add(1)
 	}
 	if h.t.noTraces {
 		return

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/textproto"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -157,9 +159,13 @@ type Telemetry struct {
 	prop     propagation.TextMapPropagator
 
 	processDur    metric.Float64Histogram
-	messages      metric.Int64Counter
-	claims        metric.Int64Counter
-	deadLetters   metric.Int64Counter
+	messages      metric.Int64ObservableCounter
+	claims        metric.Int64ObservableCounter
+	deadLetters   metric.Int64ObservableCounter
+	counters      sync.Mutex // guards the lists below
+	messageNs     []*count
+	claimNs       []*count
+	deadLetterNs  []*count
 	retryDelay    metric.Float64Histogram
 	handlerDur    metric.Float64Histogram
 	storeDur      metric.Float64Histogram
@@ -201,9 +207,21 @@ func New(cfg Config) (*Telemetry, error) {
 		return c
 	}
 	t.processDur = hist(MetricProcessDuration, "Duration of a delivery through the idemq pipeline: claim, handler, settle.", DurationBuckets)
-	t.messages = counter(MetricConsumerMessages, "{message}", "Deliveries by outcome.")
-	t.claims = counter(MetricDedupeClaims, "{claim}", "Dedupe claims by answer.")
-	t.deadLetters = counter(MetricDeadLetters, "{message}", "Messages stored in the dead-letter queue, by reason.")
+	// The per-delivery counters are counted in atomics and read at
+	// collection: an atomic add costs a fraction of a synchronous
+	// measurement, on the path every message takes.
+	observable := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	t.messages = observable(MetricConsumerMessages, "{message}", "Deliveries by outcome.")
+	t.claims = observable(MetricDedupeClaims, "{claim}", "Dedupe claims by answer.")
+	t.deadLetters = observable(MetricDeadLetters, "{message}", "Messages stored in the dead-letter queue, by reason.")
+	if err := errors.Join(errs...); err == nil {
+		_, err = m.RegisterCallback(t.observeCounts, t.messages, t.claims, t.deadLetters)
+		errs = append(errs, err)
+	}
 	t.retryDelay = hist(MetricRetryDelay, "Redelivery delays by cause; the count is the number of retries.", DelayBuckets)
 	t.handlerDur = hist(MetricHandlerDuration, "Duration of handler runs.", DurationBuckets)
 	t.storeDur = hist(MetricStoreDuration, "Duration of dedupe store calls made through the guard.", DurationBuckets)
@@ -275,6 +293,38 @@ func (h headerCarrier) Keys() []string {
 		keys = append(keys, k)
 	}
 	return keys
+}
+
+// count is one attribute set of an observable counter, counted in an
+// atomic.
+type count struct {
+	n   atomic.Int64
+	opt metric.ObserveOption
+}
+
+// newCount returns a count with the attributes kvs, reported (from 0 on)
+// at every collection as a point of the counter whose list it joins.
+func (t *Telemetry) newCount(list *[]*count, kvs ...attribute.KeyValue) *count {
+	c := &count{opt: metric.WithAttributeSet(attribute.NewSet(kvs...))}
+	t.counters.Lock()
+	*list = append(*list, c)
+	t.counters.Unlock()
+	return c
+}
+
+// observeCounts reports the counts at collection.
+func (t *Telemetry) observeCounts(_ context.Context, o metric.Observer) error {
+	t.counters.Lock()
+	defer t.counters.Unlock()
+	for _, l := range []struct {
+		inst metric.Int64ObservableCounter
+		cs   []*count
+	}{{t.messages, t.messageNs}, {t.claims, t.claimNs}, {t.deadLetters, t.deadLetterNs}} {
+		for _, c := range l.cs {
+			o.ObserveInt64(l.inst, c.n.Load(), c.opt)
+		}
+	}
+	return nil
 }
 
 // opts is one precomputed attribute set, as the options the instruments
