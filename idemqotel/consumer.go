@@ -199,7 +199,7 @@ func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, 
 
 // EndStore records the call's duration and ends its span.
 func (c *ConsumerObserver) EndStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp, d time.Duration, err error) {
-	c.t.storeDur.Record(ctx, d.Seconds(), c.store.of(int(op), err).rec...)
+	c.t.storeDur.Record(c.t.metricCtx(ctx), d.Seconds(), c.store.of(int(op), err).rec...)
 	// The span in ctx is the store call's, or, when StartStore started
 	// none, a span that is not recording, for which End does nothing.
 	endSpan(trace.SpanFromContext(ctx), err)
@@ -216,7 +216,7 @@ func (c *ConsumerObserver) StartHandler(ctx context.Context, _ *consumer.Message
 
 // EndHandler records the handler's duration and ends its span.
 func (c *ConsumerObserver) EndHandler(ctx context.Context, _ *consumer.Message, d time.Duration, err error) {
-	c.t.handlerDur.Record(ctx, d.Seconds(), c.handlerOpts.rec...)
+	c.t.handlerDur.Record(c.t.metricCtx(ctx), d.Seconds(), c.handlerOpts.rec...)
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
 		return
@@ -233,7 +233,8 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 	d := c.destOf(m)
 	out := del.Outcome
 	o := outcomeOf(out)
-	c.t.processDur.Record(ctx, del.Duration.Seconds(), d.outcomes[o].rec...)
+	mctx := c.t.metricCtx(ctx)
+	c.t.processDur.Record(mctx, del.Duration.Seconds(), d.outcomes[o].rec...)
 	d.messages[o].n.Add(1)
 	if del.Claim > 0 && int(del.Claim) < len(c.claims) {
 		c.claims[del.Claim].n.Add(1)
@@ -244,7 +245,7 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 		d.reasons[out.Reason].n.Add(1)
 	case o == outRetry || o == outUnavailable:
 		cause = causeOf(out)
-		c.t.retryDelay.Record(ctx, out.Delay.Seconds(), d.causes[cause].rec...)
+		c.t.retryDelay.Record(mctx, out.Delay.Seconds(), d.causes[cause].rec...)
 	}
 
 	if c.t.noTraces {

@@ -137,10 +137,10 @@ type Config struct {
 	// MeterProvider creates the instruments. Default otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
 	// TracerProvider creates the spans. Default otel.GetTracerProvider().
-	// A trace/noop.TracerProvider turns tracing off: no span is started
-	// and no trace context read, which saves its cost where only metrics
-	// are wanted (an outbox row still carries the causing message's
-	// traceparent, see outbox.Cause).
+	// A trace/noop.TracerProvider turns tracing off: no span is started,
+	// no trace context read and no exemplar looked for, which saves their
+	// cost where only metrics are wanted (an outbox row still carries the
+	// causing message's traceparent, see outbox.Cause).
 	TracerProvider trace.TracerProvider
 	// Propagator reads the trace context from message and request headers
 	// and writes it into outbox rows and published messages. Default
@@ -241,6 +241,17 @@ func New(cfg Config) (*Telemetry, error) {
 		return nil, fmt.Errorf("idemqotel: %w", err)
 	}
 	return t, nil
+}
+
+// metricCtx is the context to record a measurement with: ctx, whose span
+// the SDK may keep as an exemplar, or, with tracing off, the background
+// context, which spares the SDK looking for a span through the delivery's
+// context chain on every measurement.
+func (t *Telemetry) metricCtx(ctx context.Context) context.Context {
+	if t.noTraces {
+		return context.Background()
+	}
+	return ctx
 }
 
 // InjectTrace writes the trace context of ctx into h with the
