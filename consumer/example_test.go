@@ -45,6 +45,26 @@ func ExamplePipeline_Process() {
 	// k2: ack, replayed "402 No Money!" (failed=true)
 }
 
+// An Observer that counts outcomes by claim result: the pipeline reports
+// every delivery's account to it.
+func ExampleOutcomeFunc() {
+	counts := map[string]int{}
+	obs := consumer.OutcomeFunc(func(m *consumer.Message, d consumer.Delivery) {
+		counts[d.Outcome.Action.String()+"/"+d.Claim.String()]++
+	})
+	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.HeaderKey("Idempotency-Key")}
+	p, err := consumer.NewPipeline(consumer.Config{Guard: g, Observer: obs},
+		func(ctx context.Context, m *consumer.Message) error { return nil })
+	if err != nil {
+		panic(err)
+	}
+	for _, key := range []string{"k1", "k1", "k2"} {
+		p.Process(context.Background(), &consumer.Message{Header: map[string][]string{"Idempotency-Key": {key}}, Data: []byte("{}"), Attempt: 1})
+	}
+	fmt.Println(counts["ack/acquired"], counts["ack/duplicate"])
+	// Output: 2 1
+}
+
 // A handler that is not ready yet snoozes: the message comes back after the
 // delay, and the snoozes use none of the retry policy's attempts.
 func ExampleSnooze() {

@@ -76,7 +76,9 @@ func (h *heartbeat) beat() {
 	}
 	if t != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), p.storeTimeout)
+		sctx, start := p.startStore(sctx, m, StoreExtend)
 		err := p.guard.Extend(sctx, *t)
+		p.endStore(sctx, m, StoreExtend, start, err)
 		cancel()
 		switch {
 		case errors.Is(err, dedupe.ErrLeaseLost):

@@ -46,9 +46,13 @@ type Message struct {
 	// that the message is still being worked on (natsjs: InProgress). Errors
 	// are logged; the handler keeps running. Set by adapters.
 	KeepAlive func(ctx context.Context) error
+	// Sequence is the broker's sequence number of the message (JetStream:
+	// the stream sequence), for logs; 0 when the transport has none.
+	Sequence uint64
 
 	result    []byte
 	hasResult bool
+	claim     ClaimResult // SetClaim
 }
 
 // SetResult records data as the operation's result. With a dedupe guard it

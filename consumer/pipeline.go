@@ -124,8 +124,15 @@ type Config struct {
 	// records results and releases claims. Default 5s.
 	StoreTimeout time.Duration
 	// Logger receives the pipeline's logs: panics with their stack, store
-	// failures, dead-letter decisions. Nil means slog.Default().
+	// failures, dead-letter decisions (Warn, with the reason and the
+	// message's Sequence), suppressed duplicates (Debug, with the key).
+	// Payloads are never logged. Nil means slog.Default().
 	Logger *slog.Logger
+	// Observer receives each delivery's claim, store calls, handler run and
+	// Outcome (see Observer), for metrics, traces and tests. Transports
+	// pass it through and report pauses to it when it implements
+	// PauseObserver. Nil (the default) costs nothing.
+	Observer Observer
 }
 
 // Pipeline applies dedupe, the handler, error classification, the retry
@@ -146,6 +153,7 @@ type Pipeline struct {
 	unavailable   time.Duration
 	busyRecheck   time.Duration
 	log           *slog.Logger
+	obs           Observer
 	flights       flights
 }
 
@@ -168,6 +176,7 @@ func NewPipeline(cfg Config, h Handler) (*Pipeline, error) {
 		unavailable:   cfg.UnavailableDelay,
 		busyRecheck:   cfg.BusyRecheck,
 		log:           cfg.Logger,
+		obs:           cfg.Observer,
 	}
 	p.flights.init()
 	if p.maxDeliveries == 0 {
@@ -213,6 +222,9 @@ func (p *Pipeline) Policy() retry.Policy { return p.policy }
 // Guard returns the dedupe guard, nil without one.
 func (p *Pipeline) Guard() *dedupe.Guard { return p.guard }
 
+// Observer returns Config.Observer (nil without one).
+func (p *Pipeline) Observer() Observer { return p.obs }
+
 // HeartbeatInterval returns the heartbeat interval in effect (0: none).
 func (p *Pipeline) HeartbeatInterval() time.Duration { return p.heartbeat }
 
@@ -221,6 +233,16 @@ func (p *Pipeline) HeartbeatInterval() time.Duration { return p.heartbeat }
 // It never returns an Outcome without an Action. ctx bounds the claim and
 // the handler; when ctx ends first, the Outcome is an Interrupted Retry.
 func (p *Pipeline) Process(ctx context.Context, m *Message) Outcome {
+	if p.obs != nil {
+		return p.observe(ctx, m)
+	}
+	out, _ := p.process(ctx, m)
+	return out
+}
+
+// process is Process; it also reports what the claim answered (0 without
+// a claim) for the Observer.
+func (p *Pipeline) process(ctx context.Context, m *Message) (Outcome, ClaimResult) {
 	if m.Attempt < 1 {
 		m.Attempt = 1
 	}
@@ -229,21 +251,23 @@ func (p *Pipeline) Process(ctx context.Context, m *Message) Outcome {
 			p.budget.Deposit()
 		}
 		if m.Attempt > p.policy.Attempts() {
-			return p.exhausted(ctx, m, nil, m.Attempt, m.Attempt-1)
+			return p.exhausted(ctx, m, nil, m.Attempt, m.Attempt-1), 0
 		}
-		err, _ := p.call(ctx, m, nil)
-		return p.classify(ctx, m, m.Attempt, err, false, nil)
+		err, _ := p.run(ctx, m, nil)
+		return p.classify(ctx, m, m.Attempt, err, false, nil), 0
 	}
 
-	t, err := p.guard.Claim(ctx, dedupe.Input{Header: m.Header, Data: m.Data, MessageID: m.ID})
+	cctx, start := p.startStore(ctx, m, StoreClaim)
+	t, err := p.guard.Claim(cctx, dedupe.Input{Header: m.Header, Data: m.Data, MessageID: m.ID})
+	p.endStore(cctx, m, StoreClaim, start, err)
 	switch {
 	case err != nil && dedupe.IsInvalidInput(err):
-		return p.dead(ctx, m, nil, ReasonInvalid, err, 0)
+		return p.dead(ctx, m, nil, ReasonInvalid, err, 0), ClaimInvalid
 	case err != nil && ctx.Err() != nil:
-		return Outcome{Action: Retry, Interrupted: true, Err: err}
+		return Outcome{Action: Retry, Interrupted: true, Err: err}, 0
 	case err != nil:
 		p.log.Debug("consumer: dedupe claim failed, redelivering", "subject", m.Subject, "id", m.ID, "delay", p.unavailable, "err", err)
-		return Outcome{Action: Retry, Delay: p.unavailable, Err: err, Unavailable: StoreUnavailable}
+		return Outcome{Action: Retry, Delay: p.unavailable, Err: err, Unavailable: StoreUnavailable}, ClaimStoreError
 	}
 	switch t.Status {
 	case dedupe.Busy:
@@ -251,17 +275,24 @@ func (p *Pipeline) Process(ctx context.Context, m *Message) Outcome {
 		if done := p.flights.wait(t.Key); done != nil {
 			out.Wait, out.Delay = done, t.RetryAfter+BusyMargin
 		}
-		return out
+		return out, ClaimBusy
 	case dedupe.Duplicate:
+		if p.log.Enabled(ctx, slog.LevelDebug) {
+			p.log.Debug("consumer: duplicate suppressed", "subject", m.Subject, "id", m.ID, "key", t.Key)
+		}
 		res := t.Result
-		return Outcome{Action: Ack, Claim: dedupe.Duplicate, Replay: &res}
+		return Outcome{Action: Ack, Claim: dedupe.Duplicate, Replay: &res}, ClaimDuplicate
 	case dedupe.Conflict:
 		out := p.dead(ctx, m, nil, ReasonConflict, ErrConflict, 0)
 		out.Claim = dedupe.Conflict
-		return out
+		return out, ClaimConflict
 	case dedupe.Acquired:
 	default:
-		return Outcome{Action: Retry, Delay: p.unavailable, Err: fmt.Errorf("consumer: unexpected dedupe status %v", t.Status)}
+		return Outcome{Action: Retry, Delay: p.unavailable, Err: fmt.Errorf("consumer: unexpected dedupe status %v", t.Status)}, 0
+	}
+	claim := ClaimAcquired
+	if t.Takeover {
+		claim = ClaimTakeover
 	}
 
 	attempt := t.Attempt
@@ -287,12 +318,12 @@ func (p *Pipeline) Process(ctx context.Context, m *Message) Outcome {
 		err := fmt.Errorf("%w: delivered %d times (the cap is %d) while the handler ran at most %d times", ErrExhausted, m.Attempt, p.maxDeliveries, runs)
 		out = p.dead(ctx, m, &t, ReasonExhausted, err, runs)
 	default:
-		err, leaseLost := p.call(ctx, m, &t)
+		err, leaseLost := p.run(ctx, m, &t)
 		out = p.classify(ctx, m, attempt, err, leaseLost, &t)
 	}
 	out.Claim = dedupe.Acquired
 	out.Attempt = attempt
-	return out
+	return out, claim
 }
 
 func (p *Pipeline) exhausted(ctx context.Context, m *Message, t *dedupe.Ticket, attempt, runs int) Outcome {
@@ -308,7 +339,7 @@ func (p *Pipeline) dead(ctx context.Context, m *Message, t *dedupe.Ticket, reaso
 	out := Outcome{Action: DeadLetter, Reason: reason, Err: cause}
 	if p.deadLetter == nil {
 		p.settle(ctx, m, t, true)
-		p.log.Warn("consumer: dead-lettering", "reason", reason.String(), "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", cause)
+		p.log.Warn("consumer: dead-lettering", "reason", reason.String(), "subject", m.Subject, "id", m.ID, "sequence", m.Sequence, "attempt", m.Attempt, "err", cause)
 		return out
 	}
 	if err := p.deadLetter(context.WithoutCancel(ctx), m, DeadLetterInfo{Reason: reason, Err: cause, Attempts: max(runs, 0)}); err != nil {
@@ -317,7 +348,7 @@ func (p *Pipeline) dead(ctx context.Context, m *Message, t *dedupe.Ticket, reaso
 		return Outcome{Action: Retry, Delay: p.unavailable, Reason: reason, Err: errors.Join(cause, err), Unavailable: DeadLetterUnavailable}
 	}
 	p.settle(ctx, m, t, true)
-	p.log.Warn("consumer: dead-lettered", "reason", reason.String(), "subject", m.Subject, "id", m.ID, "attempt", m.Attempt, "err", cause)
+	p.log.Warn("consumer: dead-lettered", "reason", reason.String(), "subject", m.Subject, "id", m.ID, "sequence", m.Sequence, "attempt", m.Attempt, "err", cause)
 	out.DeadLettered = true
 	return out
 }
@@ -401,7 +432,9 @@ func (p *Pipeline) complete(ctx context.Context, m *Message, t *dedupe.Ticket, r
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
 	defer cancel()
 	err := retry.Do(sctx, func(ctx context.Context) error {
+		ctx, start := p.startStore(ctx, m, StoreComplete)
 		err := p.guard.Complete(ctx, *t, res)
+		p.endStore(ctx, m, StoreComplete, start, err)
 		if errors.Is(err, dedupe.ErrLeaseLost) {
 			return retry.Permanent(err)
 		}
@@ -424,7 +457,10 @@ func (p *Pipeline) release(ctx context.Context, m *Message, t *dedupe.Ticket) {
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
 	defer cancel()
-	if err := p.guard.Release(sctx, *t); err != nil {
+	sctx, start := p.startStore(sctx, m, StoreRelease)
+	err := p.guard.Release(sctx, *t)
+	p.endStore(sctx, m, StoreRelease, start, err)
+	if err != nil {
 		p.log.Warn("consumer: releasing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
 }
@@ -445,7 +481,10 @@ func (p *Pipeline) snooze(ctx context.Context, m *Message, t *dedupe.Ticket) {
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
 	defer cancel()
-	if err := sn.Snooze(sctx, t.Key, t.Token); err != nil {
+	sctx, start := p.startStore(sctx, m, StoreSnooze)
+	err := sn.Snooze(sctx, t.Key, t.Token)
+	p.endStore(sctx, m, StoreSnooze, start, err)
+	if err != nil {
 		p.log.Warn("consumer: snoozing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
 }
@@ -463,7 +502,10 @@ func (p *Pipeline) settle(ctx context.Context, m *Message, t *dedupe.Ticket, sto
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
 	defer cancel()
-	if err := p.guard.Delete(sctx, *t); err != nil {
+	sctx, start := p.startStore(sctx, m, StoreDelete)
+	err := p.guard.Delete(sctx, *t)
+	p.endStore(sctx, m, StoreDelete, start, err)
+	if err != nil {
 		p.log.Warn("consumer: deleting the dedupe claim of a dead letter failed; a replay counts on from its attempts after the lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
 }

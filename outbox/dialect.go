@@ -173,6 +173,7 @@ type row struct {
 	Data        []byte
 	OrderingKey string
 	Attempts    int
+	CreatedAt   nullTime // read by the relay's claim, for RelayObserver's lag
 }
 
 const insertCols = 6

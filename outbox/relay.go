@@ -128,6 +128,10 @@ type RelayConfig struct {
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Observer receives each row the relay publishes and each round (see
+	// RelayObserver), for metrics and traces (idemqotel.Telemetry.Relay).
+	// Nil (the default) costs nothing.
+	Observer RelayObserver
 }
 
 // RelayStats counts what a Relay did since it was created.
@@ -156,6 +160,7 @@ type Relay struct {
 	o   RelayConfig
 	d   dialect
 	log *slog.Logger
+	obs RelayObserver
 
 	published, duplicates, failed, retried, rounds, deleted atomic.Int64
 
@@ -234,7 +239,7 @@ func NewRelay(db *sql.DB, pub Publisher, cfg RelayConfig) (*Relay, error) {
 	if p, ok := pub.(*JetStreamPublisher); ok && p.js == nil {
 		return nil, errors.New("outbox: NewRelay: JetStream(nil)")
 	}
-	return &Relay{db: db, pub: pub, o: o, d: d, log: o.Logger.With("component", "idemq/outbox.Relay", "table", o.Table)}, nil
+	return &Relay{db: db, pub: pub, o: o, d: d, obs: o.Observer, log: o.Logger.With("component", "idemq/outbox.Relay", "table", o.Table)}, nil
 }
 
 // Stats returns the relay's counters.
@@ -402,6 +407,17 @@ func (r *Relay) round(ctx context.Context) (claimed, done int, err error) {
 // floor on (see Relay.floor), and rescan reports that such a claim found
 // less than a batch, so that rows below the floor may be waiting.
 func (r *Relay) roundFrom(ctx context.Context, useFloor bool) (claimed, done int, rescan bool, err error) {
+	var st *RelayRound
+	if r.obs != nil {
+		st = &RelayRound{}
+		start := time.Now()
+		defer func() {
+			if claimed > 0 || err != nil {
+				st.Claimed, st.Err, st.Duration = claimed, err, time.Since(start)
+				r.obs.Round(ctx, *st)
+			}
+		}()
+	}
 	tx, err := r.begin(ctx)
 	if err != nil {
 		return 0, 0, false, err
@@ -428,7 +444,7 @@ func (r *Relay) roundFrom(ctx context.Context, useFloor bool) (claimed, done int
 		r.floor.Store(0)
 		rescan = floor > 0
 	}
-	claimed, done, err = r.finishRound(ctx, tx, rows)
+	claimed, done, err = r.finishRound(ctx, tx, rows, st)
 	return claimed, done, rescan, err
 }
 
@@ -442,8 +458,9 @@ func (r *Relay) raiseFloor(seq int64) {
 	}
 }
 
-// finishRound publishes and marks the claimed rows in tx and commits it.
-func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claimed, done int, err error) {
+// finishRound publishes and marks the claimed rows in tx and commits it;
+// st, when not nil, gets the round's committed counts.
+func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row, st *RelayRound) (claimed, done int, err error) {
 	if len(rows) == 0 {
 		return 0, 0, tx.commit() // read only: nothing to flush
 	}
@@ -485,7 +502,7 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claim
 		return claimed, 0, err
 	}
 	// Counted only once committed.
-	var published, retried int
+	var published, duplicates, failed, retried int
 	var lastErr error
 	for _, o := range outs {
 		switch {
@@ -494,15 +511,20 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row) (claim
 			published++
 			r.published.Add(1)
 			if o.duplicate {
+				duplicates++
 				r.duplicates.Add(1)
 			}
 		case o.permanent:
+			failed++
 			r.failed.Add(1)
 		default:
 			retried++
 			lastErr = o.err
 			r.retried.Add(1)
 		}
+	}
+	if st != nil {
+		st.Published, st.Duplicates, st.Failed, st.Retried = published, duplicates, failed, retried
 	}
 	r.checkAcked(ctx, outs)
 	if published == 0 && retried > 1 {

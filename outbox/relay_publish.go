@@ -72,9 +72,21 @@ func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*
 	if len(msgs) == 0 {
 		return nil
 	}
+	var octx []context.Context
+	if r.obs != nil {
+		octx = r.startPublish(ctx, msgs)
+	}
 	res := make([]PublishResult, len(msgs))
 	if err := r.pub.Publish(ctx, msgs, res, r.o.PublishTimeout); err != nil {
+		if r.obs != nil {
+			for j := range msgs {
+				r.obs.EndPublish(octx[j], &msgs[j], PublishResult{Err: err}, 0)
+			}
+		}
 		return err
+	}
+	if r.obs != nil {
+		r.endPublish(octx, rows, sent, msgs, res)
 	}
 	for j, i := range sent {
 		x := res[j]

@@ -63,7 +63,7 @@ func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
 // sequence order; on Postgres they are locked (FOR UPDATE SKIP LOCKED), so
 // concurrent relays take disjoint batches.
 func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64) ([]row, error) {
-	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts FROM ` + r.o.Table +
+	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts, created_at FROM ` + r.o.Table +
 		` WHERE state = 'pending' AND seq >= ` + r.d.ph(1) + ` AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(2) +
 		`) ORDER BY seq LIMIT ` + r.d.ph(3)
 	if r.d.kind == sqlstore.Postgres {
@@ -77,7 +77,7 @@ func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64
 	var rows []row
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.Seq, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, &x.Attempts); err != nil {
+		if err := rs.Scan(&x.Seq, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, &x.Attempts, &x.CreatedAt); err != nil {
 			return nil, fmt.Errorf("outbox: claim: %w", err)
 		}
 		if x.Data == nil {

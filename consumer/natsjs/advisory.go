@@ -180,7 +180,7 @@ func (c *Consumer) deadLetterAdvised(ctx context.Context, stream jetstream.Strea
 		_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
 		return
 	}
-	c.log.Warn("natsjs: dead-lettered a message the server stopped redelivering", "sequence", a.StreamSeq, "deliveries", a.Deliveries)
+	c.log.Warn("natsjs: dead-lettered a message the server stopped redelivering", "reason", consumer.ReasonExhausted.String(), "sequence", a.StreamSeq, "deliveries", a.Deliveries)
 	_ = msg.Ack()
 }
 

@@ -101,6 +101,9 @@ func (c *Consumer) waitDependency(ctx context.Context) bool {
 	since := time.Now()
 	c.log.Error("natsjs: "+depName(dep)+" is not answering; paused consuming, handing held messages back, probing",
 		"dependency", dep.String(), "err", cause)
+	if c.pauses != nil {
+		c.pauses.Paused(ctx, dep, cause)
+	}
 	interval := MinProbeInterval
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
@@ -109,6 +112,9 @@ func (c *Consumer) waitDependency(ctx context.Context) bool {
 		select {
 		case <-ctx.Done():
 			c.log.Info("natsjs: shutting down while paused", "dependency", dep.String(), "paused_for", time.Since(since).Round(time.Millisecond))
+			if c.pauses != nil {
+				c.pauses.Resumed(ctx, dep, time.Since(since))
+			}
 			return false
 		case <-timer.C:
 		}
@@ -120,6 +126,9 @@ func (c *Consumer) waitDependency(ctx context.Context) bool {
 			c.log.Info("natsjs: "+depName(dep)+" answers again; resuming", "dependency", dep.String(),
 				"paused_for", time.Since(since).Round(time.Millisecond), "probes", probes)
 			c.brk.reset()
+			if c.pauses != nil {
+				c.pauses.Resumed(ctx, dep, time.Since(since))
+			}
 			return true
 		}
 		c.log.Debug("natsjs: probe failed", "dependency", dep.String(), "err", err)

@@ -37,6 +37,7 @@ type Consumer struct {
 	dl      *DeadLetterer
 	log     *slog.Logger
 	brk     *breaker
+	pauses  consumer.PauseObserver // Pipeline.Observer, when it implements it
 	running atomic.Bool
 	parked  sync.WaitGroup // goroutines holding Busy duplicates
 
@@ -79,6 +80,7 @@ func newConsumer(js jetstream.JetStream, cfg Config, h consumer.Handler, batch b
 		brk:   newBreaker(),
 		ready: make(chan struct{}),
 	}
+	c.pauses, _ = cfg.Pipeline.Observer.(consumer.PauseObserver)
 	pcfg := cfg.Pipeline
 	pcfg.DeadLetter = c.publishDeadLetter
 	c.pipe, err = consumer.NewPipeline(pcfg, h)
@@ -320,7 +322,7 @@ func (c *Consumer) park(ctx context.Context, msg jetstream.Msg, wait <-chan stru
 
 // Convert translates a JetStream message into a consumer.Message: ID is the
 // Nats-Msg-Id header when present, else "<stream>:<stream sequence>";
-// Attempt is NumDelivered; Native is msg. It fails when msg carries no
+// Attempt is NumDelivered; Sequence is the stream sequence; Native is msg. It fails when msg carries no
 // JetStream metadata (it was not delivered by a consumer).
 func Convert(msg jetstream.Msg) (*consumer.Message, error) {
 	// The ack subject holds the metadata; reading the three fields needed
@@ -350,6 +352,7 @@ func Convert(msg jetstream.Msg) (*consumer.Message, error) {
 		Attempt:  max(clampInt(delivered), 1),
 		Received: time.Now(),
 		Native:   msg,
+		Sequence: seq,
 	}, nil
 }
 

@@ -64,6 +64,16 @@
 // the source stream and its filter subjects, the dead-letter stream and
 // every routed subject, the advisory capture; Ready closes once it pulls.
 //
+// # Observing
+//
+// Config.Pipeline.Observer (consumer.Observer) sees every delivery: its
+// claim, store calls, handler run and outcome; when it also implements
+// consumer.PauseObserver, the consumer reports each pause (Paused, with the
+// dependency that stopped answering) and its end (Resumed). Package
+// idemqotel implements both with OpenTelemetry. Messages carry their stream
+// sequence (consumer.Message.Sequence), which the dead-letter log lines
+// name.
+//
 // # Concurrency and shutdown
 //
 // A fixed pool of Concurrency worker goroutines (64 by default) runs the

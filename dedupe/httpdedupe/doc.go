@@ -25,4 +25,8 @@
 //
 // While the handler runs, the middleware extends the lease every third of
 // the guard's lease, so a slow handler is not taken over by a retry.
+//
+// Config.Observer sees each unsafe request's claim, guard calls with their
+// latency, handler run and answer (Observer); package idemqotel implements
+// it with OpenTelemetry metrics and spans.
 package httpdedupe

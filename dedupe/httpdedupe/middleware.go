@@ -82,6 +82,10 @@ type Config struct {
 	// Logger receives store failures and lost leases. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Observer receives each unsafe request's claim, store calls, handler
+	// run and answer (see Observer), for metrics and traces
+	// (idemqotel.Telemetry.HTTP). Nil (the default) costs nothing.
+	Observer Observer
 }
 
 type config struct {
@@ -141,6 +145,16 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.next.ServeHTTP(w, r)
 		return
 	}
+	if m.c.Observer == nil {
+		m.serve(w, r, nil)
+		return
+	}
+	m.serveObserved(w, r)
+}
+
+// serve handles an unsafe request; o, when not nil, records what happened
+// for the Observer (and is w).
+func (m *middleware) serve(w http.ResponseWriter, r *http.Request, o *observed) {
 	key, err := m.c.keySrc.Key(dedupe.Input{Header: r.Header})
 	keyless := false
 	switch {
@@ -151,16 +165,19 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		keyless = true
 	case errors.Is(err, dedupe.ErrMissingKey):
+		o.claimed(ClaimInvalid)
 		problem(w, http.StatusBadRequest, "Idempotency key required",
 			fmt.Sprintf("%s %s requires the %s header.", r.Method, r.URL.Path, m.c.KeyHeader), 0)
 		return
 	case err != nil:
+		o.claimed(ClaimInvalid)
 		problem(w, http.StatusBadRequest, "Invalid idempotency key", err.Error(), 0)
 		return
 	}
 
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, m.c.MaxBodyBytes))
 	if err != nil {
+		o.claimed(ClaimInvalid)
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			problem(w, http.StatusRequestEntityTooLarge, "Request body too large",
 				fmt.Sprintf("The body exceeds %d bytes.", m.c.MaxBodyBytes), 0)
@@ -179,32 +196,45 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key = "fp:" + key
 	}
 	if err != nil {
+		o.claimed(ClaimInvalid)
 		problem(w, http.StatusBadRequest, "Invalid request body", err.Error(), 0)
 		return
 	}
 
-	t, err := m.g.ClaimKey(r.Context(), key, fp)
+	cctx, start := m.startStore(r.Context(), StoreClaim)
+	t, err := m.g.ClaimKey(cctx, key, fp)
+	m.endStore(cctx, StoreClaim, start, err)
 	if err != nil {
 		if dedupe.IsInvalidInput(err) {
+			o.claimed(ClaimInvalid)
 			problem(w, http.StatusBadRequest, "Invalid idempotency key", err.Error(), 0)
 			return
 		}
 		m.c.Logger.ErrorContext(r.Context(), "httpdedupe: claim failed", "key", key, "err", err)
+		o.claimed(ClaimStoreError)
 		problem(w, http.StatusServiceUnavailable, "Idempotency store unavailable",
 			"The request was not processed; retry it with the same key.", m.c.StoreRetryAfter)
 		return
 	}
 	switch t.Status {
 	case dedupe.Busy:
+		o.claimed(ClaimBusy)
 		problem(w, http.StatusConflict, "Request in progress",
 			"A request with this idempotency key is still being processed; retry later.", t.RetryAfter)
 	case dedupe.Conflict:
+		o.claimed(ClaimConflict)
 		problem(w, http.StatusConflict, "Idempotency key reused",
 			"This idempotency key was already used for a different request.", 0)
 	case dedupe.Duplicate:
-		m.replay(w, r, t)
+		o.claimed(ClaimDuplicate)
+		m.replay(w, r, t, o)
 	case dedupe.Acquired:
-		m.run(w, r, t)
+		if t.Takeover {
+			o.claimed(ClaimTakeover)
+		} else {
+			o.claimed(ClaimAcquired)
+		}
+		m.run(w, r, t, o)
 	default:
 		m.c.Logger.ErrorContext(r.Context(), "httpdedupe: unknown claim status", "status", t.Status)
 		problem(w, http.StatusInternalServerError, "Internal error", "", 0)
@@ -245,7 +275,7 @@ func requestFingerprint(f *dedupe.Fingerprinter, r *http.Request, in dedupe.Inpu
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func (m *middleware) replay(w http.ResponseWriter, r *http.Request, t dedupe.Ticket) {
+func (m *middleware) replay(w http.ResponseWriter, r *http.Request, t dedupe.Ticket, o *observed) {
 	s, err := decode(t.Result.Data)
 	if err != nil {
 		m.c.Logger.ErrorContext(r.Context(), "httpdedupe: cannot replay stored response", "key", t.Key, "err", err)
@@ -258,6 +288,9 @@ func (m *middleware) replay(w http.ResponseWriter, r *http.Request, t dedupe.Tic
 		h[k] = vs
 	}
 	h.Set(ReplayedHeader, "true")
+	if o != nil {
+		o.replayed = true
+	}
 	if s.truncated {
 		h.Set(TruncatedHeader, "true")
 	}
@@ -275,26 +308,35 @@ func releases(status int) bool {
 	return status >= 500
 }
 
-func (m *middleware) run(w http.ResponseWriter, r *http.Request, t dedupe.Ticket) {
+func (m *middleware) run(w http.ResponseWriter, r *http.Request, t dedupe.Ticket, o *observed) {
 	bg, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), storeTimeout)
 	defer cancel()
 	rec := &recorder{w: w, header: make(http.Header), limit: m.c.MaxResponseBytes}
 	stop := m.heartbeat(r.Context(), t)
+	hr, hstart := m.startHandler(r)
 	defer func() {
 		if v := recover(); v != nil {
 			stop()
-			if err := m.g.Release(bg, t); err != nil {
+			m.endHandler(hr, hstart, http.StatusInternalServerError)
+			if o != nil {
+				o.released = true
+			}
+			if err := m.release(bg, t); err != nil {
 				m.c.Logger.ErrorContext(r.Context(), "httpdedupe: release after panic failed", "key", t.Key, "err", err)
 			}
 			panic(v)
 		}
 	}()
-	m.next.ServeHTTP(rec, r)
+	m.next.ServeHTTP(rec, hr)
 	stop()
 
 	status := rec.statusOrOK()
+	m.endHandler(hr, hstart, status)
 	if releases(status) {
-		if err := m.g.Release(bg, t); err != nil {
+		if o != nil {
+			o.released = true
+		}
+		if err := m.release(bg, t); err != nil {
 			m.c.Logger.ErrorContext(r.Context(), "httpdedupe: release failed", "key", t.Key, "status", status, "err", err)
 		}
 		rec.finish()
@@ -313,7 +355,10 @@ func (m *middleware) run(w http.ResponseWriter, r *http.Request, t dedupe.Ticket
 			"key", t.Key, "limit", m.c.MaxResponseBytes)
 	}
 	res := dedupe.Result{Failed: status >= 400, Data: s.encode()}
-	if err := m.g.Complete(bg, t, res); err != nil {
+	cctx, start := m.startStore(bg, StoreComplete)
+	err := m.g.Complete(cctx, t, res)
+	m.endStore(cctx, StoreComplete, start, err)
+	if err != nil {
 		m.c.Logger.ErrorContext(r.Context(), "httpdedupe: recording the response failed", "key", t.Key, "status", status, "err", err)
 	}
 	rec.finish()
@@ -334,7 +379,10 @@ func (m *middleware) heartbeat(ctx context.Context, t dedupe.Ticket) (stop func(
 			case <-done:
 				return
 			case <-tick.C:
-				if err := m.g.Extend(context.WithoutCancel(ctx), t); err != nil {
+				ectx, start := m.startStore(context.WithoutCancel(ctx), StoreExtend)
+				err := m.g.Extend(ectx, t)
+				m.endStore(ectx, StoreExtend, start, err)
+				if err != nil {
 					m.c.Logger.WarnContext(ctx, "httpdedupe: extending the lease failed", "key", t.Key, "err", err)
 					if errors.Is(err, dedupe.ErrLeaseLost) {
 						return

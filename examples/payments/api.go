@@ -40,8 +40,9 @@ func apiCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	lease := fs.Duration("lease", defaultAPILease, "how long a request holds its idempotency key before a retry may take over after a crash")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	prefix := fs.String("prefix", "", "put PREFIX in front of every stream, subject and table name, for a shared server (default: the contract's names)")
+	metricsAddr := fs.String("metrics", "", metricsFlagUsage)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: payments api -addr :8080 -nats URL -db URL
+		fmt.Fprint(fs.Output(), `Usage: payments api -addr :8080 -nats URL -db URL [-metrics ADDR]
 
 Serves PUT /payments. A request carries an Idempotency-Key header and a JSON
 body {"payment_id","from","to","amount","currency","timestamp"} (payment_id
@@ -75,8 +76,13 @@ Flags:
 		fmt.Fprintln(stderr, err)
 		return err
 	}
-	a, err := newAPI(ctx, *dbURL, *natsURL, nm, *lease, log)
+	tel, err := startTelemetry(*metricsAddr, log)
 	if err != nil {
+		return err
+	}
+	a, err := newAPI(ctx, *dbURL, *natsURL, nm, *lease, log, tel)
+	if err != nil {
+		tel.close()
 		return err
 	}
 	defer a.close()
@@ -93,8 +99,8 @@ type api struct {
 	h http.Handler
 }
 
-func newAPI(ctx context.Context, dbURL, natsURL string, nm names, lease time.Duration, log *slog.Logger) (*api, error) {
-	n, err := openNode(ctx, "payments-api", dbURL, natsURL, nm, log)
+func newAPI(ctx context.Context, dbURL, natsURL string, nm names, lease time.Duration, log *slog.Logger, tel *telemetry) (*api, error) {
+	n, err := openNode(ctx, "payments-api", dbURL, natsURL, nm, log, tel)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +113,7 @@ func newAPI(ctx context.Context, dbURL, natsURL string, nm names, lease time.Dur
 		Retention:   apiRetention,
 	}
 	mux := http.NewServeMux()
-	mux.Handle("PUT /payments", httpdedupe.New(guard, httpdedupe.Config{Logger: log})(http.HandlerFunc(a.putPayment)))
+	mux.Handle("PUT /payments", httpdedupe.New(guard, httpdedupe.Config{Logger: log, Observer: tel.http()})(http.HandlerFunc(a.putPayment)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	a.h = mux
 	return a, nil

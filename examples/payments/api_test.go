@@ -31,7 +31,7 @@ func newAPIEnv(t *testing.T) *apiEnv {
 	t.Helper()
 	ns := harness.EmbeddedNATS(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := newAPI(ctx, "sqlite:"+filepath.Join(t.TempDir(), "api.db"), ns.URL, names{}, time.Minute, slog.New(slog.DiscardHandler))
+	a, err := newAPI(ctx, "sqlite:"+filepath.Join(t.TempDir(), "api.db"), ns.URL, names{}, time.Minute, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -21,8 +21,15 @@
 // The commands, whose names, flags, subjects, headers, tables and status
 // codes are a contract other tools rely on (see docs/ARCHITECTURE.md):
 //
-//	payments worker -nats URL -db URL [-concurrency N]
-//	payments api -addr :8080 -nats URL -db URL
+//	payments worker -nats URL -db URL [-concurrency N] [-metrics ADDR]
+//	payments api -addr :8080 -nats URL -db URL [-metrics ADDR]
+//
+// With -metrics ADDR a command serves Prometheus text at http://ADDR/metrics:
+// idemq's metrics from package idemqotel (messages by outcome, claims by
+// answer — duplicates and conflicts among them —, dead letters by reason,
+// retries, store latency, the outbox backlog, lag and relay throughput, HTTP
+// requests by answer; docs/grafana/idemq.json is a dashboard over them).
+// Without it nothing is served or recorded.
 //
 // The worker consumes payments.requested from the stream PAYMENTS with
 // consumer/natsjs and runs each message in outbox.Inbox: the dedupe record,

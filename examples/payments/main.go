@@ -16,8 +16,8 @@ const usageText = `payments — the idemq flagship example.
 
 Usage:
   payments [demo flags]                           run the self-contained demo (default)
-  payments worker -nats URL -db URL [-concurrency N]
-  payments api -addr :8080 -nats URL -db URL
+  payments worker -nats URL -db URL [-concurrency N] [-metrics ADDR]
+  payments api -addr :8080 -nats URL -db URL [-metrics ADDR]
 
 With no arguments the demo starts an embedded NATS server and a SQLite
 database in a temporary directory, runs an API and two workers as
@@ -25,7 +25,8 @@ subprocesses, sends a few thousand payments through a client that loses
 responses and retries, kills the workers (and once the API) with SIGKILL,
 and checks that no money was lost or doubled.
 
--db accepts postgres://… and sqlite:PATH. Run "payments <command> -h" for the
+-db accepts postgres://… and sqlite:PATH; -metrics ADDR serves Prometheus
+metrics at http://ADDR/metrics. Run "payments <command> -h" for the
 flags of a command.
 `
 

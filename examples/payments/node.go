@@ -24,16 +24,17 @@ type node struct {
 	relay *outbox.Relay
 	log   *slog.Logger
 	nm    names
+	tel   *telemetry // -metrics; nil without
 }
 
 // openNode connects to the database and NATS as name, creates the streams
 // when they are missing, and prepares the dedupe store, the outbox and its
-// relay, all under the names nm. On error everything it opened is closed
-// again.
-func openNode(ctx context.Context, name, dbURL, natsURL string, nm names, log *slog.Logger) (_ *node, err error) {
+// relay, all under the names nm, observed by tel (-metrics; nil for none).
+// On error everything it opened is closed again.
+func openNode(ctx context.Context, name, dbURL, natsURL string, nm names, log *slog.Logger, tel *telemetry) (_ *node, err error) {
 	// n is not the named result: "return nil, err" must not clear what the
 	// deferred close needs.
-	n := &node{log: log, nm: nm}
+	n := &node{log: log, nm: nm, tel: tel}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -58,15 +59,20 @@ func openNode(ctx context.Context, name, dbURL, natsURL string, nm names, log *s
 	if n.ob, err = outbox.New(ctx, n.db.DB, outbox.Config{Table: nm.table(outbox.DefaultTable)}); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	relayCfg := outbox.RelayConfig{Table: nm.table(outbox.DefaultTable), Streams: []string{nm.paymentsStream()}, Logger: log}
+	relayCfg := outbox.RelayConfig{Table: nm.table(outbox.DefaultTable), Streams: []string{nm.paymentsStream()}, Logger: log, Observer: tel.relay()}
 	if n.relay, err = outbox.NewRelay(n.db.DB, outbox.JetStream(n.js), relayCfg); err != nil {
 		return nil, fmt.Errorf("outbox relay: %w", err)
+	}
+	if err = tel.observeOutbox(n.db.DB, n.ob); err != nil {
+		return nil, err
 	}
 	return n, nil
 }
 
-// close closes the NATS connection and the database.
+// close stops the metrics server and closes the NATS connection and the
+// database.
 func (n *node) close() {
+	n.tel.close()
 	if n.nc != nil {
 		n.nc.Close()
 	}

@@ -94,7 +94,7 @@ func TestOpenNodeFailsCleanlyWhenNATSIsDown(t *testing.T) {
 	l.Close() // nothing listens there now
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := openNode(ctx, "test", "sqlite:"+filepath.Join(t.TempDir(), "db.sqlite"), "nats://"+addr, names{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	n, err := openNode(ctx, "test", "sqlite:"+filepath.Join(t.TempDir(), "db.sqlite"), "nats://"+addr, names{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err == nil {
 		n.close()
 		t.Fatal("openNode succeeded with NATS down")

@@ -42,8 +42,9 @@ func workerCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	ackWait := fs.Duration("ack-wait", natsjs.DefaultAckWait, "JetStream AckWait: how soon a message held by a crashed worker is redelivered")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	prefix := fs.String("prefix", "", "put PREFIX in front of every stream, subject, consumer and table name, for a shared server (default: the contract's names)")
+	metricsAddr := fs.String("metrics", "", metricsFlagUsage)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: payments worker -nats URL -db URL [-concurrency N]
+		fmt.Fprint(fs.Output(), `Usage: payments worker -nats URL -db URL [-concurrency N] [-metrics ADDR]
 
 Consumes payments.requested from the JetStream stream PAYMENTS (subjects
 payments.>) with the durable consumer "payments-worker". Each message is a
@@ -83,8 +84,13 @@ Flags:
 		fmt.Fprintln(stderr, err)
 		return err
 	}
-	w, err := newWorker(ctx, *dbURL, *natsURL, nm, *concurrency, *ackWait, log)
+	tel, err := startTelemetry(*metricsAddr, log)
 	if err != nil {
+		return err
+	}
+	w, err := newWorker(ctx, *dbURL, *natsURL, nm, *concurrency, *ackWait, log, tel)
+	if err != nil {
+		tel.close()
 		return err
 	}
 	defer w.close()
@@ -98,8 +104,8 @@ type worker struct {
 	cons  *natsjs.Consumer
 }
 
-func newWorker(ctx context.Context, dbURL, natsURL string, nm names, concurrency int, ackWait time.Duration, log *slog.Logger) (w *worker, err error) {
-	n, err := openNode(ctx, "payments-worker", dbURL, natsURL, nm, log)
+func newWorker(ctx context.Context, dbURL, natsURL string, nm names, concurrency int, ackWait time.Duration, log *slog.Logger, tel *telemetry) (w *worker, err error) {
+	n, err := openNode(ctx, "payments-worker", dbURL, natsURL, nm, log, tel)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +137,7 @@ func newWorker(ctx context.Context, dbURL, natsURL string, nm names, concurrency
 		AckWait:        ackWait,
 		DeadLetter:     natsjs.DeadLetterConfig{Subject: n.nm.dlqSubject(), Stream: n.nm.dlqStream()},
 		// No Guard: the inbox is the dedupe (outbox.Inbox.Handler).
-		Pipeline: consumer.Config{Retry: workerRetry, Logger: log},
+		Pipeline: consumer.Config{Retry: workerRetry, Logger: log, Observer: tel.consumer(durableWorker)},
 	}
 	if err := dedupe.ValidateRetention(guard.RetentionDuration(), natsjs.Horizon(cfg)); err != nil {
 		return nil, err
@@ -223,7 +229,28 @@ func (w *worker) handle(ctx context.Context, m *consumer.Message) error {
 	case err != nil && !errors.As(err, &rej) && !retry.IsPermanent(err):
 		w.log.Info("payments worker: transient failure, redelivering", "event", "retry", "id", m.ID, "attempt", m.Attempt, "err", err)
 	}
+	m.SetClaim(inboxClaim(ran, err))
 	return err
+}
+
+// inboxClaim is what the inbox's claim answered, for the metrics (-metrics):
+// the inbox claims in its own transaction, where the pipeline does not see
+// it.
+func inboxClaim(ran bool, err error) consumer.ClaimResult {
+	var rej *consumer.RejectError
+	switch {
+	case errors.Is(err, consumer.ErrConflict):
+		return consumer.ClaimConflict
+	case dedupe.IsInvalidInput(err):
+		return consumer.ClaimInvalid
+	case errors.Is(err, outbox.ErrBusy):
+		return consumer.ClaimBusy
+	case ran:
+		return consumer.ClaimAcquired
+	case err == nil || errors.As(err, &rej):
+		return consumer.ClaimDuplicate
+	}
+	return consumer.ClaimStoreError // the claim itself failed
 }
 
 // keyOf returns the Idempotency-Key of m.

@@ -25,7 +25,7 @@ func TestWorkerContract(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	w, err := newWorker(ctx, dbURL, ns.URL, names{}, 2, 2*time.Second, slog.New(slog.DiscardHandler))
+	w, err := newWorker(ctx, dbURL, ns.URL, names{}, 2, 2*time.Second, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

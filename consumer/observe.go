@@ -1,0 +1,275 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/idemq/idemq/dedupe"
+)
+
+// Observer receives what a Pipeline does with each delivery: the dedupe
+// claim's answer, every dedupe store call and how long it took, the
+// handler's run, and the Outcome. Metrics and traces are built on it
+// (package idemqotel implements it with OpenTelemetry), and tests can assert
+// on outcomes through it instead of on timing. Set it in Config.Observer;
+// transports (consumer/natsjs, consumer/watermill) pass it through.
+//
+// Calls come in this order for one delivery, on the goroutine that runs
+// Process (except EndStore/StartStore for StoreExtend, which run on the
+// heartbeat's timer goroutine while the handler runs):
+//
+//	StartMessage
+//	  StartStore(StoreClaim) … EndStore       with a Guard
+//	  StartHandler … EndHandler               when the handler runs
+//	    StartStore(StoreExtend) … EndStore    on each heartbeat
+//	  StartStore(StoreComplete | StoreRelease | StoreDelete | StoreSnooze) … EndStore
+//	EndMessage
+//
+// Each Start method returns the context for what it opens: StartMessage's
+// is used for the rest of the delivery (the claim, the handler, the
+// dead-letter publish), StartHandler's is given to the handler (so that a
+// span started there is the parent of the handler's own work, an outbox
+// write included), StartStore's to the guard call. The matching End method
+// receives that same context. An Observer must be safe for concurrent use
+// and fast: it runs on every delivery. Embed NopObserver to implement only
+// some methods.
+//
+// A nil Config.Observer costs nothing: no call, no clock read, no
+// allocation.
+type Observer interface {
+	// StartMessage is called first in Process, with the delivery.
+	StartMessage(ctx context.Context, m *Message) context.Context
+	// StartStore is called before each call of the Guard's store: the
+	// claim, each Complete try, Release, Delete, Snooze and each
+	// heartbeat's Extend.
+	StartStore(ctx context.Context, m *Message, op StoreOp) context.Context
+	// EndStore is called when that call returned, with its duration and
+	// error (nil on success; dedupe.ErrLeaseLost is an answer of the store,
+	// not an outage).
+	EndStore(ctx context.Context, m *Message, op StoreOp, d time.Duration, err error)
+	// StartHandler is called before the handler runs.
+	StartHandler(ctx context.Context, m *Message) context.Context
+	// EndHandler is called when the handler returned (or panicked: err is
+	// then a *PanicError), with its duration.
+	EndHandler(ctx context.Context, m *Message, d time.Duration, err error)
+	// EndMessage is called last, with what Process decided.
+	EndMessage(ctx context.Context, m *Message, d Delivery)
+}
+
+// PauseObserver is implemented by an Observer that also wants to know when
+// a transport stops consuming because a dependency does not answer
+// (Outcome.Unavailable), and when it resumes. Transports check
+// Config.Observer for it (natsjs does).
+type PauseObserver interface {
+	// Paused is called once when the transport stops pulling messages
+	// because dep does not answer; err is the last error it returned.
+	Paused(ctx context.Context, dep Dependency, err error)
+	// Resumed is called once when the transport consumes again after a
+	// pause, or stops while paused, with how long the pause lasted.
+	Resumed(ctx context.Context, dep Dependency, pausedFor time.Duration)
+}
+
+// Delivery is the pipeline's account of one delivery, given to
+// Observer.EndMessage.
+type Delivery struct {
+	// Outcome is what Process returned.
+	Outcome Outcome
+	// Claim is what the dedupe claim answered: the Guard's, or the one the
+	// handler reported with Message.SetClaim (a transactional inbox). 0
+	// when there was no claim (no Guard, or shutdown interrupted it).
+	Claim ClaimResult
+	// Duration is how long Process took.
+	Duration time.Duration
+}
+
+// StoreOp names a dedupe store call the pipeline makes through its Guard.
+type StoreOp uint8
+
+const (
+	// StoreClaim is Guard.Claim. String "claim".
+	StoreClaim StoreOp = iota + 1
+	// StoreComplete is Guard.Complete (each try). String "complete".
+	StoreComplete
+	// StoreRelease is Guard.Release. String "release".
+	StoreRelease
+	// StoreDelete is Guard.Delete, after a dead letter. String "delete".
+	StoreDelete
+	// StoreExtend is Guard.Extend, on a heartbeat. String "extend".
+	StoreExtend
+	// StoreSnooze is the store's Snooze (dedupe.Snoozer), when the handler
+	// snoozed (Release on a store without it). String "snooze".
+	StoreSnooze
+)
+
+// String returns "claim", "complete", "release", "delete", "extend" or
+// "snooze".
+func (o StoreOp) String() string {
+	switch o {
+	case StoreClaim:
+		return "claim"
+	case StoreComplete:
+		return "complete"
+	case StoreRelease:
+		return "release"
+	case StoreDelete:
+		return "delete"
+	case StoreExtend:
+		return "extend"
+	case StoreSnooze:
+		return "snooze"
+	}
+	return fmt.Sprintf("StoreOp(%d)", uint8(o))
+}
+
+// ClaimResult is what the dedupe claim of a delivery answered, in more
+// detail than dedupe.Status: a takeover, invalid input and a store error
+// are told apart.
+type ClaimResult uint8
+
+const (
+	// ClaimAcquired: the key was claimed, the handler runs. "acquired".
+	ClaimAcquired ClaimResult = iota + 1
+	// ClaimTakeover: claimed by taking over an expired lease (a previous
+	// attempt crashed or stalled). "takeover".
+	ClaimTakeover
+	// ClaimDuplicate: the key completed before; the stored result is
+	// replayed and the handler does not run. "duplicate".
+	ClaimDuplicate
+	// ClaimBusy: another attempt holds the key. "busy".
+	ClaimBusy
+	// ClaimConflict: the key completed with a different fingerprint.
+	// "conflict".
+	ClaimConflict
+	// ClaimInvalid: no usable key or fingerprint (dedupe.IsInvalidInput).
+	// "invalid".
+	ClaimInvalid
+	// ClaimStoreError: the store did not answer. "store_error".
+	ClaimStoreError
+)
+
+// String returns "acquired", "takeover", "duplicate", "busy", "conflict",
+// "invalid", "store_error", or "" for the zero value.
+func (c ClaimResult) String() string {
+	switch c {
+	case ClaimAcquired:
+		return "acquired"
+	case ClaimTakeover:
+		return "takeover"
+	case ClaimDuplicate:
+		return "duplicate"
+	case ClaimBusy:
+		return "busy"
+	case ClaimConflict:
+		return "conflict"
+	case ClaimInvalid:
+		return "invalid"
+	case ClaimStoreError:
+		return "store_error"
+	case 0:
+		return ""
+	}
+	return fmt.Sprintf("ClaimResult(%d)", uint8(c))
+}
+
+// NopObserver implements Observer and PauseObserver and does nothing.
+// Embed it in an observer that needs only some of the methods.
+type NopObserver struct{}
+
+// StartMessage returns ctx.
+func (NopObserver) StartMessage(ctx context.Context, _ *Message) context.Context { return ctx }
+
+// StartStore returns ctx.
+func (NopObserver) StartStore(ctx context.Context, _ *Message, _ StoreOp) context.Context {
+	return ctx
+}
+
+// EndStore does nothing.
+func (NopObserver) EndStore(context.Context, *Message, StoreOp, time.Duration, error) {}
+
+// StartHandler returns ctx.
+func (NopObserver) StartHandler(ctx context.Context, _ *Message) context.Context { return ctx }
+
+// EndHandler does nothing.
+func (NopObserver) EndHandler(context.Context, *Message, time.Duration, error) {}
+
+// EndMessage does nothing.
+func (NopObserver) EndMessage(context.Context, *Message, Delivery) {}
+
+// Paused does nothing.
+func (NopObserver) Paused(context.Context, Dependency, error) {}
+
+// Resumed does nothing.
+func (NopObserver) Resumed(context.Context, Dependency, time.Duration) {}
+
+// OutcomeFunc is an Observer that calls itself with each delivery's
+// account and ignores the rest, for tests and simple counters:
+//
+//	cfg.Observer = consumer.OutcomeFunc(func(m *consumer.Message, d consumer.Delivery) { ... })
+type OutcomeFunc func(m *Message, d Delivery)
+
+// StartMessage returns ctx.
+func (OutcomeFunc) StartMessage(ctx context.Context, _ *Message) context.Context { return ctx }
+
+// StartStore returns ctx.
+func (OutcomeFunc) StartStore(ctx context.Context, _ *Message, _ StoreOp) context.Context {
+	return ctx
+}
+
+// EndStore does nothing.
+func (OutcomeFunc) EndStore(context.Context, *Message, StoreOp, time.Duration, error) {}
+
+// StartHandler returns ctx.
+func (OutcomeFunc) StartHandler(ctx context.Context, _ *Message) context.Context { return ctx }
+
+// EndHandler does nothing.
+func (OutcomeFunc) EndHandler(context.Context, *Message, time.Duration, error) {}
+
+// EndMessage calls f.
+func (f OutcomeFunc) EndMessage(_ context.Context, m *Message, d Delivery) { f(m, d) }
+
+// startStore opens the observation of a guard call: the context for the
+// call and its start time (the zero time without an Observer).
+func (p *Pipeline) startStore(ctx context.Context, m *Message, op StoreOp) (context.Context, time.Time) {
+	if p.obs == nil {
+		return ctx, time.Time{}
+	}
+	return p.obs.StartStore(ctx, m, op), time.Now()
+}
+
+// endStore closes the observation opened by startStore.
+func (p *Pipeline) endStore(ctx context.Context, m *Message, op StoreOp, start time.Time, err error) {
+	if p.obs != nil {
+		p.obs.EndStore(ctx, m, op, time.Since(start), err)
+	}
+}
+
+// run calls the handler through call, observed when there is an Observer.
+func (p *Pipeline) run(ctx context.Context, m *Message, t *dedupe.Ticket) (err error, leaseLost bool) {
+	if p.obs == nil {
+		return p.call(ctx, m, t)
+	}
+	hctx := p.obs.StartHandler(ctx, m)
+	start := time.Now()
+	err, leaseLost = p.call(hctx, m, t)
+	p.obs.EndHandler(hctx, m, time.Since(start), err)
+	return err, leaseLost
+}
+
+// observe is Process with an Observer.
+func (p *Pipeline) observe(ctx context.Context, m *Message) Outcome {
+	start := time.Now()
+	ctx = p.obs.StartMessage(ctx, m)
+	out, claim := p.process(ctx, m)
+	if claim == 0 {
+		claim = m.claim
+	}
+	p.obs.EndMessage(ctx, m, Delivery{Outcome: out, Claim: claim, Duration: time.Since(start)})
+	return out
+}
+
+// SetClaim records the answer of the handler's own dedupe claim (a
+// transactional inbox, which claims in the handler's transaction) for the
+// pipeline's Observer (Delivery.Claim). The Guard's claim, when the
+// pipeline has one, wins. It costs nothing to call without an Observer.
+func (m *Message) SetClaim(c ClaimResult) { m.claim = c }

@@ -1,0 +1,261 @@
+package idemqotel_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/consumer/natsjs"
+	"github.com/idemq/idemq/dedupe"
+	"github.com/idemq/idemq/dedupe/memstore"
+	"github.com/idemq/idemq/dedupe/redisstore"
+	"github.com/idemq/idemq/idemqotel"
+	"github.com/idemq/idemq/integration/harness"
+)
+
+// discard is a span exporter that drops every span.
+type discard struct{}
+
+func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) Shutdown(context.Context) error                             { return nil }
+
+var benchRuns atomic.Int64
+
+// BenchmarkConsumeObserved measures messages consumed per second by a
+// natsjs consumer with a dedupe store (Redis, memstore), without an
+// Observer ("none") and with idemqotel's, in the same run: "metrics" (the
+// metric SDK with a manual reader; the global no-op tracer), "traces-10pct"
+// (also the trace SDK sampling one trace in ten into a batch processor
+// whose exporter drops the spans) and "traces-all" (sampling every
+// message: the worst case, which also records an exemplar per
+// measurement). Compare the msg/s against "none"; -count 5 and benchstat
+// for a steady figure.
+func BenchmarkConsumeObserved(b *testing.B) {
+	env := harness.NATS(b)
+	for _, store := range []string{"redis", "memstore"} {
+		for _, mode := range benchModes() {
+			b.Run(store+"/"+mode, func(b *testing.B) { benchConsume(b, env, store, mode) })
+		}
+	}
+}
+
+func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
+	b.StopTimer()
+	wall, cpu := consumeOnce(b, env, store, mode, b.N)
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "msg/s")
+	// CPU time of this process (the consumer; the broker and Redis run
+	// elsewhere) per message: steadier than msg/s on a shared machine.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
+}
+
+// BenchmarkConsumeOverhead runs the modes of BenchmarkConsumeObserved
+// interleaved — none, metrics, traces-10pct, traces-all, then the reverse,
+// b.N rounds of 10,000 messages each, Redis dedupe — so that the machine's
+// changing load falls on every mode alike, and reports each mode's CPU per
+// message and its ratio to none:
+//
+//	go test -run '^$' -bench ConsumeOverhead -benchtime 4x ./idemqotel/
+func BenchmarkConsumeOverhead(b *testing.B) {
+	env := harness.NATS(b)
+	const n = 10000
+	modes := []string{"none", "metrics", "traces-10pct", "traces-all"}
+	cpu := map[string]time.Duration{}
+	b.StopTimer()
+	for round := range b.N {
+		order := slices.Clone(modes)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, mode := range order {
+			_, c := consumeOnce(b, env, "redis", mode, n)
+			cpu[mode] += c
+		}
+	}
+	msgs := float64(b.N * n)
+	for _, mode := range modes {
+		b.ReportMetric(float64(cpu[mode].Microseconds())/msgs, mode+"-cpu-µs/msg")
+		if mode != "none" {
+			b.ReportMetric(float64(cpu[mode])/float64(cpu["none"]), mode+"/none")
+		}
+	}
+}
+
+// consumeOnce fills a fresh stream with n messages, consumes them with a
+// natsjs consumer on store ("redis" or "memstore") observed as mode says,
+// and returns the wall time and this process's CPU time from the start of
+// Run to the last handler call.
+func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) (wall, cpu time.Duration) {
+	run := fmt.Sprintf("%d", benchRuns.Add(1))
+	stream, subject := env.Name("OB"+run), env.Subject("ob"+run+".x")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{subject}}); err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		m := nats.NewMsg(subject)
+		m.Header.Set("Idempotency-Key", fmt.Sprintf("%s-%d", run, i))
+		// A producer's trace context, as the relay publishes it: a fresh
+		// trace per message, its sampled flag left to the consumer's
+		// sampler (flags 00) so that ratio sampling applies.
+		m.Header.Set("traceparent", fmt.Sprintf("00-%016x%016x-b7ad6b7169203331-00", benchRuns.Load()+1, i+1))
+		m.Data = []byte(`{"amount":100}`)
+		if _, err := env.JS.PublishMsgAsync(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-env.JS.PublishAsyncComplete():
+	case <-ctx.Done():
+		b.Fatal("publish timed out")
+	}
+	var st dedupe.Store
+	switch store {
+	case "redis":
+		rd := harness.Redis(b)
+		st = redisstore.New(rd.Client, redisstore.Config{Prefix: rd.Prefix})
+	default:
+		st = memstore.New(memstore.Config{})
+	}
+	var obs consumer.Observer
+	if mode != "none" {
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		cfg := idemqotel.Config{MeterProvider: mp, TracerProvider: tracenoop.NewTracerProvider()}
+		if mode != "metrics" {
+			sampler := sdktrace.AlwaysSample()
+			if mode == "traces-10pct" {
+				sampler = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.1))
+			}
+			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(sampler))
+			defer func() { _ = tp.Shutdown(context.Background()) }()
+			cfg.TracerProvider = tp
+		}
+		defer func() { _ = mp.Shutdown(context.Background()) }()
+		tel, err := idemqotel.New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		obs = tel.Consumer(idemqotel.ConsumerOptions{Group: "bench"})
+	}
+	var done atomic.Int64
+	finished := make(chan struct{})
+	c, err := natsjs.New(env.JS, natsjs.Config{
+		Stream: stream, Durable: "bench", Store: st, Concurrency: 64, FetchBatch: 64,
+		AdvisoryStream: env.Name("ADV" + run),
+		DeadLetter: natsjs.DeadLetterConfig{Subject: env.Subject("dlqob" + run + ".x"), Stream: env.Name("DLQOB" + run),
+			StreamSubjects: []string{env.Subject("dlqob" + run + ".>")}},
+		Pipeline: consumer.Config{Logger: quiet(), Observer: obs},
+	}, func(ctx context.Context, m *consumer.Message) error {
+		if done.Add(1) == int64(n) {
+			close(finished)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	defer rcancel()
+	start, cpu0 := time.Now(), cpuTime()
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(rctx) }()
+	select {
+	case <-finished:
+	case err := <-errc:
+		b.Fatalf("Run returned early: %v", err)
+	}
+	wall, cpu = time.Since(start), cpuTime()-cpu0
+	rcancel()
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+	// Leave the server as clean as the next run found it.
+	for _, name := range []string{stream, env.Name("DLQOB" + run)} {
+		if err := env.JS.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			b.Fatal(err)
+		}
+	}
+	return wall, cpu
+}
+
+// BenchmarkPipelineObserved measures the CPU cost per delivery of the
+// observer alone: consumer.Pipeline.Process on memstore (claim, handler,
+// complete), no broker, with the same modes as BenchmarkConsumeObserved.
+func BenchmarkPipelineObserved(b *testing.B) {
+	for _, mode := range []string{"none", "metrics", "traces-10pct", "traces-all"} {
+		b.Run(mode, func(b *testing.B) {
+			var obs consumer.Observer
+			if mode != "none" {
+				mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+				defer func() { _ = mp.Shutdown(context.Background()) }()
+				cfg := idemqotel.Config{MeterProvider: mp, TracerProvider: tracenoop.NewTracerProvider()}
+				if mode != "metrics" {
+					sampler := sdktrace.AlwaysSample()
+					if mode == "traces-10pct" {
+						sampler = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.1))
+					}
+					tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(sampler))
+					defer func() { _ = tp.Shutdown(context.Background()) }()
+					cfg.TracerProvider = tp
+				}
+				tel, err := idemqotel.New(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				obs = tel.Consumer(idemqotel.ConsumerOptions{Group: "bench"})
+			}
+			g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.MessageIDKey(), NoFingerprint: true}
+			p, err := consumer.NewPipeline(consumer.Config{Guard: g, Observer: obs, Logger: quiet(), HeartbeatInterval: -1},
+				func(ctx context.Context, m *consumer.Message) error { return nil })
+			if err != nil {
+				b.Fatal(err)
+			}
+			msgs := make([]*consumer.Message, b.N)
+			for i := range msgs {
+				msgs[i] = &consumer.Message{ID: fmt.Sprint("m", i), Subject: "payments.requested", Attempt: 1,
+					Header: map[string][]string{"traceparent": {fmt.Sprintf("00-%032x-b7ad6b7169203331-00", i+1)}}}
+			}
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				if out := p.Process(ctx, msgs[i]); out.Action != consumer.Ack {
+					b.Fatal(out)
+				}
+			}
+		})
+	}
+}
+
+// benchModes are the observer modes compared, in order;
+// IDEMQ_BENCH_REVERSE=1 runs them in the reverse order, to show that the
+// order does not favour the first.
+func benchModes() []string {
+	modes := []string{"none", "metrics", "traces-10pct", "traces-all"}
+	if os.Getenv("IDEMQ_BENCH_REVERSE") != "" {
+		slices.Reverse(modes)
+	}
+	return modes
+}
+
+// cpuTime returns the user and system CPU time this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

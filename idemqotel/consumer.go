@@ -1,0 +1,388 @@
+package idemqotel
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/idemq/idemq/consumer"
+	"github.com/idemq/idemq/dedupe"
+)
+
+// ConsumerOptions describes the consumer an observer watches; the values
+// become attributes of its metrics and spans.
+type ConsumerOptions struct {
+	// System is messaging.system. Default "nats".
+	System string
+	// Group is messaging.consumer.group.name: the durable consumer's name
+	// (natsjs.Config.Durable). Empty leaves the attribute out.
+	Group string
+	// Destination, when set, is messaging.destination.name on every metric
+	// and span instead of each message's subject: set it (to the stream
+	// name, say) when subjects carry ids, to bound the metrics'
+	// cardinality. Default: the message's subject.
+	Destination string
+}
+
+// Consumer returns the consumer.Observer for one consumer (set it as
+// consumer.Config.Observer, natsjs.Config.Pipeline.Observer or the
+// Watermill adapter's). It also implements consumer.PauseObserver, so
+// natsjs reports its pauses to it.
+//
+// Per delivery it records messaging.process.duration and
+// idemq.consumer.messages by outcome, idemq.dedupe.claims by the claim's
+// answer, idemq.dead_letters by reason, idemq.retry.delay by cause,
+// idemq.handler.duration and idemq.dedupe.store.duration per store call;
+// per pause idemq.consumer.pauses and idemq.consumer.paused.
+//
+// Spans: "process <destination>" (kind consumer) per delivery, whose parent
+// is the producer's trace context in the message headers (traceparent),
+// with children "idemq.dedupe.<operation>" per store call and
+// "idemq.handler" for the handler, which is the parent of the handler's own
+// work (an outbox row written with InjectTrace carries it).
+func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
+	if o.System == "" {
+		o.System = "nats"
+	}
+	c := &ConsumerObserver{t: t, o: o}
+	c.base = []attribute.KeyValue{semconv.MessagingSystemKey.String(o.System)}
+	if o.System == "nats" {
+		c.base[0] = systemNATS
+	}
+	if o.Group != "" {
+		c.base = append(c.base, semconv.MessagingConsumerGroupNameKey.String(o.Group))
+	}
+	c.store = newStoreOpts(componentConsume, c.base)
+	c.claims = t.claimCounts(componentConsume, c.base)
+	c.handlerOpts = newOpts(append([]attribute.KeyValue{componentConsume}, c.base...)...)
+	for _, dep := range []consumer.Dependency{consumer.StoreUnavailable, consumer.DeadLetterUnavailable} {
+		c.pauseOpts[dep] = newOpts(append([]attribute.KeyValue{AttrDependency.String(dep.String())}, c.base...)...)
+	}
+	if o.Destination != "" {
+		c.fixed = c.newDest(o.Destination)
+	}
+	return c
+}
+
+// ConsumerObserver is the consumer.Observer and consumer.PauseObserver that
+// Telemetry.Consumer returns.
+type ConsumerObserver struct {
+	t           *Telemetry
+	o           ConsumerOptions
+	base        []attribute.KeyValue
+	store       storeOpts
+	claims      [consumer.ClaimStoreError + 1]*count
+	handlerOpts opts
+	pauseOpts   [consumer.DeadLetterUnavailable + 1]opts
+	fixed       *dest      // ConsumerOptions.Destination
+	dests       sync.Map   // subject → *dest
+	newDests    sync.Mutex // one newDest per subject: its counts are registered
+}
+
+var _ consumer.PauseObserver = (*ConsumerObserver)(nil)
+
+// Outcomes of idemq.outcome, in index order.
+const (
+	outAck = iota
+	outRetry
+	outDeadLetter
+	outInterrupted
+	outUnavailable
+	nOutcomes
+)
+
+var outcomeNames = [nOutcomes]string{"ack", "retry", "dead_letter", "interrupted", "unavailable"}
+
+// Retry causes of idemq.retry.cause, in index order.
+const (
+	causeTransient = iota
+	causeBusy
+	causeUnavailable
+	causeLeaseLost
+	causeBudget
+	causeSnooze
+	nCauses
+)
+
+var causeNames = [nCauses]string{"transient", "busy", "unavailable", "lease_lost", "budget", "snooze"}
+
+// dest is the precomputed attributes of one destination.
+type dest struct {
+	name     string
+	span     string // "process <name>"
+	attr     attribute.KeyValue
+	outcomes [nOutcomes]opts
+	messages [nOutcomes]*count
+	reasons  [consumer.ReasonInvalid + 1]*count
+	causes   [nCauses]opts
+}
+
+func (c *ConsumerObserver) newDest(name string) *dest {
+	d := &dest{name: name, span: "process " + name, attr: semconv.MessagingDestinationNameKey.String(name)}
+	with := func(kv ...attribute.KeyValue) opts {
+		return newOpts(append(append([]attribute.KeyValue{d.attr}, c.base...), kv...)...)
+	}
+	kvs := func(kv ...attribute.KeyValue) []attribute.KeyValue {
+		return append(append([]attribute.KeyValue{d.attr}, c.base...), kv...)
+	}
+	// Every outcome and reason is a point from 0 on, so that dashboards
+	// see the series (and rate() works) before the first of each kind.
+	for i, n := range outcomeNames {
+		d.outcomes[i] = with(AttrOutcome.String(n))
+		d.messages[i] = c.t.newCount(&c.t.messageNs, kvs(AttrOutcome.String(n))...)
+	}
+	for r := consumer.ReasonPermanent; r <= consumer.ReasonInvalid; r++ {
+		d.reasons[r] = c.t.newCount(&c.t.deadLetterNs, kvs(AttrDeadLetterReason.String(r.String()))...)
+	}
+	for i, n := range causeNames {
+		d.causes[i] = with(AttrRetryCause.String(n))
+	}
+	return d
+}
+
+// destOf returns the destination of m.
+func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
+	if c.fixed != nil {
+		return c.fixed
+	}
+	if d, ok := c.dests.Load(m.Subject); ok {
+		return d.(*dest)
+	}
+	c.newDests.Lock()
+	defer c.newDests.Unlock()
+	if d, ok := c.dests.Load(m.Subject); ok {
+		return d.(*dest) // made while this call waited
+	}
+	d := c.newDest(m.Subject)
+	c.dests.Store(m.Subject, d)
+	return d
+}
+
+// StartMessage starts the process span, a child of the producer's trace
+// context in m's headers.
+func (c *ConsumerObserver) StartMessage(ctx context.Context, m *consumer.Message) context.Context {
+	if c.t.noTraces {
+		return ctx
+	}
+	d := c.destOf(m)
+	if len(m.Header) > 0 {
+		ctx = c.t.prop.Extract(ctx, headerCarrier(m.Header))
+	}
+	ctx, _ = c.t.tracer.Start(ctx, d.span, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		c.base[0],
+		d.attr,
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationNameKey.String("process"),
+		semconv.MessagingMessageIDKey.String(m.ID),
+		AttrAttempt.Int(m.Attempt),
+	))
+	return ctx
+}
+
+var storeSpanNames = [consumer.StoreSnooze + 1]string{"", "idemq.dedupe.claim", "idemq.dedupe.complete",
+	"idemq.dedupe.release", "idemq.dedupe.delete", "idemq.dedupe.extend", "idemq.dedupe.snooze"}
+
+// StartStore starts a store call's span.
+func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp) context.Context {
+	if int(op) >= len(storeSpanNames) || !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx // no child spans under a span sampled out
+	}
+	ctx, _ = c.t.tracer.Start(ctx, storeSpanNames[op], trace.WithSpanKind(trace.SpanKindClient))
+	return ctx
+}
+
+// EndStore records the call's duration and ends its span.
+func (c *ConsumerObserver) EndStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp, d time.Duration, err error) {
+	c.t.storeDur.Record(c.t.metricCtx(ctx), d.Seconds(), c.store.of(int(op), err).rec...)
+	// The span in ctx is the store call's, or, when StartStore started
+	// none, a span that is not recording, for which End does nothing.
+	endSpan(trace.SpanFromContext(ctx), err)
+}
+
+// StartHandler starts the handler's span.
+func (c *ConsumerObserver) StartHandler(ctx context.Context, _ *consumer.Message) context.Context {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx
+	}
+	ctx, _ = c.t.tracer.Start(ctx, "idemq.handler")
+	return ctx
+}
+
+// EndHandler records the handler's duration and ends its span.
+func (c *ConsumerObserver) EndHandler(ctx context.Context, _ *consumer.Message, d time.Duration, err error) {
+	c.t.handlerDur.Record(c.t.metricCtx(ctx), d.Seconds(), c.handlerOpts.rec...)
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	var rej *consumer.RejectError
+	if errors.As(err, &rej) {
+		err = nil // a business result, not a failure of the handler
+	}
+	endSpan(span, err)
+}
+
+// EndMessage records the delivery's outcome and ends the process span.
+func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, del consumer.Delivery) {
+	d := c.destOf(m)
+	out := del.Outcome
+	o := outcomeOf(out)
+	mctx := c.t.metricCtx(ctx)
+	c.t.processDur.Record(mctx, del.Duration.Seconds(), d.outcomes[o].rec...)
+	d.messages[o].n.Add(1)
+	if del.Claim > 0 && int(del.Claim) < len(c.claims) {
+		c.claims[del.Claim].n.Add(1)
+	}
+	cause := -1
+	switch {
+	case o == outDeadLetter && int(out.Reason) < len(d.reasons) && out.Reason > 0:
+		d.reasons[out.Reason].n.Add(1)
+	case o == outRetry || o == outUnavailable:
+		cause = causeOf(out)
+		c.t.retryDelay.Record(mctx, out.Delay.Seconds(), d.causes[cause].rec...)
+	}
+
+	if c.t.noTraces {
+		return
+	}
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
+	kv := make([]attribute.KeyValue, 0, 5)
+	kv = append(kv, AttrOutcome.String(outcomeNames[o]))
+	if del.Claim != 0 {
+		kv = append(kv, AttrDedupeOutcome.String(del.Claim.String()))
+	}
+	if out.Reason != 0 {
+		kv = append(kv, AttrDeadLetterReason.String(out.Reason.String()))
+	}
+	if cause >= 0 {
+		kv = append(kv, AttrRetryCause.String(causeNames[cause]), AttrRetryDelay.Float64(out.Delay.Seconds()))
+	}
+	if out.Unavailable != 0 {
+		kv = append(kv, AttrDependency.String(out.Unavailable.String()))
+	}
+	span.SetAttributes(kv...)
+	if o != outAck && o != outInterrupted && out.Err != nil {
+		span.SetStatus(codes.Error, out.Err.Error())
+	}
+	span.End()
+}
+
+// Paused records a pause.
+func (c *ConsumerObserver) Paused(ctx context.Context, dep consumer.Dependency, _ error) {
+	if int(dep) < len(c.pauseOpts) && dep > 0 {
+		c.t.pauses.Add(ctx, 1, c.pauseOpts[dep].add...)
+		c.t.paused.Add(ctx, 1, c.pauseOpts[dep].add...)
+	}
+}
+
+// Resumed records the end of a pause.
+func (c *ConsumerObserver) Resumed(ctx context.Context, dep consumer.Dependency, _ time.Duration) {
+	if int(dep) < len(c.pauseOpts) && dep > 0 {
+		c.t.paused.Add(ctx, -1, c.pauseOpts[dep].add...)
+	}
+}
+
+// outcomeOf classifies an Outcome for idemq.outcome.
+func outcomeOf(out consumer.Outcome) int {
+	switch {
+	case out.Action == consumer.Ack:
+		return outAck
+	case out.Action == consumer.DeadLetter:
+		return outDeadLetter
+	case out.Interrupted:
+		return outInterrupted
+	case out.Unavailable != 0:
+		return outUnavailable
+	}
+	return outRetry
+}
+
+// causeOf classifies a Retry for idemq.retry.cause.
+func causeOf(out consumer.Outcome) int {
+	switch {
+	case out.Unavailable != 0:
+		return causeUnavailable
+	case out.Snoozed:
+		return causeSnooze
+	case out.Claim == dedupe.Busy:
+		return causeBusy
+	case out.Shed:
+		return causeBudget
+	case errors.Is(out.Err, dedupe.ErrLeaseLost):
+		return causeLeaseLost
+	}
+	return causeTransient
+}
+
+// endSpan ends span, marking it failed with err.
+func endSpan(span trace.Span, err error) {
+	if !span.IsRecording() {
+		return
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
+	}
+	span.End()
+}
+
+// storeOpts is the precomputed attributes of store calls: operation ×
+// error.type (none, lease_lost, timeout, canceled, _OTHER).
+type storeOpts [consumer.StoreSnooze + 1][5]opts
+
+var storeErrTypes = [5]string{"", "lease_lost", "timeout", "canceled", "_OTHER"}
+
+func newStoreOpts(component attribute.KeyValue, base []attribute.KeyValue) storeOpts {
+	var s storeOpts
+	for op := consumer.StoreClaim; op <= consumer.StoreSnooze; op++ {
+		for i, et := range storeErrTypes {
+			kv := append([]attribute.KeyValue{component, AttrStoreOperation.String(op.String())}, base...)
+			if et != "" {
+				kv = append(kv, semconv.ErrorTypeKey.String(et))
+			}
+			s[op][i] = newOpts(kv...)
+		}
+	}
+	return s
+}
+
+// of returns the attributes of operation op (a consumer.StoreOp value)
+// ending with err.
+func (s *storeOpts) of(op int, err error) opts {
+	if op <= 0 || op >= len(s) {
+		op = 0
+	}
+	i := 0
+	if err != nil {
+		switch errorType(err) {
+		case "lease_lost":
+			i = 1
+		case "timeout":
+			i = 2
+		case "canceled":
+			i = 3
+		default:
+			i = 4
+		}
+	}
+	return s[op][i]
+}
+
+// claimCounts returns the counts of each claim answer.
+func (t *Telemetry) claimCounts(component attribute.KeyValue, base []attribute.KeyValue) [consumer.ClaimStoreError + 1]*count {
+	var out [consumer.ClaimStoreError + 1]*count
+	for c := consumer.ClaimAcquired; c <= consumer.ClaimStoreError; c++ {
+		out[c] = t.newCount(&t.claimNs, append([]attribute.KeyValue{component, AttrDedupeOutcome.String(c.String())}, base...)...)
+	}
+	return out
+}
