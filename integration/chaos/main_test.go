@@ -73,7 +73,9 @@ func streamInfo(ctx context.Context, js jetstream.JetStream, stream string, opts
 
 // readStream calls fn for every message of stream from sequence 1 to the
 // stream's last sequence when it is called, through an ordered consumer.
-// The stream must be settled (no election under way).
+// Requests that fail (a JetStream API still without a meta leader after a
+// node restart answers "no responders") are retried: the consumer is made
+// again from the next sequence.
 func readStream(ctx context.Context, js jetstream.JetStream, stream string, fn func(jetstream.Msg)) error {
 	info, err := streamInfo(ctx, js, stream)
 	if err != nil {
@@ -83,20 +85,38 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, fn f
 	if info.State.Msgs == 0 {
 		return nil
 	}
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return fmt.Errorf("read %s: %w", stream, err)
+	var cons jetstream.Consumer
+	next, empty, failures := uint64(1), 0, 0
+	failed := func(err error) error {
+		if failures++; failures == 20 {
+			return fmt.Errorf("read %s at sequence %d: %w", stream, next, err)
+		}
+		cons = nil
+		sleepCtx(ctx, 250*time.Millisecond)
+		return nil
 	}
-	next, empty := uint64(1), 0
 	for next <= last {
+		if cons == nil {
+			if err := retryFor(ctx, "read "+stream, func(ctx context.Context) (err error) {
+				cons, err = js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+					DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: next,
+				})
+				return err
+			}); err != nil {
+				return err
+			}
+		}
 		batch, err := cons.Fetch(int(min(1000, last-next+1)), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			return fmt.Errorf("read %s: %w", stream, err)
+			if err := failed(err); err != nil {
+				return err
+			}
+			continue
 		}
 		got := 0
 		for m := range batch.Messages() {
 			md, err := m.Metadata()
-			if err != nil || md.Sequence.Stream > last {
+			if err != nil || md.Sequence.Stream > last || md.Sequence.Stream < next {
 				continue
 			}
 			got++
@@ -104,7 +124,10 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, fn f
 			fn(m)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
-			return fmt.Errorf("read %s: %w", stream, err)
+			if err := failed(err); err != nil {
+				return err
+			}
+			continue
 		}
 		if got == 0 {
 			if empty++; empty == 5 {
