@@ -79,15 +79,24 @@ func treeCPU(pid int) time.Duration {
 	return d
 }
 
-// loadAverage returns the first field of /proc/loadavg (the 1-minute load
-// average), or "?".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
+// machineBusy returns the CPU time all processors spent busy since boot
+// (the first line of /proc/stat: everything but idle and iowait), or 0.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return "?"
+		return 0
 	}
-	if f := strings.Fields(string(b)); len(f) > 0 {
-		return f[0]
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0
 	}
-	return "?"
+	var busy int64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return time.Duration(busy) * clockTick
 }
