@@ -134,13 +134,6 @@ func (s *workerSet) event(name string) {
 	s.evMu.Unlock()
 }
 
-// eventCount returns how many times the workers logged event name.
-func (s *workerSet) eventCount(name string) int {
-	s.evMu.Lock()
-	defer s.evMu.Unlock()
-	return s.events[name]
-}
-
 // eventSummary renders the event counts, for the report.
 func (s *workerSet) eventSummary() string {
 	s.evMu.Lock()
