@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -58,6 +60,14 @@ type Publisher interface {
 // streams' Duplicates windows drop republishes. Build it with JetStream.
 type JetStreamPublisher struct {
 	js jetstream.JetStream
+
+	// async publishes with an ack timeout (WithPublishAsyncTimeout), so a
+	// PubAck that never comes frees its slot in the async window instead
+	// of holding it for good; made on the first Publish from js's
+	// connection, API prefix or domain.
+	once     sync.Once
+	async    jetstream.JetStream
+	asyncErr error
 }
 
 // JetStream returns the Publisher that publishes through js.
@@ -65,8 +75,48 @@ func JetStream(js jetstream.JetStream) *JetStreamPublisher {
 	return &JetStreamPublisher{js: js}
 }
 
+// isNATSJetStream reports whether js is nats.go's own JetStream context
+// (what jetstream.New returns), not a wrapper around one.
+func isNATSJetStream(js jetstream.JetStream) bool {
+	t := reflect.TypeOf(js)
+	return t != nil && t.Kind() == reflect.Pointer &&
+		t.Elem().PkgPath() == "github.com/nats-io/nats.go/jetstream" && t.Elem().Name() == "jetStream"
+}
+
+// asyncContext returns the context the asynchronous publishes go through:
+// one of the caller's connection and API prefix or domain whose pending
+// PubAcks expire after timeout. An unanswered publish (an election, a node
+// down) then fails with a timeout and frees its place, and the relay
+// retries its row, instead of filling PublishAsyncMaxPending for ever.
+func (p *JetStreamPublisher) asyncContext(timeout time.Duration) (jetstream.JetStream, error) {
+	p.once.Do(func() {
+		if !isNATSJetStream(p.js) {
+			// A wrapper (tracing, tests): publish through it as given, so
+			// that it sees every publish; give it WithPublishAsyncTimeout
+			// yourself.
+			p.async = p.js
+			return
+		}
+		o := p.js.Options()
+		opts := []jetstream.JetStreamOpt{jetstream.WithPublishAsyncTimeout(timeout)}
+		switch {
+		case o.Domain != "":
+			p.async, p.asyncErr = jetstream.NewWithDomain(p.js.Conn(), o.Domain, opts...)
+		case o.APIPrefix != "":
+			p.async, p.asyncErr = jetstream.NewWithAPIPrefix(p.js.Conn(), o.APIPrefix, opts...)
+		default:
+			p.async, p.asyncErr = jetstream.New(p.js.Conn(), opts...)
+		}
+	})
+	return p.async, p.asyncErr
+}
+
 // Publish implements Publisher.
 func (p *JetStreamPublisher) Publish(ctx context.Context, msgs []Outgoing, res []PublishResult, timeout time.Duration) error {
+	async, err := p.asyncContext(timeout)
+	if err != nil {
+		return fmt.Errorf("outbox: jetstream publishing context: %w", err)
+	}
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, x := range msgs {
 		msg := &nats.Msg{Subject: x.Subject, Header: nats.Header(x.Header), Data: x.Data}
@@ -74,7 +124,7 @@ func (p *JetStreamPublisher) Publish(ctx context.Context, msgs []Outgoing, res [
 		// full, wait for room as long as a PubAck may take instead of
 		// failing after nats.go's 200ms default: concurrent rounds share
 		// the window.
-		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(x.ID), jetstream.WithStallWait(timeout))
+		f, err := async.PublishMsgAsync(msg, jetstream.WithMsgID(x.ID), jetstream.WithStallWait(timeout))
 		if err != nil {
 			res[i] = publishFailed(err)
 			continue
@@ -111,7 +161,7 @@ func (p *JetStreamPublisher) Publish(ctx context.Context, msgs []Outgoing, res [
 			return ctx.Err()
 		}
 	}
-	p.confirmNoStream(ctx, msgs, res)
+	p.confirmNoStream(ctx, msgs, res, timeout)
 	return nil
 }
 
@@ -124,7 +174,11 @@ func publishFailed(err error) PublishResult {
 // confirmed absence makes such a message Rejected; anything else (a stream
 // that exists but has no leader, an API that does not answer) leaves it to
 // be retried.
-func (p *JetStreamPublisher) confirmNoStream(ctx context.Context, msgs []Outgoing, res []PublishResult) {
+func (p *JetStreamPublisher) confirmNoStream(ctx context.Context, msgs []Outgoing, res []PublishResult, timeout time.Duration) {
+	// Bounded: an API that does not answer (a cluster without a meta
+	// leader) must not hold the round; the row is then retried.
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	known := map[string]bool{} // subject -> no stream captures it
 	for i := range res {
 		r := &res[i]
