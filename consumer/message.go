@@ -146,6 +146,39 @@ func (e *InvalidError) Unwrap() error { return e.Err }
 // Is reports whether target is ErrInvalid.
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 
+// UnavailableError reports that a dependency the handler needs did not
+// answer — its database, an API — while the message itself is fine. Build
+// it with Unavailable.
+type UnavailableError struct {
+	// Err is the dependency's error.
+	Err error
+	// Probe, when not nil, tells whether the dependency answers again
+	// (a database ping); transports probe with it while paused.
+	Probe func(ctx context.Context) error
+}
+
+// Error returns "consumer: dependency unavailable: " and Err's text.
+func (e *UnavailableError) Error() string {
+	return "consumer: dependency unavailable: " + e.Err.Error()
+}
+
+// Unwrap returns Err.
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// Unavailable returns an error that tells the pipeline the handler could
+// not run because a dependency did not answer: the message is handed back
+// after Config.UnavailableDelay with Outcome.Unavailable set to
+// HandlerUnavailable and probe attached, never dead-lettered for it, and
+// with a Guard the attempt is given back uncounted (as for Snooze).
+// Transports pause on it as on a store outage (natsjs probes with probe, or
+// resumes after its probe interval when probe is nil). Without a Guard
+// attempts are deliveries, so each delivery during the outage still counts:
+// the pause keeps that to about one per message per outage.
+// outbox.Inbox returns it when its database does not answer.
+func Unavailable(err error, probe func(ctx context.Context) error) error {
+	return &UnavailableError{Err: err, Probe: probe}
+}
+
 // SnoozeError asks for a redelivery after Delay without using an attempt
 // (River's JobSnooze): "not now, try again later". Build it with Snooze.
 type SnoozeError struct {

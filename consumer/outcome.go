@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -141,6 +142,9 @@ type Outcome struct {
 	// Transports pause consuming until the dependency answers again
 	// instead of churning through messages.
 	Unavailable Dependency
+	// Probe, with Unavailable HandlerUnavailable, is the handler's probe of
+	// its dependency (consumer.Unavailable), nil when it gave none.
+	Probe func(ctx context.Context) error
 	// DeadLettered is true when Action is DeadLetter and the pipeline has
 	// already published the dead letter through Config.DeadLetter: the
 	// transport only terminates the message.
@@ -162,15 +166,21 @@ const (
 	// DeadLetterUnavailable: the dead-letter queue did not store the
 	// dead letter.
 	DeadLetterUnavailable
+	// HandlerUnavailable: the handler reported that a dependency of its
+	// own did not answer (consumer.Unavailable).
+	HandlerUnavailable
 )
 
-// String returns "store", "dead_letter", or "" for none.
+// String returns "store", "dead_letter", "handler_dependency", or "" for
+// none.
 func (d Dependency) String() string {
 	switch d {
 	case StoreUnavailable:
 		return "store"
 	case DeadLetterUnavailable:
 		return "dead_letter"
+	case HandlerUnavailable:
+		return "handler_dependency"
 	case 0:
 		return ""
 	}

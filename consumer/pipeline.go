@@ -360,6 +360,7 @@ func (p *Pipeline) dead(ctx context.Context, m *Message, t *dedupe.Ticket, reaso
 func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err error, leaseLost bool, t *dedupe.Ticket) Outcome {
 	var rej *RejectError
 	var snz *SnoozeError
+	var una *UnavailableError
 	switch {
 	case err == nil:
 		data, _ := m.Result()
@@ -370,6 +371,10 @@ func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err er
 		res := dedupe.Result{Failed: true, Data: rej.Data}
 		p.complete(ctx, m, t, res)
 		return Outcome{Action: Ack, Result: &res, Err: err}
+	case errors.As(err, &una):
+		p.snooze(ctx, m, t) // the run did not happen: give the attempt back
+		p.log.Debug("consumer: the handler's dependency did not answer, redelivering", "subject", m.Subject, "id", m.ID, "delay", p.unavailable, "err", err)
+		return Outcome{Action: Retry, Delay: p.unavailable, Err: err, Unavailable: HandlerUnavailable, Probe: una.Probe}
 	case errors.As(err, &snz):
 		p.snooze(ctx, m, t)
 		if m.Attempt%snoozeWarnEvery == 0 {

@@ -101,7 +101,7 @@ func (in *Inbox) processFast(ctx context.Context, fn MessageFunc, msgs []*consum
 
 	tx, err := in.db.BeginTx(ctx, in.txo)
 	if err != nil {
-		return nil, false, fmt.Errorf("outbox: batch begin: %w", err)
+		return nil, false, in.unavailable(ctx, fmt.Errorf("outbox: batch begin: %w", err))
 	}
 	defer func() { _ = tx.Rollback() }()
 	giveUp := func(string, error) ([]error, bool, error) {
@@ -167,7 +167,7 @@ func (in *Inbox) processFast(ctx context.Context, fn MessageFunc, msgs []*consum
 		return giveUp("outbox insert", err)
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, false, fmt.Errorf("outbox: batch commit: %w", err)
+		return nil, false, in.unavailable(ctx, fmt.Errorf("outbox: batch commit: %w", err))
 	}
 	errs = make([]error, len(items))
 	for i := range items {
@@ -202,7 +202,7 @@ func runFast(ctx context.Context, fn MessageFunc, tx *sql.Tx, m *consumer.Messag
 func (in *Inbox) processSavepoints(ctx context.Context, fn MessageFunc, msgs []*consumer.Message) ([]error, error) {
 	tx, err := in.db.BeginTx(ctx, in.txo)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: batch begin: %w", err)
+		return nil, in.unavailable(ctx, fmt.Errorf("outbox: batch begin: %w", err))
 	}
 	defer func() { _ = tx.Rollback() }()
 	run := &batchRun{tx: tx, claimed: make(map[string]bool, len(msgs))}
@@ -214,7 +214,7 @@ func (in *Inbox) processSavepoints(ctx context.Context, fn MessageFunc, msgs []*
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("outbox: batch commit: %w", err)
+		return nil, in.unavailable(ctx, fmt.Errorf("outbox: batch commit: %w", err))
 	}
 	return errs, nil
 }

@@ -106,7 +106,7 @@ func (i *Inbox) Handle(ctx context.Context, key, fingerprint string, fn TxFunc) 
 	}
 	tx, err := i.db.BeginTx(ctx, i.txo)
 	if err != nil {
-		return InboxOutcome{}, fmt.Errorf("outbox: inbox begin: %w", err)
+		return InboxOutcome{}, i.unavailable(ctx, fmt.Errorf("outbox: inbox begin: %w", err))
 	}
 	defer func() { _ = tx.Rollback() }()
 	out, err := i.handleTx(ctx, tx, key, fingerprint, fn)
@@ -114,9 +114,30 @@ func (i *Inbox) Handle(ctx context.Context, key, fingerprint string, fn TxFunc) 
 		return out, err
 	}
 	if err := tx.Commit(); err != nil {
-		return out, fmt.Errorf("outbox: inbox commit: %w", err)
+		return out, i.unavailable(ctx, fmt.Errorf("outbox: inbox commit: %w", err))
 	}
 	return out, nil
+}
+
+// Ping reports whether the inbox's database answers (database/sql's
+// PingContext); nil without a *sql.DB.
+func (i *Inbox) Ping(ctx context.Context) error {
+	if i.db == nil {
+		return nil
+	}
+	return i.db.PingContext(ctx)
+}
+
+// unavailable marks err, the failure of a statement the inbox itself sent
+// (begin, claim, complete, commit), as the database not answering
+// (consumer.Unavailable with Ping as the probe), unless ctx ended: the
+// pipeline then redelivers without using an attempt and the transport
+// pauses until the database answers, instead of burning attempts on it.
+func (i *Inbox) unavailable(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
+	return consumer.Unavailable(err, i.Ping)
 }
 
 // handleTx is Handle inside an open transaction (Batch runs it under a
@@ -132,7 +153,7 @@ func (i *Inbox) handleIn(ctx context.Context, tx sqlstore.Conn, key, fingerprint
 	lease, retention := i.guard.LeaseDuration(), i.guard.RetentionDuration()
 	c, err := i.store.ClaimIn(ctx, tx, key, fingerprint, lease, retention)
 	if err != nil {
-		return InboxOutcome{}, fmt.Errorf("outbox: inbox claim: %w", err)
+		return InboxOutcome{}, i.unavailable(ctx, fmt.Errorf("outbox: inbox claim: %w", err))
 	}
 	switch c.Status {
 	case dedupe.Duplicate:
@@ -150,7 +171,7 @@ func (i *Inbox) handleIn(ctx context.Context, tx sqlstore.Conn, key, fingerprint
 		return InboxOutcome{Status: dedupe.Acquired}, err
 	}
 	if err := i.store.CompleteIn(ctx, tx, key, c.Token, res, retention); err != nil {
-		return InboxOutcome{Status: dedupe.Acquired}, fmt.Errorf("outbox: inbox complete: %w", err)
+		return InboxOutcome{Status: dedupe.Acquired}, i.unavailable(ctx, fmt.Errorf("outbox: inbox complete: %w", err))
 	}
 	return InboxOutcome{Status: dedupe.Acquired, Result: res}, nil
 }

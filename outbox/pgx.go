@@ -40,7 +40,7 @@ type PgxMessageFunc func(ctx context.Context, tx pgx.Tx, m *consumer.Message) er
 func (i *Inbox) HandlePgx(ctx context.Context, db PgxBeginner, key, fingerprint string, fn PgxTxFunc) (InboxOutcome, error) {
 	tx, err := db.BeginTx(ctx, pgxTxOptions(i.txo))
 	if err != nil {
-		return InboxOutcome{}, fmt.Errorf("outbox: inbox begin: %w", err)
+		return InboxOutcome{}, i.unavailable(ctx, fmt.Errorf("outbox: inbox begin: %w", err))
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	out, err := i.handleIn(ctx, pgxconn.Tx(tx), key, fingerprint, func(ctx context.Context) (dedupe.Result, error) { return fn(ctx, tx) })
@@ -48,7 +48,7 @@ func (i *Inbox) HandlePgx(ctx context.Context, db PgxBeginner, key, fingerprint 
 		return out, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return out, fmt.Errorf("outbox: inbox commit: %w", err)
+		return out, i.unavailable(ctx, fmt.Errorf("outbox: inbox commit: %w", err))
 	}
 	return out, nil
 }

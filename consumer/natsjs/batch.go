@@ -191,6 +191,14 @@ func (c *Consumer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 		errs, err := c.callBatch(ctx, run)
 		if err != nil {
 			ok = false
+			var una *consumer.UnavailableError
+			if errors.As(err, &una) {
+				// The batch handler's database did not answer: pause and
+				// probe it, as a store outage, instead of churning.
+				for range DefaultPauseThreshold {
+					c.brk.observe(consumer.Outcome{Action: consumer.Retry, Unavailable: consumer.HandlerUnavailable, Probe: una.Probe, Err: err})
+				}
+			}
 			delay := c.pipe.UnavailableDelay()
 			c.log.Warn("natsjs: batch did not take effect; handing it back", "messages", len(run), "retry_in", delay, "err", err)
 			for _, i := range runIdx {

@@ -23,6 +23,8 @@ type breaker struct {
 	mu         sync.Mutex
 	storeFails int
 	dlqFails   int
+	depFails   int                         // the handler's own dependency
+	probe      func(context.Context) error // its probe, from the outcome
 	open       bool
 	dep        consumer.Dependency
 	lastErr    error
@@ -50,7 +52,16 @@ func (b *breaker) observe(out consumer.Outcome) {
 	case out.DeadLettered:
 		b.dlqFails = 0
 	}
-	if b.storeFails < DefaultPauseThreshold && b.dlqFails < DefaultPauseThreshold {
+	switch {
+	case out.Unavailable == consumer.HandlerUnavailable:
+		b.depFails++
+		if out.Probe != nil {
+			b.probe = out.Probe
+		}
+	case out.Unavailable == 0 && out.Action != 0:
+		b.depFails = 0 // the handler got past its dependency
+	}
+	if b.storeFails < DefaultPauseThreshold && b.dlqFails < DefaultPauseThreshold && b.depFails < DefaultPauseThreshold {
 		return
 	}
 	b.open, b.dep, b.lastErr = true, out.Unavailable, out.Err
@@ -70,7 +81,7 @@ func (b *breaker) state() (consumer.Dependency, error) {
 // reset closes the breaker.
 func (b *breaker) reset() {
 	b.mu.Lock()
-	b.open, b.storeFails, b.dlqFails, b.dep, b.lastErr = false, 0, 0, 0, nil
+	b.open, b.storeFails, b.dlqFails, b.depFails, b.dep, b.lastErr = false, 0, 0, 0, 0, nil
 	b.mu.Unlock()
 	select {
 	case <-b.trip: // a trip that raced with the pause
@@ -132,6 +143,8 @@ func depName(d consumer.Dependency) string {
 		return "the dedupe store"
 	case consumer.DeadLetterUnavailable:
 		return "the dead-letter stream"
+	case consumer.HandlerUnavailable:
+		return "the handler's dependency"
 	}
 	return "a dependency"
 }
@@ -151,6 +164,13 @@ func (c *Consumer) probe(ctx context.Context, dep consumer.Dependency) error {
 		return nil
 	case consumer.DeadLetterUnavailable:
 		return c.probeDeadLetter(ctx)
+	case consumer.HandlerUnavailable:
+		c.brk.mu.Lock()
+		probe := c.brk.probe
+		c.brk.mu.Unlock()
+		if probe != nil {
+			return probe(ctx)
+		}
 	}
 	return nil
 }
