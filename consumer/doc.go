@@ -79,8 +79,8 @@
 // Config.Observer sees each delivery: the claim's answer (ClaimResult:
 // acquired, takeover, duplicate, busy, conflict, invalid, store_error),
 // every dedupe store call with its latency (StoreOp: claim, complete,
-// release, delete, extend), the handler's run and duration, and the Outcome
-// with the delivery's duration (Delivery). Transports report their pauses
+// release, delete, extend, snooze), the handler's run and duration, and
+// the Outcome with the delivery's duration (Delivery). Transports report their pauses
 // to an Observer that implements PauseObserver. Package idemqotel builds
 // OpenTelemetry metrics and traces on it; tests can assert on outcomes with
 // OutcomeFunc. A nil Observer costs nothing.

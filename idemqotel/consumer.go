@@ -61,7 +61,7 @@ func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
 	c.store = newStoreOpts(componentConsume, c.base)
 	c.claims = t.claimCounts(componentConsume, c.base)
 	c.handlerOpts = newOpts(append([]attribute.KeyValue{componentConsume}, c.base...)...)
-	for _, dep := range []consumer.Dependency{consumer.StoreUnavailable, consumer.DeadLetterUnavailable} {
+	for dep := consumer.StoreUnavailable; dep <= consumer.HandlerUnavailable; dep++ {
 		c.pauseOpts[dep] = newOpts(append([]attribute.KeyValue{AttrDependency.String(dep.String())}, c.base...)...)
 	}
 	if o.Destination != "" {
@@ -79,7 +79,7 @@ type ConsumerObserver struct {
 	store       storeOpts
 	claims      [consumer.ClaimStoreError + 1]*count
 	handlerOpts opts
-	pauseOpts   [consumer.DeadLetterUnavailable + 1]opts
+	pauseOpts   [consumer.HandlerUnavailable + 1]opts
 	fixed       *dest      // ConsumerOptions.Destination
 	dests       sync.Map   // subject → *dest
 	newDests    sync.Mutex // one newDest per subject: its counts are registered

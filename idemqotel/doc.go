@@ -30,7 +30,8 @@
 //	idemq.handler.duration         s          handler runs, by idemq.component
 //	idemq.dedupe.store.duration    s          store calls by idemq.dedupe.operation: claim, complete, release,
 //	                                          delete, extend, snooze; error.type on failure
-//	idemq.consumer.paused          {consumer} 1 while paused, by idemq.dependency: store, dead_letter
+//	idemq.consumer.paused          {consumer} 1 while paused, by idemq.dependency: store, dead_letter,
+//	                                          handler_dependency
 //	idemq.consumer.pauses          {pause}    pauses, by idemq.dependency
 //	messaging.client.sent.messages {message}  rows the relay handed to the broker, by destination; error.type on failure
 //	idemq.outbox.lag               s          a row's AddTx to its PubAck

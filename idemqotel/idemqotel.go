@@ -54,7 +54,8 @@ const (
 	// complete, release, delete, extend, snooze), idemq.component and error.type.
 	MetricStoreDuration = "idemq.dedupe.store.duration"
 	// MetricConsumerPaused is 1 while the consumer is paused because
-	// idemq.dependency (store, dead_letter) does not answer, 0 otherwise.
+	// idemq.dependency (store, dead_letter, handler_dependency) does not
+	// answer, 0 otherwise.
 	MetricConsumerPaused = "idemq.consumer.paused"
 	// MetricConsumerPauses counts pauses by idemq.dependency.
 	MetricConsumerPauses = "idemq.consumer.pauses"
@@ -101,7 +102,8 @@ const (
 	AttrDeadLetterReason = attribute.Key("idemq.dead_letter.reason")
 	// AttrRetryCause is why a delivery is retried.
 	AttrRetryCause = attribute.Key("idemq.retry.cause")
-	// AttrDependency names what did not answer: store, dead_letter.
+	// AttrDependency names what did not answer: store, dead_letter,
+	// handler_dependency (consumer.Unavailable).
 	AttrDependency = attribute.Key("idemq.dependency")
 	// AttrStoreOperation is a dedupe store call: claim, complete, release,
 	// delete, extend, snooze.

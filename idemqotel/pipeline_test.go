@@ -43,3 +43,26 @@ func TestSnoozeIsARetryCause(t *testing.T) {
 		t.Errorf("%d snooze spans, want 1", len(s))
 	}
 }
+
+// Each dependency a transport pauses for is its own series of the paused
+// gauge, back to 0 on resumption.
+func TestPausedByDependency(t *testing.T) {
+	tel := newTelemetry(t)
+	obs := tel.Consumer(idemqotel.ConsumerOptions{Group: "worker"})
+	ctx := context.Background()
+	for dep := consumer.StoreUnavailable; dep <= consumer.HandlerUnavailable; dep++ {
+		obs.Paused(ctx, dep, nil)
+		rm := tel.metrics(t)
+		if got := sum(rm, idemqotel.MetricConsumerPaused, attribute.String("idemq.dependency", dep.String())); got != 1 {
+			t.Errorf("%v: paused %d, want 1", dep, got)
+		}
+		obs.Resumed(ctx, dep, time.Second)
+		rm = tel.metrics(t)
+		if got := sum(rm, idemqotel.MetricConsumerPaused, attribute.String("idemq.dependency", dep.String())); got != 0 {
+			t.Errorf("%v: paused %d after resuming, want 0", dep, got)
+		}
+		if got := sum(rm, idemqotel.MetricConsumerPauses, attribute.String("idemq.dependency", dep.String()), attribute.String("messaging.consumer.group.name", "worker")); got != 1 {
+			t.Errorf("%v: %d pauses, want 1", dep, got)
+		}
+	}
+}
