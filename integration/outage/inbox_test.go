@@ -3,7 +3,6 @@ package outage_test
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -103,8 +102,8 @@ func TestInboxDatabaseOutage(t *testing.T) {
 	if n := w.deadLetters(t); n != 0 {
 		t.Errorf("%d dead letters, want 0", n)
 	}
-	t.Log(fmt.Sprintf("%d messages through a %v database outage: %d not applied exactly once; %d pauses logged",
-		len(keys), down, bad, logs.count("paused consuming")))
+	t.Logf("%d messages through a %v database outage: %d not applied exactly once; %d pauses logged",
+		len(keys), down, bad, logs.count("paused consuming"))
 	if logs.count("paused consuming") < 1 {
 		t.Errorf("the consumer never paused during the database outage")
 	}
