@@ -21,7 +21,7 @@ import (
 	"github.com/idemq/idemq/retry"
 )
 
-// TestInboxDatabaseOutageDeadLetters shows the transactional inbox
+// TestInboxDatabaseOutage started as a failing test of the transactional inbox
 // dead-lettering messages as "exhausted" because its database was down for
 // longer than the retry policy's backoff, where store dedupe would pause.
 //
@@ -45,7 +45,7 @@ import (
 // runs that policy on one in-process server and a Postgres of its own,
 // stopped (immediate mode) for 10s while 40 messages wait: every message
 // must be applied once and none dead-lettered.
-func TestInboxDatabaseOutageDeadLetters(t *testing.T) {
+func TestInboxDatabaseOutage(t *testing.T) {
 	t.Parallel()
 	env := harness.EmbeddedNATS(t)
 	pg := harness.StartPostgres(t)
