@@ -261,6 +261,12 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 
 // Release implements dedupe.Store.
 func (s *Store) Release(ctx context.Context, key, token string) error {
+	return s.rewrite(ctx, key, token, storekit.ReleaseRecord)
+}
+
+// rewrite replaces key's record with what change makes of it, under the
+// key's shard lock (Release and Snooze).
+func (s *Store) rewrite(ctx context.Context, key, token string, change func(*dedupe.Record, string, time.Time) (*dedupe.Record, error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -268,7 +274,7 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 	sh := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	next, err := storekit.ReleaseRecord(s.lookup(sh, key), token, now)
+	next, err := change(s.lookup(sh, key), token, now)
 	if err != nil {
 		return err
 	}
@@ -278,19 +284,7 @@ func (s *Store) Release(ctx context.Context, key, token string) error {
 
 // Snooze implements dedupe.Snoozer.
 func (s *Store) Snooze(ctx context.Context, key, token string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	now := s.now()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	next, err := storekit.SnoozeRecord(s.lookup(sh, key), token, now)
-	if err != nil {
-		return err
-	}
-	sh.m[key] = toEntry(next)
-	return nil
+	return s.rewrite(ctx, key, token, storekit.SnoozeRecord)
 }
 
 // Delete implements dedupe.Store.
