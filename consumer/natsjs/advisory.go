@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,7 +67,7 @@ func (c *Consumer) setupAdvisories(ctx context.Context) (jetstream.Consumer, err
 		return nil, fmt.Errorf("natsjs: advisory stream %s: %w", name, err)
 	default:
 		sc := s.CachedInfo().Config
-		if !slices.ContainsFunc(sc.Subjects, func(pattern string) bool { return subjectMatches(pattern, subject) }) {
+		if !slices.ContainsFunc(sc.Subjects, func(pattern string) bool { return subjectCovers(pattern, subject) }) {
 			sc.Subjects = append(sc.Subjects, subject)
 			if _, err := c.js.UpdateStream(ctx, sc); err != nil {
 				return nil, fmt.Errorf("natsjs: add %s to advisory stream %s: %w", subject, name, c.overlapHint(ctx, []string{subject}, err))
@@ -182,20 +181,4 @@ func (c *Consumer) deadLetterAdvised(ctx context.Context, stream jetstream.Strea
 	}
 	c.log.Warn("natsjs: dead-lettered a message the server stopped redelivering", "reason", consumer.ReasonExhausted.String(), "sequence", a.StreamSeq, "deliveries", a.Deliveries)
 	_ = msg.Ack()
-}
-
-// subjectMatches reports whether subject is matched by pattern, which may
-// hold the wildcards '*' (one token) and '>' (the rest).
-func subjectMatches(pattern, subject string) bool {
-	pt := strings.Split(pattern, ".")
-	st := strings.Split(subject, ".")
-	for i, p := range pt {
-		if p == ">" {
-			return len(st) > i
-		}
-		if i >= len(st) || (p != "*" && p != st[i]) {
-			return false
-		}
-	}
-	return len(pt) == len(st)
 }
