@@ -15,9 +15,11 @@ import (
 // that Extend found the claim taken over; the handler's context was then
 // cancelled with cause dedupe.ErrLeaseLost.
 //
-// The heartbeat costs nothing until the handler outlives one interval: it is
-// a timer (time.AfterFunc), not a goroutine, armed per call and re-armed
-// after each beat.
+// The heartbeat costs little until the handler outlives one interval: it is
+// a timer (time.AfterFunc), not a goroutine, re-armed after each beat, and
+// its state and timer are reused from call to call (heartbeats). Without a
+// claim there is no lease to lose, so the handler gets ctx itself, not a
+// context of its own.
 func (p *Pipeline) call(ctx context.Context, m *Message, t *dedupe.Ticket) (err error, leaseLost bool) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -30,29 +32,67 @@ func (p *Pipeline) call(ctx context.Context, m *Message, t *dedupe.Ticket) (err 
 	if p.heartbeat <= 0 || (m.KeepAlive == nil && t == nil) {
 		return p.h(ctx, m), false
 	}
-	hctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	hb := &heartbeat{p: p, ctx: hctx, cancel: cancel, m: m, t: t}
-	hb.mu.Lock()
-	hb.timer = time.AfterFunc(p.heartbeat, hb.beat)
-	hb.mu.Unlock()
-	defer func() { leaseLost = hb.stop() }()
+	hctx := ctx
+	var cancel context.CancelCauseFunc
+	if t != nil {
+		hctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+	}
+	hb := p.startHeartbeat(hctx, cancel, m, t)
+	defer func() { leaseLost = p.stopHeartbeat(hb) }()
 	return p.h(hctx, m), false
 }
 
+// heartbeats holds stopped heartbeats, their timers disarmed, for reuse.
+var heartbeats sync.Pool
+
 // heartbeat keeps one running handler's message and claim alive.
 type heartbeat struct {
-	p      *Pipeline
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	m      *Message
-	t      *dedupe.Ticket
-	timer  *time.Timer
+	timer *time.Timer // fires beat; created once per heartbeat value
 
 	mu      sync.Mutex
+	p       *Pipeline
+	ctx     context.Context
+	cancel  context.CancelCauseFunc // nil without a claim
+	m       *Message
+	t       *dedupe.Ticket
 	stopped bool
 	lost    bool
 	beating sync.WaitGroup // a beat in progress
+}
+
+// startHeartbeat arms a heartbeat for one call, reusing a stopped one when
+// the pool has it.
+func (p *Pipeline) startHeartbeat(ctx context.Context, cancel context.CancelCauseFunc, m *Message, t *dedupe.Ticket) *heartbeat {
+	hb, _ := heartbeats.Get().(*heartbeat)
+	if hb == nil {
+		hb = &heartbeat{}
+	}
+	hb.mu.Lock()
+	hb.p, hb.ctx, hb.cancel, hb.m, hb.t = p, ctx, cancel, m, t
+	hb.stopped, hb.lost = false, false
+	if hb.timer == nil {
+		hb.timer = time.AfterFunc(p.heartbeat, hb.beat)
+	} else {
+		hb.timer.Reset(p.heartbeat)
+	}
+	hb.mu.Unlock()
+	return hb
+}
+
+// stopHeartbeat ends hb, waits for a beat in progress and reports whether
+// the claim was lost. hb goes back to the pool only when its timer was
+// disarmed before firing: a timer that fired has a beat that may not have
+// taken hb.mu yet, and that beat must find hb stopped, not reused.
+func (p *Pipeline) stopHeartbeat(hb *heartbeat) bool {
+	lost, disarmed := hb.stop()
+	if disarmed {
+		hb.mu.Lock()
+		hb.p, hb.ctx, hb.cancel, hb.m, hb.t = nil, nil, nil, nil, nil
+		hb.mu.Unlock()
+		heartbeats.Put(hb)
+	}
+	return lost
 }
 
 // beat runs on the timer's goroutine: one keep-alive and lease extension,
@@ -65,10 +105,10 @@ func (h *heartbeat) beat() {
 		return
 	}
 	h.beating.Add(1)
+	p, m, t := h.p, h.m, h.t
 	h.mu.Unlock()
 	defer h.beating.Done()
 
-	p, m, t := h.p, h.m, h.t
 	if m.KeepAlive != nil {
 		if err := m.KeepAlive(h.ctx); err != nil {
 			p.log.Warn("consumer: keep-alive failed", "subject", m.Subject, "id", m.ID, "err", err)
@@ -100,14 +140,15 @@ func (h *heartbeat) beat() {
 }
 
 // stop ends the heartbeat, waits for a beat in progress and reports whether
-// the claim was lost.
-func (h *heartbeat) stop() bool {
+// the claim was lost, and whether the timer was disarmed before it fired
+// (no beat can start after stop returns).
+func (h *heartbeat) stop() (lost, disarmed bool) {
 	h.mu.Lock()
 	h.stopped = true
-	h.timer.Stop()
+	disarmed = h.timer.Stop()
 	h.mu.Unlock()
 	h.beating.Wait()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.lost
+	return h.lost, disarmed
 }

@@ -38,6 +38,7 @@ type Consumer struct {
 	log     *slog.Logger
 	brk     *breaker
 	pauses  consumer.PauseObserver // Pipeline.Observer, when it implements it
+	acks    *acker                 // the current Run's; set before its workers start
 	running atomic.Bool
 	parked  sync.WaitGroup // goroutines holding Busy duplicates
 
@@ -161,6 +162,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// Handlers run under hctx: it outlives ctx by ShutdownTimeout.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hcancel()
+	c.acks = newAcker(c.log)
+	defer c.acks.stopAndFlush() // after the workers and parked messages below
 	var bg sync.WaitGroup
 	if adv != nil {
 		bg.Go(func() { c.watchAdvisories(ctx, adv) })
@@ -260,14 +263,14 @@ func (c *Consumer) handle(ctx, hctx context.Context, msg jetstream.Msg) {
 	c.brk.observe(out)
 }
 
-// apply translates out into broker actions.
+// apply translates out into broker actions. Acks, Naks and Terms go
+// through the acker (see acker), which sends them in bursts; DoubleAck
+// waits for the server's confirmation here.
 func (c *Consumer) apply(ctx, hctx context.Context, msg jetstream.Msg, m *consumer.Message, out consumer.Outcome) {
 	switch out.Action {
 	case consumer.Ack:
 		if !c.cfg.DoubleAck {
-			if err := msg.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
-				c.log.Warn("natsjs: ack failed", "subject", m.Subject, "id", m.ID, "err", err)
-			}
+			c.acks.send(ackOp{msg: msg, kind: opAck, id: m.ID})
 			return
 		}
 		actx, cancel := context.WithTimeout(context.WithoutCancel(hctx), c.cfg.DeadLetter.PublishTimeout)
@@ -284,16 +287,11 @@ func (c *Consumer) apply(ctx, hctx context.Context, msg jetstream.Msg, m *consum
 			c.park(ctx, msg, out.Wait, delay)
 			return
 		}
-		if err := msg.NakWithDelay(delay); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
-			c.log.Warn("natsjs: nak failed; the server redelivers after AckWait", "subject", m.Subject, "id", m.ID, "err", err)
-		}
+		c.acks.send(ackOp{msg: msg, kind: opNak, delay: delay, id: m.ID})
 	case consumer.DeadLetter:
 		// The pipeline published the dead letter (Pipeline.DeadLetter is
 		// the consumer's publishDeadLetter): only the Term is left.
-		if err := msg.Term(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
-			c.log.Warn("natsjs: term after dead-lettering failed; a redelivery is dead-lettered again and deduped by Nats-Msg-Id",
-				"subject", m.Subject, "id", m.ID, "err", err)
-		}
+		c.acks.send(ackOp{msg: msg, kind: opTerm, id: m.ID})
 	default:
 		c.log.Error("natsjs: outcome without action; redelivering", "subject", m.Subject, "id", m.ID)
 		_ = msg.NakWithDelay(c.cfg.DeadLetter.RetryDelay)
@@ -342,7 +340,9 @@ func Convert(msg jetstream.Msg) (*consumer.Message, error) {
 		id = v[0]
 	}
 	if id == "" {
-		id = stream + ":" + strconv.FormatUint(seq, 10)
+		var buf [64]byte // one allocation, the string's, for names up to 43 bytes
+		b := append(append(buf[:0], stream...), ':')
+		id = string(strconv.AppendUint(b, seq, 10))
 	}
 	return &consumer.Message{
 		ID:       id,
