@@ -631,6 +631,46 @@ func TestHeartbeatLeaseLostCancelsHandler(t *testing.T) {
 	}
 }
 
+// TestHeartbeatBeatsOnlyItsOwnRun: heartbeats are reused from call to call;
+// a beat must never reach a message whose handler already returned (its
+// KeepAlive or its claim's Extend), whatever the interleaving.
+func TestHeartbeatBeatsOnlyItsOwnRun(t *testing.T) {
+	store := &faultyStore{Store: memstore.New(memstore.Config{})}
+	var stale atomic.Int32
+	p := newPipeline(t, consumer.Config{Guard: guard(store), HeartbeatInterval: time.Millisecond}, func(ctx context.Context, m *consumer.Message) error {
+		if m.Header["Slow"] != nil {
+			time.Sleep(3 * time.Millisecond) // several beats
+		}
+		return nil
+	})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				m := msg(fmt.Sprintf("k-%d-%d", w, i), 1)
+				if i%4 == 0 {
+					m.Header["Slow"] = []string{"1"}
+				}
+				var done atomic.Bool
+				m.KeepAlive = func(context.Context) error {
+					if done.Load() {
+						stale.Add(1)
+					}
+					return nil
+				}
+				if out := p.Process(context.Background(), m); out.Action != consumer.Ack {
+					t.Errorf("outcome %+v", out)
+				}
+				done.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	if n := stale.Load(); n != 0 {
+		t.Fatalf("%d keep-alives reached a message after its handler returned", n)
+	}
+}
+
 func TestConcurrentProcessRunsOnce(t *testing.T) {
 	var calls atomic.Int32
 	p := newPipeline(t, consumer.Config{Guard: guard(memstore.New(memstore.Config{}))}, func(ctx context.Context, m *consumer.Message) error {
