@@ -55,7 +55,8 @@ type heartbeat struct {
 	ctx     context.Context
 	cancel  context.CancelCauseFunc // nil without a claim
 	m       *Message
-	t       *dedupe.Ticket
+	t       dedupe.Ticket // a copy, so that the caller's stays on its stack
+	claimed bool          // t is set
 	stopped bool
 	lost    bool
 	beating sync.WaitGroup // a beat in progress
@@ -69,7 +70,11 @@ func (p *Pipeline) startHeartbeat(ctx context.Context, cancel context.CancelCaus
 		hb = &heartbeat{}
 	}
 	hb.mu.Lock()
-	hb.p, hb.ctx, hb.cancel, hb.m, hb.t = p, ctx, cancel, m, t
+	hb.p, hb.ctx, hb.cancel, hb.m = p, ctx, cancel, m
+	hb.t, hb.claimed = dedupe.Ticket{}, t != nil
+	if t != nil {
+		hb.t = *t
+	}
 	hb.stopped, hb.lost = false, false
 	if hb.timer == nil {
 		hb.timer = time.AfterFunc(p.heartbeat, hb.beat)
@@ -88,7 +93,7 @@ func (p *Pipeline) stopHeartbeat(hb *heartbeat) bool {
 	lost, disarmed := hb.stop()
 	if disarmed {
 		hb.mu.Lock()
-		hb.p, hb.ctx, hb.cancel, hb.m, hb.t = nil, nil, nil, nil, nil
+		hb.p, hb.ctx, hb.cancel, hb.m, hb.t = nil, nil, nil, nil, dedupe.Ticket{}
 		hb.mu.Unlock()
 		heartbeats.Put(hb)
 	}
@@ -105,7 +110,7 @@ func (h *heartbeat) beat() {
 		return
 	}
 	h.beating.Add(1)
-	p, m, t := h.p, h.m, h.t
+	p, m, t, claimed := h.p, h.m, h.t, h.claimed
 	h.mu.Unlock()
 	defer h.beating.Done()
 
@@ -114,10 +119,10 @@ func (h *heartbeat) beat() {
 			p.log.Warn("consumer: keep-alive failed", "subject", m.Subject, "id", m.ID, "err", err)
 		}
 	}
-	if t != nil {
+	if claimed {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), p.storeTimeout)
 		sctx, start := p.startStore(sctx, m, StoreExtend)
-		err := p.guard.Extend(sctx, *t)
+		err := p.guard.Extend(sctx, t)
 		p.endStore(sctx, m, StoreExtend, start, err)
 		cancel()
 		switch {

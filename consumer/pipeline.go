@@ -358,15 +358,17 @@ func (p *Pipeline) dead(ctx context.Context, m *Message, t *dedupe.Ticket, reaso
 // number; leaseLost reports that a heartbeat found the claim taken over
 // while the handler ran.
 func (p *Pipeline) classify(ctx context.Context, m *Message, attempt int, err error, leaseLost bool, t *dedupe.Ticket) Outcome {
-	var rej *RejectError
-	var snz *SnoozeError
-	var una *UnavailableError
-	switch {
-	case err == nil:
+	if err == nil {
 		data, _ := m.Result()
 		res := dedupe.Result{Data: data}
 		p.complete(ctx, m, t, res)
 		return Outcome{Action: Ack, Result: &res}
+	}
+	// Declared past the success path: errors.As moves them to the heap.
+	var rej *RejectError
+	var snz *SnoozeError
+	var una *UnavailableError
+	switch {
 	case errors.As(err, &rej):
 		res := dedupe.Result{Failed: true, Data: rej.Data}
 		p.complete(ctx, m, t, res)
@@ -431,20 +433,40 @@ func (p *Pipeline) complete(ctx context.Context, m *Message, t *dedupe.Ticket, r
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
 	defer cancel()
-	err := retry.Do(sctx, func(ctx context.Context) error {
-		ctx, start := p.startStore(ctx, m, StoreComplete)
-		err := p.guard.Complete(ctx, *t, res)
-		p.endStore(ctx, m, StoreComplete, start, err)
-		if errors.Is(err, dedupe.ErrLeaseLost) {
-			return retry.Permanent(err)
+	err := p.completeOnce(sctx, m, t, res)
+	// Retried with completeRetry's backoff while the store fails, without
+	// retry.Do, whose closure would cost the common case an allocation.
+	for attempt := 1; err != nil && !errors.Is(err, dedupe.ErrLeaseLost) && !completeRetry.Exhausted(attempt); attempt++ {
+		if !sleepCtx(sctx, completeRetry.Delay(attempt)) {
+			break
 		}
-		return err
-	}, &retry.DoOptions{Policy: completeRetry})
+		err = p.completeOnce(sctx, m, t, res)
+	}
 	switch {
 	case errors.Is(err, dedupe.ErrLeaseLost):
 		p.log.Warn("consumer: handler finished after its dedupe lease was taken over; acking", "subject", m.Subject, "id", m.ID, "key", t.Key)
 	case err != nil:
 		p.log.Error("consumer: recording the result failed; acking, a duplicate may run again after the lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
+	}
+}
+
+// completeOnce is one Complete call, observed.
+func (p *Pipeline) completeOnce(ctx context.Context, m *Message, t *dedupe.Ticket, res dedupe.Result) error {
+	ctx, start := p.startStore(ctx, m, StoreComplete)
+	err := p.guard.Complete(ctx, *t, res)
+	p.endStore(ctx, m, StoreComplete, start, err)
+	return err
+}
+
+// sleepCtx waits d, or less when ctx ends first (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
