@@ -26,6 +26,10 @@ import (
 //	  StartStore(StoreComplete | StoreRelease | StoreDelete | StoreSnooze) … EndStore
 //	EndMessage
 //
+// A transport may also report a dead letter it published without running
+// the pipeline (natsjs: a message the server stopped redelivering, named by
+// a MAX_DELIVERIES advisory) as StartMessage then EndMessage alone.
+//
 // Each Start method returns the context for what it opens: StartMessage's
 // is used for the rest of the delivery (the claim, the handler, the
 // dead-letter publish), StartHandler's is given to the handler (so that a

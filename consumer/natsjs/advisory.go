@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -180,5 +182,42 @@ func (c *Consumer) deadLetterAdvised(ctx context.Context, stream jetstream.Strea
 		return
 	}
 	c.log.Warn("natsjs: dead-lettered a message the server stopped redelivering", "reason", consumer.ReasonExhausted.String(), "sequence", a.StreamSeq, "deliveries", a.Deliveries)
+	c.observeAdvised(ctx, raw, clampInt(a.Deliveries))
 	_ = msg.Ack()
+}
+
+// observeAdvised reports a message dead-lettered from a MAX_DELIVERIES
+// advisory to the pipeline's Observer, as a delivery of its own with only
+// StartMessage and EndMessage (no claim, no handler): its Outcome is a
+// DeadLetter with reason exhausted, DeadLettered set and Err
+// ErrMaxDeliveries, so that it is counted with the other dead letters.
+func (c *Consumer) observeAdvised(ctx context.Context, raw *jetstream.RawStreamMsg, deliveries int) {
+	obs := c.pipe.Observer()
+	if obs == nil {
+		return
+	}
+	id := raw.Header.Get(jetstream.MsgIDHeader)
+	if id == "" {
+		id = c.cfg.Stream + ":" + strconv.FormatUint(raw.Sequence, 10)
+	}
+	m := &consumer.Message{
+		ID:       id,
+		Subject:  raw.Subject,
+		Header:   raw.Header,
+		Data:     raw.Data,
+		Attempt:  max(deliveries, 1),
+		Received: time.Now(),
+		Sequence: raw.Sequence,
+	}
+	start := time.Now()
+	octx := obs.StartMessage(context.WithoutCancel(ctx), m)
+	obs.EndMessage(octx, m, consumer.Delivery{
+		Outcome: consumer.Outcome{
+			Action:       consumer.DeadLetter,
+			Reason:       consumer.ReasonExhausted,
+			Err:          ErrMaxDeliveries,
+			DeadLettered: true,
+		},
+		Duration: time.Since(start),
+	})
 }

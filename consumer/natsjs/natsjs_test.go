@@ -431,8 +431,21 @@ func TestMaxDeliveriesAdvisoryDeadLetters(t *testing.T) {
 			t.Fatalf("delivered again past MaxDeliver: %v", m.Subject())
 		}
 
+		obs := &pauseRecorder{}
+		cfg.Pipeline.Observer = obs
 		start(t, newConsumer(t, env, cfg, h))
 		dl := f.deadLetters(t, 1)[0]
+		// The Observer counts it as a dead letter, like the pipeline's.
+		eventually(t, "the advised dead letter observed", func() bool {
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			return len(obs.outcomes) == 1
+		})
+		obs.mu.Lock()
+		if o := obs.outcomes[0]; o.Action != consumer.DeadLetter || o.Reason != consumer.ReasonExhausted || !o.DeadLettered || !errors.Is(o.Err, natsjs.ErrMaxDeliveries) || obs.seqs[0] != ack.Sequence {
+			t.Errorf("observed %+v for sequence %d, want a dead letter (exhausted, ErrMaxDeliveries) for %d", o, obs.seqs[0], ack.Sequence)
+		}
+		obs.mu.Unlock()
 		if r := dl.Header.Get("Idemq-Reason"); r != "exhausted" {
 			t.Errorf("reason %q, want exhausted", r)
 		}

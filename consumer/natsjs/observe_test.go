@@ -42,6 +42,7 @@ type pauseRecorder struct {
 	mu       sync.Mutex
 	claims   map[consumer.ClaimResult]int
 	seqs     []uint64
+	outcomes []consumer.Outcome
 	paused   []consumer.Dependency
 	resumed  []consumer.Dependency
 	pausedFr []time.Duration
@@ -55,6 +56,7 @@ func (r *pauseRecorder) EndMessage(_ context.Context, m *consumer.Message, d con
 	}
 	r.claims[d.Claim]++
 	r.seqs = append(r.seqs, m.Sequence)
+	r.outcomes = append(r.outcomes, d.Outcome)
 }
 
 func (r *pauseRecorder) Paused(_ context.Context, dep consumer.Dependency, err error) {
