@@ -90,7 +90,8 @@ type Config struct {
 	// to workers it asks the server for more in one pull request, so pulls
 	// stay few whatever the handlers' speed. A buffered message's AckWait
 	// is already running: it waits about FetchBatch/Concurrency handler
-	// durations before a worker takes it, so keep FetchBatch near
+	// durations before a worker takes it (plus a quarter of one: the
+	// hand-off to the workers buffers Concurrency/4), so keep FetchBatch near
 	// Concurrency when handlers are slow relative to AckWait. Messages
 	// still buffered at shutdown are handed back unstarted. Default
 	// Concurrency.

@@ -53,7 +53,8 @@ func (p *pool) handBack(delay time.Duration) int {
 // messages buffered ahead of the workers and asks for more when half of
 // them were taken, so pull requests stay few (about one per FetchBatch/2
 // messages) whatever the handlers' speed; its callback hands each message
-// to an idle worker, waiting for one, so nothing is buffered beyond that.
+// to the workers through a channel of handoffBuffer(Concurrency) slots,
+// waiting when it is full, so little is buffered beyond that.
 //
 // When the breaker opens (a dependency is down) the subscription is
 // drained — buffered messages are handed back with the pipeline's
@@ -63,7 +64,7 @@ func (p *pool) handBack(delay time.Duration) int {
 // back with NakWithDelay(ShutdownNakDelay)) and returns; running handlers
 // are left to Run.
 func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p *pool) error {
-	work := make(chan jetstream.Msg)
+	work := make(chan jetstream.Msg, handoffBuffer(c.cfg.Concurrency))
 	stopping := make(chan struct{})
 	defer close(stopping)
 	for i := range p.slots {
@@ -74,6 +75,12 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 				case <-stopping:
 					return
 				case msg := <-work:
+					if ctx.Err() != nil {
+						// Shutting down: a message still in the hand-off
+						// buffer goes back unstarted.
+						_ = msg.NakWithDelay(c.cfg.ShutdownNakDelay)
+						continue
+					}
 					s.set(msg)
 					c.handle(ctx, hctx, msg)
 					s.set(nil)
@@ -94,7 +101,7 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 
 // subscribe runs one Consume subscription feeding work until ctx ends
 // (paused false), a fatal error, or the breaker opens (paused true).
-func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) (paused bool, err error) {
+func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work chan jetstream.Msg) (paused bool, err error) {
 	leaving := make(chan struct{})
 	leaveDelay := c.cfg.ShutdownNakDelay
 	var once sync.Once
@@ -158,5 +165,23 @@ func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work 
 		cc.Stop()
 		c.log.Warn("natsjs: draining the subscription timed out; buffered messages are redelivered after AckWait", "timeout", c.cfg.ShutdownTimeout)
 	}
+	// Hand back what the workers have not taken from the hand-off buffer.
+	for {
+		select {
+		case msg := <-work:
+			_ = msg.NakWithDelay(leaveDelay)
+			continue
+		default:
+		}
+		break
+	}
 	return paused && err == nil && ctx.Err() == nil, err
 }
+
+// handoffBuffer is the capacity of the channel between the subscription's
+// callback and the workers: a quarter of the workers, at least 1. The
+// callback then rarely waits for an idle worker, nor a worker for the
+// callback, when messages come in bursts (each such wait parks a
+// goroutine), and at most that many messages are buffered beyond
+// FetchBatch.
+func handoffBuffer(concurrency int) int { return max(concurrency/4, 1) }
