@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"math"
 	"math/bits"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,7 +85,9 @@ func newStore(cfg Config, chunk int) *Store {
 	}
 	for i := range s.shards {
 		s.shards[i].num = uint64(i)
-		s.shards[i].tokSeq = 1
+		// A random start, so that tokens of two Stores of a process
+		// hardly ever coincide (a token passed to the wrong Store).
+		s.shards[i].tokSeq = 1 + rand.Uint64()>>24
 		s.shards[i].arena = newArena(chunk)
 	}
 	return s
@@ -96,7 +99,7 @@ func (s *Store) Len() int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		total += len(sh.recs)
+		total += sh.recs.len()
 		sh.mu.Unlock()
 	}
 	return total
@@ -110,9 +113,12 @@ func (s *Store) shard(key string) (*shard, uint32) {
 
 // Tokens are the 16 lower-case hex digits of a number that no other lease
 // of the Store has had: the shard's number in the low bits, a sequence
-// number the shard counts up above them. A shard writes the text of
-// tokenBatch tokens at once into one string, so that a lease's token is a
-// slice of it and costs no allocation of its own.
+// number the shard counts up above them, from a random start below 2^40
+// (2^58 leases per shard of 64 before it could wrap). A token needs
+// uniqueness, not secrecy (see storekit.NewToken): it is compared for
+// equality only. A shard writes the text of tokenBatch tokens at once into
+// one string, so that a lease's token is a slice of it and costs no
+// allocation of its own.
 const (
 	tokenLen   = 16
 	tokenBatch = 64
@@ -147,19 +153,28 @@ func tokenNumber(t string) uint64 {
 		return 0
 	}
 	var v uint64
+	var bad uint8
 	for i := range tokenLen {
-		c := t[i]
-		switch {
-		case '0' <= c && c <= '9':
-			v = v<<4 | uint64(c-'0')
-		case 'a' <= c && c <= 'f':
-			v = v<<4 | uint64(c-'a'+10)
-		default:
-			return 0
-		}
+		d := hexValue[t[i]]
+		bad |= d
+		v = v<<4 | uint64(d&15)
+	}
+	if bad > 15 {
+		return 0
 	}
 	return v
 }
+
+// hexValue is the value of a lower-case hex digit, 0xff for other bytes.
+var hexValue = func() (t [256]uint8) {
+	for i := range t {
+		t[i] = 0xff
+	}
+	for i := range len(hexDigits) {
+		t[hexDigits[i]] = uint8(i)
+	}
+	return t
+}()
 
 // after returns t+d in Unix nanoseconds, saturating instead of overflowing.
 func after(t int64, d time.Duration) int64 {
@@ -172,8 +187,8 @@ func after(t int64, d time.Duration) int64 {
 // sweep removes expired records from sh. Called with sh.mu held.
 func (s *Store) sweep(sh *shard, now int64) {
 	removed := 0
-	for i := 0; i < len(sh.recs); {
-		if sh.recs[i].exp <= now {
+	for i := 0; i < sh.recs.len(); {
+		if sh.recs.at(i).exp <= now {
 			sh.remove(i) // the last record moves to i
 			removed++
 		} else {
@@ -234,7 +249,7 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 	defer sh.mu.Unlock()
 	i := sh.find(key, h)
 	if i >= 0 {
-		r := &sh.recs[i]
+		r := sh.recs.at(i)
 		if t < r.exp {
 			if r.state() == dedupe.StateInProgress {
 				l := &sh.leases[r.res]
@@ -245,7 +260,9 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 				if !sh.setKey(r, key, fp) {
 					return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
 				}
-				return s.grant(sh, r, l, t, now, leaseFor, retention, !released), nil
+				c := s.grant(sh, r, l, t, now, leaseFor, retention, !released)
+				sh.maybeCompact() // setKey may have let the old entry die
+				return c, nil
 			}
 			if _, stored, _ := sh.arena.key(r.off); fp != "" && len(stored) > 0 && string(stored) != fp {
 				return dedupe.Claim{Status: dedupe.Conflict, Fingerprint: string(stored)}, nil
@@ -275,7 +292,9 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 		}
 		l := &sh.leases[r.res]
 		*l = lease{fence: prev}
-		return s.grant(sh, r, l, t, now, leaseFor, retention, false), nil
+		c := s.grant(sh, r, l, t, now, leaseFor, retention, false)
+		sh.maybeCompact() // the old result and key entry may have died
+		return c, nil
 	}
 
 	// Amortised eviction: a sweep of the shard after as many inserts as its
@@ -303,7 +322,7 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 	}
 	li := sh.newLease(lease{})
 	i = sh.add(rec{off: off, res: li, hash: h, meta: uint32(dedupe.StateInProgress)})
-	return s.grant(sh, &sh.recs[i], &sh.leases[li], t, now, leaseFor, retention, false), nil
+	return s.grant(sh, sh.recs.at(i), &sh.leases[li], t, now, leaseFor, retention, false), nil
 }
 
 // grant gives in-progress record r, whose lease is l, a new lease.
@@ -330,7 +349,7 @@ func (s *Store) owned(key, token string, t int64) (*shard, int, error) {
 		sh.mu.Unlock()
 		return nil, 0, dedupe.ErrLeaseLost
 	}
-	r := &sh.recs[i]
+	r := sh.recs.at(i)
 	if t >= r.exp || r.state() != dedupe.StateInProgress || sh.leases[r.res].tok != num {
 		sh.mu.Unlock()
 		return nil, 0, dedupe.ErrLeaseLost
@@ -352,7 +371,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 		return err
 	}
 	defer sh.mu.Unlock()
-	r := &sh.recs[i]
+	r := sh.recs.at(i)
 	meta := uint32(dedupe.StateDone)
 	if res.Failed {
 		meta = uint32(dedupe.StateFailed)
@@ -394,7 +413,7 @@ func (s *Store) release(ctx context.Context, key, token string, snooze bool) err
 		return err
 	}
 	defer sh.mu.Unlock()
-	l := &sh.leases[sh.recs[i].res]
+	l := &sh.leases[sh.recs.at(i).res]
 	l.tok = 0
 	l.until = 0
 	if snooze {
@@ -415,9 +434,7 @@ func (s *Store) Delete(ctx context.Context, key, token string) error {
 	defer sh.mu.Unlock()
 	sh.remove(i)
 	s.count.Add(-1)
-	if d := sh.arena.dead(); d > sh.arena.live && d >= 2*sh.arena.chunk {
-		sh.compact()
-	}
+	sh.maybeCompact()
 	return nil
 }
 
@@ -438,7 +455,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, leaseFor time.Dur
 		return err
 	}
 	defer sh.mu.Unlock()
-	r := &sh.recs[i]
+	r := sh.recs.at(i)
 	l := &sh.leases[r.res]
 	l.until = after(t, leaseFor)
 	r.exp = max(r.exp, l.until)

@@ -52,20 +52,27 @@ func TestMatchesStorekit(t *testing.T) {
 	for _, shards := range []int{1, 4} {
 		for seed := range uint64(6) {
 			t.Run(fmt.Sprintf("shards=%d/seed=%d", shards, seed), func(t *testing.T) {
-				runModel(t, shards, seed, 4000)
+				runModel(t, shards, seed, 40, 4000, 1)
 			})
 		}
 	}
+	// More records than a page holds, so that removals move records
+	// across pages.
+	t.Run("pages", func(t *testing.T) {
+		runModel(t, 1, 99, 3*pageSize, 30_000, 97)
+	})
 }
 
-func runModel(t *testing.T, shards int, seed uint64, steps int) {
+// runModel runs steps random operations on nkeys keys, checking the
+// store's invariants every checkEvery steps.
+func runModel(t *testing.T, shards int, seed uint64, nkeys, steps, checkEvery int) {
 	rnd := rand.New(rand.NewPCG(seed, 0x5eed))
 	var clock storetest.Clock
-	s := newStore(Config{Now: clock.Now, Shards: shards, MaxKeys: 64}, 256)
+	s := newStore(Config{Now: clock.Now, Shards: shards, MaxKeys: nkeys * 3 / 2}, 256)
 	m := &model{recs: map[string]*dedupe.Record{}, now: clock.Now}
 	ctx := context.Background()
 
-	keys := make([]string, 40)
+	keys := make([]string, nkeys)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("k%d", i) + strings.Repeat("x", rnd.IntN(3)*rnd.IntN(120))
 	}
@@ -180,9 +187,15 @@ func runModel(t *testing.T, shards int, seed uint64, steps int) {
 			}))
 		default:
 			clock.Advance([]time.Duration{0, time.Millisecond, time.Second, 3 * time.Second, time.Minute, 2 * time.Minute}[rnd.IntN(6)])
+			if rnd.IntN(4) == 0 {
+				s.sweepEvery(clock.Now().UnixNano()) // what a full store does
+			}
 		}
-		checkInvariants(t, s, step)
+		if step%checkEvery == 0 {
+			checkInvariants(t, s, step)
+		}
 	}
+	checkInvariants(t, s, steps)
 }
 
 // checkInvariants fails unless every shard's index, records, leases and
@@ -193,26 +206,27 @@ func checkInvariants(t *testing.T, s *Store, step int) {
 	for si := range s.shards {
 		sh := &s.shards[si]
 		sh.mu.Lock()
-		total += len(sh.recs)
+		total += sh.recs.len()
 		used := 0
+		m := uint32(len(sh.idx) - 1)
 		for _, v := range sh.idx {
 			if v != 0 {
 				used++
-				if int(v) > len(sh.recs) {
-					t.Fatalf("step %d: shard %d: index names record %d of %d", step, si, v-1, len(sh.recs))
+				if int(v&m) > sh.recs.len() || v&m == 0 || v&^m != sh.recs.at(int(v&m)-1).hash&^m {
+					t.Fatalf("step %d: shard %d: index slot %#x: record %d of %d, or the wrong tag", step, si, v, int(v&m)-1, sh.recs.len())
 				}
 			}
 		}
-		if used != len(sh.recs) || (len(sh.recs) > 0 && used*4 > len(sh.idx)*3) {
-			t.Fatalf("step %d: shard %d: %d index entries in %d slots for %d records", step, si, used, len(sh.idx), len(sh.recs))
+		if used != sh.recs.len() || (sh.recs.len() > 0 && used*4 > len(sh.idx)*3) {
+			t.Fatalf("step %d: shard %d: %d index entries in %d slots for %d records", step, si, used, len(sh.idx), sh.recs.len())
 		}
 		live, private, inProgress := 0, 0, 0
 		leaseUsed := map[uint32]bool{}
 		for _, f := range sh.freeL {
 			leaseUsed[f] = true
 		}
-		for i := range sh.recs {
-			r := &sh.recs[i]
+		for i := range sh.recs.len() {
+			r := sh.recs.at(i)
 			k, _, n := sh.arena.key(r.off)
 			h := maphash.String(s.seed, string(k))
 			if &s.shards[h&s.mask] != sh || uint32(h>>32) != r.hash {
@@ -290,14 +304,14 @@ func TestCompactionReclaims(t *testing.T) {
 	s.sweepEvery(clock.Now().UnixNano())
 	checkInvariants(t, s, 0)
 	sh := &s.shards[0]
-	if len(sh.recs) != 100 {
-		t.Fatalf("%d records after the sweep, want 100", len(sh.recs))
+	if sh.recs.len() != 100 {
+		t.Fatalf("%d records after the sweep, want 100", sh.recs.len())
 	}
 	// 100 records of about 100 bytes: a dozen 1 KiB chunks, not the
 	// thousand the first generation filled.
-	if sh.arena.shared > 20 || len(sh.idx) > 512 || cap(sh.recs) > 1000 {
-		t.Errorf("after the sweep: %d shared chunks, %d index slots, record capacity %d; want them shrunk",
-			sh.arena.shared, len(sh.idx), cap(sh.recs))
+	if sh.arena.shared > 20 || len(sh.idx) > 512 || len(sh.recs.pages) != 1 || cap(sh.recs.pages[0]) > 1000 || sh.recs.spare != nil {
+		t.Errorf("after the sweep: %d shared chunks, %d index slots, %d record pages, the first of capacity %d, spare %v; want them shrunk",
+			sh.arena.shared, len(sh.idx), len(sh.recs.pages), cap(sh.recs.pages[0]), sh.recs.spare != nil)
 	}
 }
 
@@ -395,5 +409,44 @@ func TestHugeRetention(t *testing.T) {
 	clock.Advance(25 * 365 * 24 * time.Hour) // 2255: Unix nanoseconds still fit
 	if c, err := s.Claim(ctx, "k", "fp", time.Second, time.Second); err != nil || c.Status != dedupe.Duplicate {
 		t.Fatalf("claim 25 years into an endless retention: %v %v, want duplicate", c.Status, err)
+	}
+}
+
+// TestArenaBoundedWithoutInserts checks that records rewritten in place —
+// a key claimed again after its retention, with a new fingerprint and a new
+// result every time — do not grow the arena, although no new key ever
+// makes the store sweep.
+func TestArenaBoundedWithoutInserts(t *testing.T) {
+	var clock storetest.Clock
+	s := newStore(Config{Now: clock.Now, Shards: 1, MaxKeys: 100}, 256)
+	ctx := context.Background()
+	peak := 0
+	for round := range 3000 {
+		for k := range 10 {
+			key := fmt.Sprint("key-", k)
+			c, err := s.Claim(ctx, key, fmt.Sprint("fp-", round), time.Second, time.Second)
+			if err != nil || c.Status != dedupe.Acquired {
+				t.Fatalf("round %d: claim %q: %v %v", round, key, c.Status, err)
+			}
+			if round%2 == 0 { // and a release, to claim again at once
+				if err := s.Release(ctx, key, c.Token); err != nil {
+					t.Fatal(err)
+				}
+				if c, err = s.Claim(ctx, key, fmt.Sprint("fp-", round, "-again"), time.Second, time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Complete(ctx, key, c.Token, dedupe.Result{Data: []byte(fmt.Sprintf("result %040d", round))}, time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		clock.Advance(time.Second)
+		peak = max(peak, s.shards[0].arena.shared)
+	}
+	checkInvariants(t, s, 0)
+	// 10 records of about 70 bytes of key entry and result each: a few
+	// 256-byte chunks live, and as many dead at most before compaction.
+	if peak > 20 {
+		t.Errorf("the arena grew to %d shared chunks for 10 records", peak)
 	}
 }

@@ -34,39 +34,49 @@ type lease struct {
 	attempts int    // the current (or last) lease's attempt number
 }
 
-// shard is one independently locked part of a Store: records in a dense
-// slice, found through an open-addressing index of record numbers (linear
+// shard is one independently locked part of a Store: records numbered
+// densely (in pages), found through an open-addressing index of record numbers (linear
 // probing, at most three quarters full), their bytes in an arena.
 type shard struct {
 	mu      sync.Mutex
-	idx     []uint32 // 0 for an empty slot, else a record number + 1
-	recs    []rec
+	idx     []uint32 // 0 for an empty slot, else a record number + 1 and a hash tag (see find)
+	recs    recs
 	leases  []lease
 	freeL   []uint32 // numbers of unused leases
 	arena   arena
 	inserts int    // since the last sweep
 	num     uint64 // the shard's number
-	tokSeq  uint64 // sequence number of the next token, from 1
+	tokSeq  uint64 // sequence number of the next token (from a random start, never 0)
 	tokBase uint64 // sequence number of the first token in toks
 	toks    string // the text of tokenBatch tokens, tokSeq's among them
 	_       [64]byte
 }
 
 // find returns the number of key's record, or -1.
+//
+// An index slot of a table of 2^k slots holds the record number + 1 in its
+// low k bits and the key hash's high 32-k bits above them (those that did
+// not choose the slot), so that a probe reads a record only when 32 bits of
+// the hash match. The table is at most three quarters full, so the number
+// never reaches the high bits.
 func (sh *shard) find(key string, h uint32) int {
 	if len(sh.idx) == 0 {
 		return -1
 	}
 	m := uint32(len(sh.idx) - 1)
+	tag := h &^ m
 	for p := h & m; ; p = (p + 1) & m {
 		v := sh.idx[p]
 		if v == 0 {
 			return -1
 		}
-		r := &sh.recs[v-1]
-		if r.hash == h {
-			if k, _, _ := sh.arena.key(r.off); string(k) == key {
-				return int(v - 1)
+		if v&^m == tag {
+			i := int(v&m) - 1
+			r := sh.recs.at(i)
+			if r.hash == h {
+				if k, _, _ := sh.arena.key(r.off); string(k) == key {
+					return i
+				}
 			}
 		}
 	}
@@ -80,14 +90,14 @@ func (sh *shard) place(i int, h uint32) {
 	for sh.idx[p] != 0 {
 		p = (p + 1) & m
 	}
-	sh.idx[p] = uint32(i + 1)
+	sh.idx[p] = h&^m | uint32(i+1)
 }
 
 // slot returns the index slot that holds record number i, of hash h.
 func (sh *shard) slot(i int, h uint32) uint32 {
 	m := uint32(len(sh.idx) - 1)
 	p := h & m
-	for sh.idx[p] != uint32(i+1) {
+	for sh.idx[p]&m != uint32(i+1) {
 		p = (p + 1) & m
 	}
 	return p
@@ -96,18 +106,17 @@ func (sh *shard) slot(i int, h uint32) uint32 {
 // reindex rebuilds the index with n slots, a power of two.
 func (sh *shard) reindex(n int) {
 	sh.idx = make([]uint32, n)
-	for i := range sh.recs {
-		sh.place(i, sh.recs[i].hash)
+	for i := range sh.recs.len() {
+		sh.place(i, sh.recs.at(i).hash)
 	}
 }
 
 // add appends r, whose key is absent, and returns its number.
 func (sh *shard) add(r rec) int {
-	if n := len(sh.recs) + 1; n*4 > len(sh.idx)*3 {
+	if n := sh.recs.len() + 1; n*4 > len(sh.idx)*3 {
 		sh.reindex(max(8, 2*len(sh.idx)))
 	}
-	sh.recs = append(sh.recs, r)
-	i := len(sh.recs) - 1
+	i := sh.recs.push(r)
 	sh.place(i, r.hash)
 	return i
 }
@@ -144,7 +153,7 @@ func (sh *shard) clear(r *rec) {
 
 // remove deletes record number i: the last record takes its number.
 func (sh *shard) remove(i int) {
-	r := &sh.recs[i]
+	r := sh.recs.at(i)
 	sh.clear(r)
 	_, _, n := sh.arena.key(r.off)
 	sh.arena.release(r.off, n)
@@ -154,7 +163,7 @@ func (sh *shard) remove(i int) {
 	m := uint32(len(sh.idx) - 1)
 	hole := sh.slot(i, r.hash)
 	for q := (hole + 1) & m; sh.idx[q] != 0; q = (q + 1) & m {
-		home := sh.recs[sh.idx[q]-1].hash & m
+		home := sh.recs.at(int(sh.idx[q]&m)-1).hash & m
 		if (q-home)&m >= (q-hole)&m {
 			sh.idx[hole] = sh.idx[q]
 			hole = q
@@ -162,12 +171,14 @@ func (sh *shard) remove(i int) {
 	}
 	sh.idx[hole] = 0
 
-	last := len(sh.recs) - 1
+	last := sh.recs.len() - 1
 	if i != last {
-		sh.idx[sh.slot(last, sh.recs[last].hash)] = uint32(i + 1)
-		sh.recs[i] = sh.recs[last]
+		moved := sh.recs.at(last)
+		p := sh.slot(last, moved.hash)
+		sh.idx[p] = sh.idx[p]&^m | uint32(i+1)
+		*r = *moved
 	}
-	sh.recs = sh.recs[:last]
+	sh.recs.pop()
 }
 
 // setKey makes r's key entry hold key and fp, writing a new entry when fp
@@ -196,24 +207,31 @@ func (sh *shard) fingerprint(r *rec, given string) string {
 	return string(fp)
 }
 
-// tidy returns memory once records have gone: it compacts the arena when
-// most of its shared bytes are dead, and shrinks the index and the tables
-// when they are mostly empty. Every step costs at most a pass over the
-// shard's records, and only after that many records have gone.
-func (sh *shard) tidy() {
+// maybeCompact compacts the arena when most of its shared bytes are dead
+// (and at least two chunks' worth): every operation that lets arena bytes
+// die calls it, so that records rewritten in place cannot grow the arena
+// either. A compaction copies the live bytes, fewer than the dead bytes
+// since the last one, so its cost is O(1) per byte written.
+func (sh *shard) maybeCompact() {
 	if d := sh.arena.dead(); d > sh.arena.live && d >= 2*sh.arena.chunk {
 		sh.compact()
 	}
-	if n := len(sh.recs); len(sh.idx) > 8 && n*8 < len(sh.idx) {
+}
+
+// tidy returns memory once records have gone: it compacts the arena, and
+// shrinks the index and the tables when they are mostly empty. Every step
+// costs at most a pass over the shard's records, and only after that many
+// records have gone.
+func (sh *shard) tidy() {
+	sh.maybeCompact()
+	if n := sh.recs.len(); len(sh.idx) > 8 && n*8 < len(sh.idx) {
 		size := 8
 		for size*3 < n*8 { // at most three eighths full
 			size *= 2
 		}
 		sh.reindex(size)
 	}
-	if n := len(sh.recs); cap(sh.recs) > 4*n+64 {
-		sh.recs = append(make([]rec, 0, 2*n), sh.recs...)
-	}
+	sh.recs.shrink()
 	if free, n := len(sh.freeL), len(sh.leases); free*2 > n && n > 64 {
 		sh.packLeases()
 	}
@@ -223,8 +241,8 @@ func (sh *shard) tidy() {
 func (sh *shard) compact() {
 	old := sh.arena
 	sh.arena = newArena(old.chunk)
-	for i := range sh.recs {
-		r := &sh.recs[i]
+	for i := range sh.recs.len() {
+		r := sh.recs.at(i)
 		_, _, n := old.key(r.off)
 		r.off = sh.arena.move(&old, r.off, n)
 		if r.state() != dedupe.StateInProgress && r.meta&hasResult != 0 {
@@ -237,8 +255,8 @@ func (sh *shard) compact() {
 // packLeases renumbers the leases in use densely.
 func (sh *shard) packLeases() {
 	var packed []lease
-	for i := range sh.recs {
-		r := &sh.recs[i]
+	for i := range sh.recs.len() {
+		r := sh.recs.at(i)
 		if r.state() == dedupe.StateInProgress {
 			packed = append(packed, sh.leases[r.res])
 			r.res = uint32(len(packed) - 1)
