@@ -442,12 +442,12 @@ func (s *Store) Delete(ctx context.Context, key, token string) error {
 func (s *Store) Ping(ctx context.Context) error { return ctx.Err() }
 
 // Extend implements dedupe.Store.
-func (s *Store) Extend(ctx context.Context, key, token string, leaseFor time.Duration) error {
+func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if leaseFor <= 0 {
-		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, leaseFor)
+	if lease <= 0 {
+		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
 	}
 	t := s.now().UnixNano()
 	sh, i, err := s.owned(key, token, t)
@@ -457,7 +457,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, leaseFor time.Dur
 	defer sh.mu.Unlock()
 	r := sh.recs.at(i)
 	l := &sh.leases[r.res]
-	l.until = after(t, leaseFor)
+	l.until = after(t, lease)
 	r.exp = max(r.exp, l.until)
 	return nil
 }
