@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
+	"math/bits"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +21,10 @@ import (
 // forgetting one would let its redelivery run twice. Treat ErrFull as a
 // transient error (the consumer redelivers later).
 var ErrFull = errors.New("memstore: store is full")
+
+// errArena is returned when a shard cannot hold another key, fingerprint or
+// result: 4 GiB of them in one shard, or 65,536 over 16 KiB.
+var errArena = errors.New("memstore: shard out of memory chunks")
 
 // Config configures a Store. Its zero value means defaults.
 type Config struct {
@@ -36,37 +43,22 @@ type Config struct {
 // process: use it for tests and single-process consumers.
 type Store struct {
 	shards   []shard
+	seed     maphash.Seed
 	mask     uint64
-	perShard int // inserts into a shard between two sweeps of it
+	bits     uint // log2 of the number of shards
+	perShard int  // inserts into a shard between two sweeps of it
 	maxKeys  int64
 	count    atomic.Int64 // records held across all shards
 	sweepAll sync.Mutex   // one whole-store sweep at a time
 	now      func() time.Time
 }
 
-type shard struct {
-	mu      sync.Mutex
-	m       map[string]entry
-	inserts int // since the last sweep
-	_       [40]byte
-}
-
-// entry is a compact dedupe.Record: times as Unix nanoseconds, the key held
-// only by the map.
-type entry struct {
-	fingerprint string
-	token       string
-	result      []byte
-	leaseUntil  int64
-	createdAt   int64
-	expiresAt   int64
-	fence       uint64
-	attempts    int32
-	state       dedupe.State
-}
-
 // New returns an empty Store.
 func New(cfg Config) *Store {
+	return newStore(cfg, defaultChunk)
+}
+
+func newStore(cfg Config, chunk int) *Store {
 	o := cfg
 	if o.MaxKeys <= 0 {
 		o.MaxKeys = 1_000_000
@@ -82,9 +74,21 @@ func New(cfg Config) *Store {
 		n <<= 1
 	}
 	per := (o.MaxKeys + n - 1) / n
-	s := &Store{shards: make([]shard, n), mask: uint64(n - 1), perShard: per, maxKeys: int64(o.MaxKeys), now: o.Now}
+	s := &Store{
+		shards:   make([]shard, n),
+		seed:     maphash.MakeSeed(),
+		mask:     uint64(n - 1),
+		bits:     uint(bits.TrailingZeros(uint(n))),
+		perShard: per,
+		maxKeys:  int64(o.MaxKeys),
+		now:      o.Now,
+	}
 	for i := range s.shards {
-		s.shards[i].m = make(map[string]entry)
+		s.shards[i].num = uint64(i)
+		// A random start, so that tokens of two Stores of a process
+		// hardly ever coincide (a token passed to the wrong Store).
+		s.shards[i].tokSeq = 1 + rand.Uint64()>>24
+		s.shards[i].arena = newArena(chunk)
 	}
 	return s
 }
@@ -95,73 +99,105 @@ func (s *Store) Len() int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		total += len(sh.m)
+		total += sh.recs.len()
 		sh.mu.Unlock()
 	}
 	return total
 }
 
-func (s *Store) shard(key string) *shard {
-	// FNV-1a, inlined to avoid an allocation per call.
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(key); i++ {
-		h ^= uint64(key[i])
-		h *= 1099511628211
-	}
-	return &s.shards[h&s.mask]
+// shard returns key's shard and the key's hash within it.
+func (s *Store) shard(key string) (*shard, uint32) {
+	h := maphash.String(s.seed, key)
+	return &s.shards[h&s.mask], uint32(h >> 32)
 }
 
-func toRecord(key string, e entry) *dedupe.Record {
-	return &dedupe.Record{
-		Key:         key,
-		Fingerprint: e.fingerprint,
-		State:       e.state,
-		Token:       e.token,
-		Attempts:    int(e.attempts),
-		Fence:       e.fence,
-		LeaseUntil:  time.Unix(0, e.leaseUntil),
-		Result:      e.result,
-		CreatedAt:   time.Unix(0, e.createdAt),
-		ExpiresAt:   time.Unix(0, e.expiresAt),
+// Tokens are the 16 lower-case hex digits of a number that no other lease
+// of the Store has had: the shard's number in the low bits, a sequence
+// number the shard counts up above them, from a random start below 2^40
+// (2^58 leases per shard of 64 before it could wrap). A token needs
+// uniqueness, not secrecy (see storekit.NewToken): it is compared for
+// equality only. A shard writes the text of tokenBatch tokens at once into
+// one string, so that a lease's token is a slice of it and costs no
+// allocation of its own.
+const (
+	tokenLen   = 16
+	tokenBatch = 64
+	hexDigits  = "0123456789abcdef"
+)
+
+// token returns the text and the number of a new token of sh.
+func (s *Store) token(sh *shard) (string, uint64) {
+	j := sh.tokSeq - sh.tokBase
+	if sh.toks == "" || j >= tokenBatch {
+		var buf [tokenBatch * tokenLen]byte
+		for k := range uint64(tokenBatch) {
+			v := (sh.tokSeq+k)<<s.bits | sh.num
+			for d := tokenLen - 1; d >= 0; d-- {
+				buf[int(k)*tokenLen+d] = hexDigits[v&15]
+				v >>= 4
+			}
+		}
+		sh.toks = string(buf[:])
+		sh.tokBase = sh.tokSeq
+		j = 0
 	}
+	v := sh.tokSeq<<s.bits | sh.num
+	sh.tokSeq++
+	return sh.toks[j*tokenLen : (j+1)*tokenLen], v
 }
 
-func toEntry(r *dedupe.Record) entry {
-	e := entry{
-		fingerprint: r.Fingerprint,
-		token:       r.Token,
-		attempts:    int32(min(r.Attempts, math.MaxInt32)),
-		fence:       r.Fence,
-		result:      r.Result,
-		createdAt:   r.CreatedAt.UnixNano(),
-		expiresAt:   r.ExpiresAt.UnixNano(),
-		state:       r.State,
+// tokenNumber is the inverse of token's text; 0 (no lease's) for anything
+// else.
+func tokenNumber(t string) uint64 {
+	if len(t) != tokenLen {
+		return 0
 	}
-	if !r.LeaseUntil.IsZero() {
-		e.leaseUntil = r.LeaseUntil.UnixNano()
+	var v uint64
+	var bad uint8
+	for i := range tokenLen {
+		d := hexValue[t[i]]
+		bad |= d
+		v = v<<4 | uint64(d&15)
 	}
-	return e
+	if bad > 15 {
+		return 0
+	}
+	return v
 }
 
-func (s *Store) lookup(sh *shard, key string) *dedupe.Record {
-	e, ok := sh.m[key]
-	if !ok {
-		return nil
+// hexValue is the value of a lower-case hex digit, 0xff for other bytes.
+var hexValue = func() (t [256]uint8) {
+	for i := range t {
+		t[i] = 0xff
 	}
-	return toRecord(key, e)
+	for i := range len(hexDigits) {
+		t[hexDigits[i]] = uint8(i)
+	}
+	return t
+}()
+
+// after returns t+d in Unix nanoseconds, saturating instead of overflowing.
+func after(t int64, d time.Duration) int64 {
+	if d > 0 && t > math.MaxInt64-int64(d) {
+		return math.MaxInt64
+	}
+	return t + int64(d)
 }
 
-// sweep removes expired entries from sh. Called with sh.mu held.
+// sweep removes expired records from sh. Called with sh.mu held.
 func (s *Store) sweep(sh *shard, now int64) {
 	removed := 0
-	for k, e := range sh.m {
-		if e.expiresAt <= now {
-			delete(sh.m, k)
+	for i := 0; i < sh.recs.len(); {
+		if sh.recs.at(i).exp <= now {
+			sh.remove(i) // the last record moves to i
 			removed++
+		} else {
+			i++
 		}
 	}
 	s.count.Add(int64(-removed))
 	sh.inserts = 0
+	sh.tidy()
 }
 
 // sweepEvery sweeps every shard in turn, holding one shard lock at a time.
@@ -180,8 +216,14 @@ func (s *Store) sweepEvery(now int64) {
 	}
 }
 
-// Claim implements dedupe.Store. A Duplicate's Result.Data is a copy the
-// caller may keep and modify.
+// Claim implements dedupe.Store with the state machine of storekit.Decide,
+// applied to the store's compact records (the conformance suite and a
+// differential test against Decide hold it to that). A Duplicate's
+// Result.Data is a copy the caller may keep and modify. Tokens are unique
+// within the Store. Fences follow storekit.NextFence of the key's last
+// fence while its record is in progress; a completed record does not keep
+// its fence, so the first lease after its retention has the clock's fence,
+// as after the record was swept or deleted.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
@@ -200,42 +242,119 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	return c, err
 }
 
-func (s *Store) claim(key, fingerprint string, now time.Time, lease, retention time.Duration) (dedupe.Claim, error) {
-	sh := s.shard(key)
+func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Duration) (dedupe.Claim, error) {
+	sh, h := s.shard(key)
+	t := now.UnixNano()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	cur := s.lookup(sh, key)
-	c, next := storekit.Decide(cur, key, fingerprint, now, lease, retention)
-	if next == nil {
-		if c.Status == dedupe.Duplicate && c.Result.Data != nil {
-			// Replay a copy: a caller that modifies the replayed bytes
-			// must not change what later duplicates see.
-			c.Result.Data = append([]byte(nil), c.Result.Data...)
+	i := sh.find(key, h)
+	if i >= 0 {
+		r := sh.recs.at(i)
+		if t < r.exp {
+			if r.state() == dedupe.StateInProgress {
+				l := &sh.leases[r.res]
+				released := l.tok == 0
+				if !released && t < l.until {
+					return dedupe.Claim{Status: dedupe.Busy, RetryAfter: time.Duration(l.until - t), Fingerprint: sh.fingerprint(r, fp)}, nil
+				}
+				if !sh.setKey(r, key, fp) {
+					return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+				}
+				c := s.grant(sh, r, l, t, now, leaseFor, retention, !released)
+				sh.maybeCompact() // setKey may have let the old entry die
+				return c, nil
+			}
+			if _, stored, _ := sh.arena.key(r.off); fp != "" && len(stored) > 0 && string(stored) != fp {
+				return dedupe.Claim{Status: dedupe.Conflict, Fingerprint: string(stored)}, nil
+			}
+			c := dedupe.Claim{Status: dedupe.Duplicate, Fingerprint: sh.fingerprint(r, fp)}
+			c.Result.Failed = r.state() == dedupe.StateFailed
+			if r.meta&hasResult != 0 {
+				data, _ := sh.arena.result(r.res)
+				// Replay a copy: a caller that modifies the replayed bytes
+				// must not change what later duplicates see.
+				c.Result.Data = append([]byte(nil), data...)
+			}
+			return c, nil
 		}
+		// Retention is over: the record counts as absent, but an
+		// in-progress one's fence still orders the new lease.
+		if !sh.setKey(r, key, fp) {
+			return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+		}
+		var prev uint64
+		if r.state() == dedupe.StateInProgress {
+			prev = sh.leases[r.res].fence
+		} else {
+			sh.clear(r)
+			r.res = sh.newLease(lease{})
+			r.meta = uint32(dedupe.StateInProgress)
+		}
+		l := &sh.leases[r.res]
+		*l = lease{fence: prev}
+		c := s.grant(sh, r, l, t, now, leaseFor, retention, false)
+		sh.maybeCompact() // the old result and key entry may have died
 		return c, nil
 	}
-	if _, exists := sh.m[key]; !exists {
-		// Amortised eviction: a sweep of the shard after as many inserts as
-		// its share of MaxKeys keeps the cost O(1) per insert; a full store
-		// sweeps the key's shard at once. The bound is global (MaxKeys
-		// records in all), so an unlucky spread of keys over shards never
-		// refuses a key while there is room.
-		sh.inserts++
-		if sh.inserts >= s.perShard || s.count.Load() >= s.maxKeys {
-			s.sweep(sh, now.UnixNano())
+
+	// Amortised eviction: a sweep of the shard after as many inserts as its
+	// share of MaxKeys keeps the cost O(1) per insert; a full store sweeps
+	// the key's shard at once. The bound is global (MaxKeys records in all),
+	// so an unlucky spread of keys over shards never refuses a key while
+	// there is room.
+	sh.inserts++
+	if sh.inserts >= s.perShard || s.count.Load() >= s.maxKeys {
+		s.sweep(sh, t)
+	}
+	for {
+		n := s.count.Load()
+		if n >= s.maxKeys {
+			return dedupe.Claim{}, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
 		}
-		for {
-			n := s.count.Load()
-			if n >= s.maxKeys {
-				return dedupe.Claim{}, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
-			}
-			if s.count.CompareAndSwap(n, n+1) {
-				break
-			}
+		if s.count.CompareAndSwap(n, n+1) {
+			break
 		}
 	}
-	sh.m[key] = toEntry(next)
-	return c, nil
+	off, ok := sh.arena.putKey(key, fp)
+	if !ok {
+		s.count.Add(-1)
+		return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+	}
+	li := sh.newLease(lease{})
+	i = sh.add(rec{off: off, res: li, hash: h, meta: uint32(dedupe.StateInProgress)})
+	return s.grant(sh, sh.recs.at(i), &sh.leases[li], t, now, leaseFor, retention, false), nil
+}
+
+// grant gives in-progress record r, whose lease is l, a new lease.
+func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, now time.Time, leaseFor, retention time.Duration, takeover bool) dedupe.Claim {
+	text, num := s.token(sh)
+	l.tok = num
+	l.attempts = max(l.attempts, 0) + 1
+	l.fence = storekit.NextFence(l.fence, now)
+	l.until = after(t, leaseFor)
+	r.exp = max(after(t, retention), l.until)
+	return dedupe.Claim{Status: dedupe.Acquired, Token: text, Fence: l.fence, Takeover: takeover, Attempt: l.attempts}
+}
+
+// owned returns key's shard, locked, and the number of its record when
+// token is the current token of a live in-progress record; else it unlocks
+// and returns dedupe.ErrLeaseLost. An expired lease that nobody took over is
+// still owned: the token, not the clock, is the authority.
+func (s *Store) owned(key, token string, t int64) (*shard, int, error) {
+	num := tokenNumber(token)
+	sh, h := s.shard(key)
+	sh.mu.Lock()
+	i := sh.find(key, h)
+	if i < 0 || num == 0 {
+		sh.mu.Unlock()
+		return nil, 0, dedupe.ErrLeaseLost
+	}
+	r := sh.recs.at(i)
+	if t >= r.exp || r.state() != dedupe.StateInProgress || sh.leases[r.res].tok != num {
+		sh.mu.Unlock()
+		return nil, 0, dedupe.ErrLeaseLost
+	}
+	return sh, i, nil
 }
 
 // Complete implements dedupe.Store. The result bytes are copied.
@@ -246,45 +365,61 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 	if retention <= 0 {
 		return fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
 	}
-	now := s.now()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	res.Data = append([]byte(nil), res.Data...)
-	next, err := storekit.CompleteRecord(s.lookup(sh, key), token, res, now, retention)
+	t := s.now().UnixNano()
+	sh, i, err := s.owned(key, token, t)
 	if err != nil {
 		return err
 	}
-	sh.m[key] = toEntry(next)
+	defer sh.mu.Unlock()
+	r := sh.recs.at(i)
+	meta := uint32(dedupe.StateDone)
+	if res.Failed {
+		meta = uint32(dedupe.StateFailed)
+	}
+	var off uint32
+	if len(res.Data) > 0 {
+		var ok bool
+		if off, ok = sh.arena.putResult(res.Data); !ok {
+			return fmt.Errorf("%w (complete of %q)", errArena, key)
+		}
+		meta |= hasResult
+	}
+	sh.dropLease(r.res)
+	r.res = off
+	r.meta = meta
+	r.exp = after(t, retention)
 	return nil
 }
 
 // Release implements dedupe.Store.
 func (s *Store) Release(ctx context.Context, key, token string) error {
-	return s.rewrite(ctx, key, token, storekit.ReleaseRecord)
-}
-
-// rewrite replaces key's record with what change makes of it, under the
-// key's shard lock (Release and Snooze).
-func (s *Store) rewrite(ctx context.Context, key, token string, change func(*dedupe.Record, string, time.Time) (*dedupe.Record, error)) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	now := s.now()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	next, err := change(s.lookup(sh, key), token, now)
-	if err != nil {
-		return err
-	}
-	sh.m[key] = toEntry(next)
-	return nil
+	return s.release(ctx, key, token, false)
 }
 
 // Snooze implements dedupe.Snoozer.
 func (s *Store) Snooze(ctx context.Context, key, token string) error {
-	return s.rewrite(ctx, key, token, storekit.SnoozeRecord)
+	return s.release(ctx, key, token, true)
+}
+
+// release ends the lease of key's record (Release and Snooze): the token
+// cleared and the lease ended, the attempt count (less the snoozed attempt)
+// and retention kept.
+func (s *Store) release(ctx context.Context, key, token string, snooze bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sh, i, err := s.owned(key, token, s.now().UnixNano())
+	if err != nil {
+		return err
+	}
+	defer sh.mu.Unlock()
+	l := &sh.leases[sh.recs.at(i).res]
+	l.tok = 0
+	l.until = 0
+	if snooze {
+		l.attempts = max(l.attempts-1, 0)
+	}
+	return nil
 }
 
 // Delete implements dedupe.Store.
@@ -292,15 +427,14 @@ func (s *Store) Delete(ctx context.Context, key, token string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	now := s.now()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if err := storekit.DeleteRecord(s.lookup(sh, key), token, now); err != nil {
+	sh, i, err := s.owned(key, token, s.now().UnixNano())
+	if err != nil {
 		return err
 	}
-	delete(sh.m, key)
+	defer sh.mu.Unlock()
+	sh.remove(i)
 	s.count.Add(-1)
+	sh.maybeCompact()
 	return nil
 }
 
@@ -315,16 +449,21 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 	if lease <= 0 {
 		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
 	}
-	now := s.now()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	next, err := storekit.ExtendRecord(s.lookup(sh, key), token, now, lease)
+	t := s.now().UnixNano()
+	sh, i, err := s.owned(key, token, t)
 	if err != nil {
 		return err
 	}
-	sh.m[key] = toEntry(next)
+	defer sh.mu.Unlock()
+	r := sh.recs.at(i)
+	l := &sh.leases[r.res]
+	l.until = after(t, lease)
+	r.exp = max(r.exp, l.until)
 	return nil
 }
 
-var _ dedupe.Store = (*Store)(nil)
+var (
+	_ dedupe.Store   = (*Store)(nil)
+	_ dedupe.Snoozer = (*Store)(nil)
+	_ dedupe.Pinger  = (*Store)(nil)
+)
