@@ -51,7 +51,11 @@ func benchRelayVsRaw(b *testing.B, opts outbox.RelayConfig) {
 			start := time.Now()
 			for j := range n {
 				m := &nats.Msg{Subject: env.Subject("raw.x"), Data: data, Header: nats.Header{}}
-				if _, err := env.JS.PublishMsgAsync(m, jetstream.WithMsgID(fmt.Sprint("raw-", pass, "-", j))); err != nil {
+				// Wait for room in the async window as long as the
+				// relay's publisher does (PublishTimeout), instead of
+				// nats.go's 200ms, which a loaded machine exceeds.
+				if _, err := env.JS.PublishMsgAsync(m, jetstream.WithMsgID(fmt.Sprint("raw-", pass, "-", j)),
+					jetstream.WithStallWait(outbox.DefaultPublishTimeout)); err != nil {
 					b.Fatal(err)
 				}
 			}
