@@ -367,7 +367,7 @@ func (o *Outbox) insertRows(ctx context.Context, tx Querier, rows []row) error {
 		"ON CONFLICT (id) DO NOTHING"
 	args := []any{ids, subjects, headers, data, keys, o.d.ts(now)}
 	if o.notify {
-		q = "WITH ins AS (" + q + " RETURNING 1) SELECT pg_notify($7, '')"
+		q = "WITH ins AS (" + q + " RETURNING 1)" + notifySelect(o.table, "$7")
 		args = append(args, o.channel)
 	}
 	if _, err := tx.ExecContext(ctx, q, args...); err != nil {

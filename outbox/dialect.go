@@ -179,7 +179,8 @@ type row struct {
 const insertCols = 6
 
 // insertSQL builds a multi-row INSERT ... ON CONFLICT (id) DO NOTHING; with
-// notify (Postgres) the same statement signals channel.
+// notify (Postgres) the same statement signals channel unless a relay is
+// awake (notifySelect).
 func (d dialect) insertSQL(table string, rows []row, now time.Time, notify bool, channel string) (string, []any) {
 	var b strings.Builder
 	args := make([]any, 0, len(rows)*insertCols+1)
@@ -205,9 +206,8 @@ func (d dialect) insertSQL(table string, rows []row, now time.Time, notify bool,
 	}
 	b.WriteString(" ON CONFLICT (id) DO NOTHING")
 	if notify {
-		b.WriteString(" RETURNING 1) SELECT pg_notify(")
-		b.WriteString(d.ph(len(args) + 1))
-		b.WriteString(", '')")
+		b.WriteString(" RETURNING 1)")
+		b.WriteString(notifySelect(table, d.ph(len(args)+1)))
 		args = append(args, channel)
 	}
 	return b.String(), args

@@ -81,6 +81,21 @@
 // (reconnecting on failure) and also poll every PollInterval (1s). SQLite:
 // one round at a time under BEGIN IMMEDIATE, polling every 100ms.
 //
+// Coalesced wake-ups (Postgres): Postgres commits the transactions that
+// NOTIFY one at a time (a database-wide lock held through the commit's WAL
+// flush), which caps producers at one commit per flush. So while rows keep
+// coming (rounds that find rows at most 5ms apart), one relay takes an
+// advisory lock that says it is awake and its workers claim every
+// millisecond without being woken; AddTx, seeing the lock held, skips the
+// NOTIFY, and its commit joins the others' WAL flushes. A writer that
+// skipped holds a second, shared advisory lock until its transaction ends;
+// a relay that has found no rows for 50ms releases the awake lock, waits
+// until it can take the second one exclusively (every such writer has
+// committed or rolled back) and claims once more, so no row waits for the
+// poll. Writers that look meanwhile NOTIFY. Both locks are keyed by the
+// table's oid; the awake one is held on a connection of its own (taken
+// from db, or to ListenURL), and dies with it.
+//
 // Draining a backlog: after a claim that fills a whole batch (BatchSize,
 // default 2000), the next claim starts just past it, so it does not walk
 // the index entries of rows already sent that Postgres has not cleaned up

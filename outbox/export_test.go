@@ -1,6 +1,9 @@
 package outbox
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // SetAfterPublish installs a failpoint that runs after a round's PubAcks and
 // before its rows are marked sent; an error aborts the round as a crash
@@ -12,3 +15,25 @@ func Round(ctx context.Context, r *Relay) (claimed, done int, err error) { retur
 
 // ErrHook is the error Run wraps around a failpoint's error.
 var ErrHook = errHook
+
+// AwakeLockKey and InflightLockKey are the SQL expressions of table's
+// wake-up lock keys.
+func AwakeLockKey(table string) string    { return lockKey(awakeLock, table) }
+func InflightLockKey(table string) string { return lockKey(inflightLock, table) }
+
+// AwakeLockClass and InflightLockClass are the keys' high 32 bits, as
+// pg_locks shows them in classid.
+const (
+	AwakeLockClass    = awakeLock
+	InflightLockClass = inflightLock
+)
+
+// StayAwake asks a running relay to take the awake lock, as two rounds
+// with rows close together do.
+func StayAwake(r *Relay) { signal(r.wake.busy) }
+
+// Awake reports whether the relay holds the awake lock.
+func Awake(r *Relay) bool { return r.awake() }
+
+// SetAwakeIdle sets how long an awake relay stays awake without rows.
+func SetAwakeIdle(r *Relay, d time.Duration) { r.wake.idle.Store(int64(d)) }

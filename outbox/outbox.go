@@ -201,7 +201,8 @@ func (o *Outbox) Channel() string {
 // then publishes each message with Nats-Msg-Id set to its id. Adding an id
 // that already exists is a no-op, so a handler that runs again adds nothing
 // twice. On Postgres AddTx also signals the relays' NOTIFY channel, which is
-// delivered at commit.
+// delivered at commit, unless a relay is awake and will claim the rows
+// without it (see "Coalesced wake-ups" in the package documentation).
 //
 // Called from a Batch handler on the batch transaction, AddTx checks msgs
 // and derives their ids and headers at once but defers the insert: the

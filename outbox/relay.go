@@ -93,11 +93,16 @@ type RelayConfig struct {
 	// such a re-add. Default false: rows are marked sent and kept for
 	// Retention.
 	DeleteSent bool
-	// NoListen turns LISTEN/NOTIFY off on Postgres: polling only.
+	// NoListen turns LISTEN/NOTIFY off on Postgres: polling only. Such a
+	// relay never takes the awake lock, so writers keep notifying for the
+	// relays that listen.
 	NoListen bool
-	// ListenURL, when set, is a Postgres URL for a dedicated pgx connection
-	// used for LISTEN. Default: one connection is taken from db for the
-	// relay's lifetime (make sure db's pool allows it).
+	// ListenURL, when set, is a Postgres URL for the relay's dedicated pgx
+	// connections: one used for LISTEN and one holding the awake lock of
+	// coalesced wake-ups (see the package documentation); set it when db
+	// goes through a pooler in transaction mode. Default: both connections
+	// are taken from db for the relay's lifetime (make sure db's pool
+	// allows two beyond the workers').
 	ListenURL string
 	// PublishTimeout bounds the wait for the PubAcks of one round of
 	// publishes; rows without a PubAck by then are retried. Default
@@ -165,6 +170,10 @@ type Relay struct {
 	published, duplicates, failed, retried, rounds, deleted atomic.Int64
 
 	checked sync.Map // stream name → struct{}
+
+	// wake is the relay's part in coalesced wake-ups (see awakeLock); nil
+	// unless it LISTENs on Postgres.
+	wake *wakeState
 
 	// floor is the lowest seq the next claim of a worker looks at, 0 for
 	// all: raised past each full batch so that, while a backlog drains,
@@ -239,7 +248,11 @@ func NewRelay(db *sql.DB, pub Publisher, cfg RelayConfig) (*Relay, error) {
 	if p, ok := pub.(*JetStreamPublisher); ok && p.js == nil {
 		return nil, errors.New("outbox: NewRelay: JetStream(nil)")
 	}
-	return &Relay{db: db, pub: pub, o: o, d: d, obs: o.Observer, log: o.Logger.With("component", "idemq/outbox.Relay", "table", o.Table)}, nil
+	r := &Relay{db: db, pub: pub, o: o, d: d, obs: o.Observer, log: o.Logger.With("component", "idemq/outbox.Relay", "table", o.Table)}
+	if d.kind == sqlstore.Postgres && !o.NoListen {
+		r.wake = newWakeState()
+	}
+	return r, nil
 }
 
 // Stats returns the relay's counters.
@@ -294,6 +307,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	}()
 	if r.d.kind == sqlstore.Postgres && !r.o.NoListen {
 		wg.Go(func() { r.listen(lctx, wakeAll) })
+	}
+	if r.wake != nil {
+		wg.Go(func() { r.stayAwake(lctx, wakeAll) })
 	}
 	errs := make(chan error, r.o.Workers)
 	for i := range r.o.Workers {
@@ -355,6 +371,9 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}, cleaner bool) er
 			r.log.Info("relay rounds succeed again; resumed", "paused_for", r.o.Now().Sub(since).Round(time.Millisecond), "failed_rounds", failures)
 		}
 		failures = 0
+		if claimed > 0 {
+			r.noteRows()
+		}
 		if cleaner && r.o.Retention > 0 && !r.o.Now().Before(nextCleanup) {
 			if _, err := r.Cleanup(ctx); err != nil && ctx.Err() == nil {
 				r.log.Warn("outbox cleanup failed", "err", err)
