@@ -517,9 +517,9 @@ func (s *Store) pipeline(ctx context.Context, c client, calls []*call, eval, wai
 	var short error
 	switch n, err := w.Int64(); {
 	case err != nil:
-		short = fmt.Errorf("%w: WAIT answered %w", ErrNotReplicated, err)
+		short = fmt.Errorf("%w (WAIT answered %w)", ErrNotReplicated, err)
 	case n < int64(s.waitReplicas):
-		short = fmt.Errorf("%w: %d of %d replicas acknowledged it within %v", ErrNotReplicated, n, s.waitReplicas, s.waitTimeout)
+		short = fmt.Errorf("%w (%d of %d within %v)", ErrNotReplicated, n, s.waitReplicas, s.waitTimeout)
 	}
 	for _, cl := range calls {
 		if cl.wait {

@@ -409,6 +409,8 @@ func (o *op) answer(name, key string) error {
 	switch {
 	case o.err != nil:
 		return o.err
+	case errors.Is(o.rerr, ErrNotReplicated):
+		return fmt.Errorf("%w: %s %q", o.rerr, name, key)
 	case o.rerr != nil:
 		return fmt.Errorf("redisstore: %s %q: %w", name, key, o.rerr)
 	}
