@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/idemq/idemq/dedupe"
@@ -75,27 +74,38 @@ func (s *Store) ClaimMany(ctx context.Context, reqs []ClaimRequest) ([]ClaimResu
 		pending[i] = s.newClaim(r.Key, r.Fingerprint, r.Lease, r.Retention)
 		sent = append(sent, pending[i].op)
 	}
-	if err := s.sendMany(ctx, sent); err != nil {
-		return nil, err
-	}
+	err := s.sendMany(ctx, sent)
 	for i, p := range pending {
 		if p == nil {
 			continue
 		}
+		if err != nil {
+			p.release(false)
+			continue
+		}
 		c, swap, err := s.settle(p)
+		p.release(false)
 		if swap != nil {
+			putOp(swap)
 			// A takeover or an expired record: rare, and decided again
 			// from scratch by the two-step Claim.
 			c, err = s.Claim(ctx, reqs[i].Key, reqs[i].Fingerprint, reqs[i].Lease, reqs[i].Retention)
 		}
 		out[i] = ClaimResult{Claim: c, Err: err}
 	}
+	if err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
 // CompleteMany completes many keys in one pipeline, as ClaimMany claims
-// them. The i-th error is what Complete would have returned for reqs[i]: nil,
-// dedupe.ErrLeaseLost, dedupe.ErrInvalidLease or a server error reply. The
+// them; on a single server one script call completes them all (on a
+// Cluster, one per hash slot). With Config.WaitReplicas one WAIT per
+// master follows them, and a completion the replicas did not acknowledge
+// answers an error wrapping ErrNotReplicated. The i-th error is what
+// Complete would have returned for reqs[i]: nil, dedupe.ErrLeaseLost,
+// dedupe.ErrInvalidLease, a server error reply or ErrNotReplicated. The
 // second result is non-nil only when the batch as a whole failed; then some
 // completions may have been applied, and retrying them yields ErrLeaseLost
 // for those (check with a Claim, which answers Duplicate).
@@ -107,32 +117,23 @@ func (s *Store) CompleteMany(ctx context.Context, reqs []CompleteRequest) ([]err
 	ops := make([]*op, len(reqs))
 	sent := make([]*op, 0, len(reqs))
 	for i, r := range reqs {
-		now, rest, err := s.completeArgs(r.Result, r.Retention)
-		if err != nil {
-			out[i] = err
-			continue
+		ops[i], out[i] = s.completeOp(r.Key, r.Token, r.Result, r.Retention)
+		if ops[i] != nil {
+			sent = append(sent, ops[i])
 		}
-		if r.Token == "" {
-			out[i] = dedupe.ErrLeaseLost
-			continue
-		}
-		ops[i] = s.ownedOp(s.complete, r.Key, r.Token, now, rest...)
-		sent = append(sent, ops[i])
 	}
-	if err := s.sendMany(ctx, sent); err != nil {
-		return nil, err
-	}
+	err := s.sendMany(ctx, sent)
 	for i, o := range ops {
 		if o == nil {
 			continue
 		}
-		n, err := o.cmd.Int64()
-		switch {
-		case err != nil:
-			out[i] = fmt.Errorf("redisstore: complete %q: %w", reqs[i].Key, err)
-		case n != 1:
-			out[i] = dedupe.ErrLeaseLost
+		if err == nil {
+			out[i] = o.answer("complete", reqs[i].Key)
 		}
+		putOp(o)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

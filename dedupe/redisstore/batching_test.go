@@ -350,3 +350,106 @@ func TestBatchingConcurrency(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchingOwnedOpsShareOneScript queues every kind of token-checked
+// operation behind a pipeline in flight and checks that they went out as
+// one script call, that each got the answer it would get alone, and that a
+// key holding a value of another type fails its own operation only.
+func TestBatchingOwnedOpsShareOneScript(t *testing.T) {
+	env := harness.Redis(t)
+	g := newGate()
+	env.Client.AddHook(g)
+	var clock storetest.Clock
+	s := redisstore.New(env.Client, redisstore.Config{Prefix: env.Prefix, Now: clock.Now})
+	warm(t, s)
+	ctx := context.Background()
+	keys := []string{"complete", "release", "snooze", "delete", "extend", "stale", "hash"}
+	tokens := map[string]string{}
+	for _, k := range keys {
+		c, err := s.Claim(ctx, k, "fp", time.Minute, time.Hour)
+		if err != nil || c.Status != dedupe.Acquired {
+			t.Fatalf("claim %s: %v %v", k, c.Status, err)
+		}
+		tokens[k] = c.Token
+	}
+	if err := env.Client.Del(ctx, s.Key("hash")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.HSet(ctx, s.Key("hash"), "f", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ops := map[string]func() error{
+		"complete": func() error {
+			return s.Complete(ctx, "complete", tokens["complete"], dedupe.Result{Data: []byte("r")}, time.Hour)
+		},
+		"release": func() error { return s.Release(ctx, "release", tokens["release"]) },
+		"snooze":  func() error { return s.Snooze(ctx, "snooze", tokens["snooze"]) },
+		"delete":  func() error { return s.Delete(ctx, "delete", tokens["delete"]) },
+		"extend":  func() error { return s.Extend(ctx, "extend", tokens["extend"], 2*time.Minute) },
+		"stale":   func() error { return s.Complete(ctx, "stale", "not-the-token", dedupe.Result{}, time.Hour) },
+		"hash":    func() error { return s.Complete(ctx, "hash", tokens["hash"], dedupe.Result{}, time.Hour) },
+	}
+	g.sizes = nil
+	g.armed.Store(true)
+	lead := make(chan error, 1)
+	go func() {
+		_, err := s.Claim(ctx, "leader", "fp", time.Minute, time.Hour)
+		lead <- err
+	}()
+	<-g.held
+	var wg sync.WaitGroup
+	errs := map[string]error{}
+	var mu sync.Mutex
+	for k, fn := range ops {
+		wg.Go(func() {
+			err := fn()
+			mu.Lock()
+			errs[k] = err
+			mu.Unlock()
+		})
+	}
+	waitQueued(t, s, len(ops))
+	close(g.release)
+	wg.Wait()
+	if err := <-lead; err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(g.sizes) != "[1 1]" {
+		t.Errorf("pipeline sizes %v, want [1 1]: the held claim, then one script call for %d operations", g.sizes, len(ops))
+	}
+	for k, err := range errs {
+		switch k {
+		case "stale":
+			if !errors.Is(err, dedupe.ErrLeaseLost) {
+				t.Errorf("%s: %v, want ErrLeaseLost", k, err)
+			}
+		case "hash":
+			if err == nil || errors.Is(err, dedupe.ErrLeaseLost) {
+				t.Errorf("%s: %v, want an error", k, err)
+			}
+		default:
+			if err != nil {
+				t.Errorf("%s: %v", k, err)
+			}
+		}
+	}
+	if c, err := s.Claim(ctx, "complete", "fp", time.Minute, time.Hour); err != nil || c.Status != dedupe.Duplicate || string(c.Result.Data) != "r" {
+		t.Errorf("complete: then %v %q %v, want duplicate", c.Status, c.Result.Data, err)
+	}
+	if c, err := s.Claim(ctx, "release", "fp", time.Minute, time.Hour); err != nil || c.Status != dedupe.Acquired || c.Attempt != 2 {
+		t.Errorf("release: then %+v %v, want acquired, attempt 2", c, err)
+	}
+	if c, err := s.Claim(ctx, "snooze", "fp", time.Minute, time.Hour); err != nil || c.Status != dedupe.Acquired || c.Attempt != 1 {
+		t.Errorf("snooze: then %+v %v, want acquired, attempt 1", c, err)
+	}
+	if c, err := s.Claim(ctx, "delete", "fp", time.Minute, time.Hour); err != nil || c.Status != dedupe.Acquired || c.Attempt != 1 || c.Takeover {
+		t.Errorf("delete: then %+v %v, want a fresh acquire", c, err)
+	}
+	clock.Advance(90 * time.Second) // past the first lease, inside the extended one
+	if c, err := s.Claim(ctx, "extend", "fp", time.Minute, time.Hour); err != nil || c.Status != dedupe.Busy {
+		t.Errorf("extend: then %v %v, want busy", c.Status, err)
+	}
+	if c, err := s.Claim(ctx, "stale", "fp", time.Minute, time.Hour); err != nil || c.Status != dedupe.Acquired || !c.Takeover {
+		t.Errorf("stale: then %+v %v, want a takeover (the stale completion wrote nothing)", c, err)
+	}
+}

@@ -11,14 +11,19 @@
 // takeover after an expired lease, or a record past its retention that
 // Redis has not yet collected, takes a second round trip: a Lua script that
 // swaps the record only if it is still the version decided on (else the
-// claim is decided again). Complete, Release and Extend are one Lua script
-// each, which checks the token and rewrites the record (the first call of
-// a script after a server start or SCRIPT FLUSH takes one more round trip:
-// EVALSHA answers NOSCRIPT and the script is sent with EVAL). Touching a
-// single key per operation keeps the store correct on Redis Cluster. The
-// scripts mirror dedupe's CompleteRecord, ReleaseRecord, DeleteRecord and ExtendRecord
-// and are held to them by the dedupe/storetest suite. Redis 7.0 or later
-// (or Valkey) is required, for SET with both NX and GET.
+// claim is decided again). Complete, Release, Snooze, Delete and Extend are
+// one Lua script, which checks the token and rewrites the record; the
+// operations of one batch that may share it (see Batching) go as one call
+// of it, each key's operation applied and answered on its own (the first
+// call of a script after a server start or SCRIPT FLUSH takes one more
+// round trip: EVALSHA answers NOSCRIPT and the script is sent with EVAL).
+// A script touches several keys only where they are on one server: any
+// keys with a single server or Sentinel failover client, keys of one hash
+// slot on Redis Cluster (so the store is correct there), one key per call
+// on a Ring. The script mirrors dedupe's CompleteRecord, ReleaseRecord,
+// DeleteRecord and ExtendRecord and is held to them by the dedupe/storetest
+// suite. Redis 7.0 or later (or Valkey) is required, for SET with both NX
+// and GET and for the script's shebang flags.
 //
 // Duplicates are suppressed as long as the record is kept: for its retention
 // after completion. A crash inside the handler leaves an in-progress record
@@ -46,9 +51,15 @@
 // consumer's 64 workers share a few round trips and one connection instead
 // of queueing for the client's pool. Each operation stays atomic on its own
 // and answers exactly as it would alone; operations of a batch are not
-// atomic together. Per-operation error replies stay per operation; a failed
-// round trip fails every call it carried; scripts the server forgot
-// (NOSCRIPT) are resent with EVAL in a second pipeline.
+// atomic together. The batch's Complete, Release, Snooze, Delete and
+// Extend calls go as one script call per hash slot (one for all of them on
+// a single server), which costs the server roughly a quarter to a third
+// less per operation than one call each. Per-operation answers stay per operation (a key holding
+// another type fails its own operation only); an error reply to a script
+// call as a whole (OOM, READONLY) fails the operations it carried, none of
+// which was applied; a failed round trip fails every call it carried;
+// scripts the server forgot (NOSCRIPT) are resent with EVAL in a second
+// pipeline.
 //
 // A caller whose context ends returns ctx.Err() at once if its operation is
 // still queued, and the operation is never sent. If the operation is already
@@ -74,11 +85,47 @@
 // default) one store uses one connection at a time for its calls, and the
 // default PoolSize is ample.
 //
+// # Replication
+//
+// Redis replicates asynchronously: a master that acknowledged a write and
+// then died (SIGKILL, a machine loss) before sending it on can be replaced
+// by a replica that never saw it, and a completed record lost that way lets
+// a duplicate run the operation again. Config.WaitReplicas N makes
+// Complete and CompleteMany return only after N replicas of the master that
+// took the write acknowledged it: the store sends WAIT N WaitTimeout on the
+// same connection, right after the completions, once per master per
+// pipeline (a batch of 50 completions costs one WAIT, not 50). Fewer
+// acknowledgements within Config.WaitTimeout (default 1s) fail those
+// completions with an error wrapping ErrNotReplicated: a store error that
+// a consumer retries, never dedupe.ErrLeaseLost. The master has the record
+// then (a retried Complete answers dedupe.ErrLeaseLost, a Claim Duplicate);
+// only its survival is unknown.
+//
+// WAIT is not consensus, and what it promises is narrow: the record was in
+// the memory of N replicas when Complete returned. It can still be lost
+// when the replica promoted on failover is not one of those N (with more
+// replicas than N; Sentinel and Cluster prefer the replica with the
+// largest replication offset, but do not know which ones acknowledged),
+// when those replicas restart without persistence before a failover, or
+// when a partition cuts the master off together with those N replicas and
+// a replica on the other side is promoted. The replicas acknowledge what
+// they applied in memory: their appendfsync decides what a power loss
+// takes. Claim, Release, Snooze,
+// Delete and Extend do not wait: losing one of those writes amounts to a
+// lease that ended early (an in-progress record lost, so a redelivery is
+// Acquired anew with a larger fence), which fencing tokens and ErrLeaseLost
+// already handle, or to a release or extension undone (the next claim
+// waits for the lease, or takes over sooner), never to an operation run
+// again after it completed. A claim batched with completions does not wait
+// for WAIT either: they go in separate pipelines, sent together. While a
+// replica is down every completion costs WaitTimeout, so size it with the
+// consumer's store timeout in mind, and below the client's ReadTimeout.
+//
 // # Limits
 //
 // Durability is Redis's: with no AOF fsync, or an asynchronous replica
-// promoted after a failover, a completed record can be lost and the message
-// processed again. Use it for idempotent or re-runnable effects; use the SQL
+// promoted after a failover (see Replication), a completed record can be
+// lost and the message processed again. Use it for idempotent or re-runnable effects; use the SQL
 // store inside the handler's transaction for exactly-once database effects.
 // A record is a Redis string (at most 512 MB; keep results small).
 //

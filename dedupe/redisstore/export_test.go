@@ -7,3 +7,6 @@ func (s *Store) Queued() int {
 	defer s.mu.Unlock()
 	return len(s.queue)
 }
+
+// Slot is slot, for a test against the cluster's CLUSTER KEYSLOT.
+func Slot(key string) uint16 { return slot(key) }

@@ -2,23 +2,61 @@ package redisstore
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// op is one command the store sends: a script (EVALSHA, resent as EVAL when
-// the server answers NOSCRIPT) or, when script is nil, the plain command in
-// args. After it ran, cmd holds its reply or per-command error, or err holds
-// the failure of the whole round trip that carried it.
+// opKind says how an op goes on the wire.
+type opKind uint8
+
+const (
+	// kindCommand: the plain command in args (a claim's SET NX GET).
+	kindCommand opKind = iota
+	// kindSwap: swapLua on key with ARGV args.
+	kindSwap
+	// kindOwned: one entry of an ownedLua call, which carries every owned
+	// op of a batch whose keys share a hash slot.
+	kindOwned
+)
+
+// The owned ops, as ownedLua names them.
+const (
+	ownedComplete = 'C'
+	ownedRelease  = 'R'
+	ownedSnooze   = 'S'
+	ownedDelete   = 'X'
+	ownedExtend   = 'E'
+)
+
+// op is one operation of one caller. After it ran, cmd holds its reply or
+// per-command error (kindCommand, kindSwap), code and rerr its answer
+// (kindOwned), or err the failure of the whole round trip that carried it.
+// Ops come from opPool and go back once their caller has read the answer.
 type op struct {
-	script *redis.Script
-	key    string
-	args   []any
-	cmd    *redis.Cmd
-	err    error
+	kind opKind
+	key  string // the Redis key
+	args []any  // kindCommand: the command; kindSwap: swapLua's ARGV
+	argv [7]any // backing array of args
+
+	// kindOwned: what ownedLua needs (see appendOwned).
+	owned  byte
+	now    int64
+	token  string
+	t1, t2 int64 // complete: retention end, PX; extend: lease end, GC margin
+	state  byte  // complete: stateDone or stateFailed
+	data   []byte
+	code   byte  // the script's answer: '1' applied, '0' lease lost, 'W' not a string
+	rerr   error // error reply of the call that carried it, or ErrNotReplicated
+
+	cmd *redis.Cmd
+	err error
 
 	// Batching state. ctx is the caller's; wake is signalled (buffered, one
 	// pending signal suffices) when done or lead changes; done and lead are
@@ -29,16 +67,27 @@ type op struct {
 	lead bool
 }
 
-// queueOn adds o to pipe, as EVAL when eval is set.
-func (o *op) queueOn(ctx context.Context, pipe redis.Pipeliner, eval bool) {
-	switch {
-	case o.script == nil:
-		o.cmd = pipe.Do(ctx, o.args...)
-	case eval:
-		o.cmd = o.script.Eval(ctx, pipe, []string{o.key}, o.args...)
+var opPool = sync.Pool{New: func() any { return &op{wake: make(chan struct{}, 1)} }}
+
+// getOp returns a cleared op from the pool.
+func getOp(kind opKind, key string) *op {
+	o := opPool.Get().(*op)
+	o.kind, o.key = kind, key
+	o.args = o.argv[:0]
+	return o
+}
+
+// putOp returns o to the pool once its caller has read the answer. An op
+// whose caller gave up while it was queued or in flight is never put back:
+// the batch that carries it may still write to it.
+func putOp(o *op) {
+	select { // a signal nobody waited for
+	case <-o.wake:
 	default:
-		o.cmd = o.script.EvalSha(ctx, pipe, []string{o.key}, o.args...)
 	}
+	wake := o.wake
+	*o = op{wake: wake}
+	opPool.Put(o)
 }
 
 // result returns o's reply or error: the round trip's failure, else the
@@ -50,24 +99,171 @@ func (o *op) result() (*redis.Cmd, error) {
 	return o.cmd, o.cmd.Err()
 }
 
+// script is a Lua script sent with EVALSHA, and with EVAL when the server
+// answers NOSCRIPT.
+type script struct{ src, sha string }
+
+func newScript(src string) script {
+	h := sha1.Sum([]byte(src))
+	return script{src: src, sha: hex.EncodeToString(h[:])}
+}
+
+// call is one command on the wire: a claim's command, a swap, or one
+// ownedLua invocation for a group of owned ops.
+type call struct {
+	op    *op   // kindCommand, kindSwap
+	group []*op // kindOwned: the ops, in KEYS order
+	args  []any // the command; for a script, args[0:2] are EVALSHA and the sha
+	src   string
+	cmd   *redis.Cmd
+	err   error // the round trip's failure
+	// wait: the call carries a completion and the store waits for
+	// replicas; notReplicated (wrapping ErrNotReplicated) says that they
+	// did not all acknowledge it.
+	wait          bool
+	notReplicated error
+}
+
+func (c *call) isScript() bool { return c.src != "" }
+
+// key returns the first key of c, which decides the node it goes to.
+func (c *call) key() string {
+	if c.op != nil {
+		return c.op.key
+	}
+	return c.group[0].key
+}
+
+// maxGroup caps the ops of one ownedLua call, so that one script never
+// blocks the server for long (about 2 µs per op).
+const maxGroup = 128
+
+// calls turns ops into the commands that carry them: one per claim and
+// swap, and one ownedLua call per group of owned ops that may share a
+// script: all of them on a single server, those of one hash slot on a
+// Cluster, each alone on a Ring or an unknown client.
+func (s *Store) calls(ops []*op) []*call {
+	var (
+		cs     = make([]call, 0, len(ops))
+		out    = make([]*call, 0, len(ops))
+		single *call
+		bySlot map[uint16]*call
+	)
+	for _, o := range ops {
+		switch o.kind {
+		case kindCommand:
+			cs = append(cs, call{op: o, args: o.args})
+			out = append(out, &cs[len(cs)-1])
+			continue
+		case kindSwap:
+			args := make([]any, 0, 4+len(o.args))
+			args = append(append(args, "evalsha", s.swap.sha, 1, o.key), o.args...)
+			cs = append(cs, call{op: o, args: args, src: s.swap.src})
+			out = append(out, &cs[len(cs)-1])
+			continue
+		}
+		var g *call
+		switch s.topo {
+		case topoSingle:
+			g = single
+		case topoCluster:
+			if bySlot == nil {
+				bySlot = make(map[uint16]*call)
+			}
+			g = bySlot[slot(o.key)]
+		}
+		if g == nil || len(g.group) == maxGroup {
+			cs = append(cs, call{src: s.owned.src})
+			g = &cs[len(cs)-1]
+			out = append(out, g)
+			switch s.topo {
+			case topoSingle:
+				single = g
+			case topoCluster:
+				bySlot[slot(o.key)] = g
+			}
+		}
+		g.group = append(g.group, o)
+		g.wait = g.wait || (o.owned == ownedComplete && s.waitReplicas > 0)
+	}
+	for _, c := range out {
+		if c.group != nil {
+			c.args = s.ownedArgs(c.group)
+		}
+	}
+	return out
+}
+
+// ownedArgs is the EVALSHA of ownedLua for group: its keys, the string
+// of operation names, and each op's arguments: now and token; for a
+// completion the new state, retention end and zero lease end (27 bytes),
+// the result and the PX; for an extension the new lease end and the GC
+// margin. The fixed-width arguments are cut from one buffer.
+func (s *Store) ownedArgs(group []*op) []any {
+	buf := make([]byte, 0, len(group)*ownedBytes)
+	args := make([]any, 0, 4+6*len(group))
+	args = append(args, "evalsha", s.owned.sha, len(group))
+	for _, o := range group {
+		args = append(args, o.key)
+		buf = append(buf, o.owned)
+	}
+	args = append(args, buf[:len(buf):len(buf)])
+	cut := func(from int) []byte { return buf[from:len(buf):len(buf)] }
+	for _, o := range group {
+		at := len(buf)
+		buf = appendMillis(buf, o.now)
+		args = append(args, cut(at), o.token)
+		switch o.owned {
+		case ownedComplete:
+			at = len(buf)
+			buf = appendMillis(appendMillis(append(buf, o.state), o.t1), 0)
+			head := cut(at)
+			at = len(buf)
+			buf = strconv.AppendInt(buf, o.t2, 10)
+			data := o.data
+			if data == nil {
+				data = []byte{}
+			}
+			args = append(args, head, data, cut(at))
+		case ownedExtend:
+			at = len(buf)
+			buf = appendMillis(buf, o.t1)
+			lease := cut(at)
+			at = len(buf)
+			buf = strconv.AppendInt(buf, o.t2, 10)
+			args = append(args, lease, cut(at))
+		}
+	}
+	return args
+}
+
+// ownedBytes bounds the bytes ownedArgs cuts from its buffer per op: the
+// name, now, a completion's header and its PX.
+const ownedBytes = 1 + digits + 1 + 2*digits + 20
+
+// maxToken is the longest token the store sends; a longer one is no token
+// of it (they are 32 characters).
+const maxToken = 1 << 10
+
 // exec runs o and returns the failure of the round trip that carried it (the
-// command's own error reply stays in o.cmd). With batching on, o joins the
-// queue: the caller that finds no flush in progress becomes the leader and
-// sends at most maxBatch queued ops in one pipeline, then hands leadership
-// to the first op still queued, whose caller sends the next batch. No
-// goroutine and no timer outlive a call.
+// command's own error reply stays in o.cmd, or o.rerr). With batching on, o
+// joins the queue: the caller that finds no flush in progress becomes the
+// leader and sends at most maxBatch queued ops in one pipeline, then hands
+// leadership to the first op still queued, whose caller sends the next
+// batch. No goroutine and no timer outlive a call.
 //
 // A caller whose ctx ends returns ctx.Err(): its op is dropped if it is still
 // queued, and otherwise may still run (it is already on the wire). The
 // leader sends its batch under a context that ends only when every caller in
-// the batch has given up, so it returns when the round trip does.
-func (s *Store) exec(ctx context.Context, o *op) error {
+// the batch has given up, so it returns when the round trip does. exec
+// reports abandoned: then o may still be written to, and must not go back
+// to the pool.
+func (s *Store) exec(ctx context.Context, o *op) (err error, abandoned bool) {
 	if s.maxBatch <= 1 {
 		s.send(ctx, []*op{o})
-		return o.err
+		return o.err, false
 	}
 	o.ctx = ctx
-	o.wake = make(chan struct{}, 1)
 	s.mu.Lock()
 	s.queue = append(s.queue, o)
 	lead := !s.flushing
@@ -81,16 +277,16 @@ func (s *Store) exec(ctx context.Context, o *op) error {
 		case <-o.wake:
 		case <-ctx.Done():
 			if s.abandon(o) {
-				return o.err
+				return o.err, false
 			}
-			return ctx.Err()
+			return ctx.Err(), true
 		}
 		s.mu.Lock()
 		done := o.done
 		lead, o.lead = o.lead, false
 		s.mu.Unlock()
 		if done {
-			return o.err
+			return o.err, false
 		}
 	}
 }
@@ -141,18 +337,19 @@ func (s *Store) handOff() {
 
 // flush sends one batch from the head of the queue (the leader's own op is
 // its first), marks its ops done and hands leadership on. Ops whose caller
-// gave up before the batch left are not sent.
+// gave up before the batch left are not sent. Only the leader runs flush,
+// so it reuses s.taken and s.batch; it is done with them before handOff
+// lets the next leader in.
 func (s *Store) flush() {
 	s.mu.Lock()
 	n := min(len(s.queue), s.maxBatch)
-	taken := make([]*op, n)
-	copy(taken, s.queue)
+	taken := append(s.taken[:0], s.queue[:n]...)
 	rest := copy(s.queue, s.queue[n:])
 	clear(s.queue[rest:])
 	s.queue = s.queue[:rest]
 	s.mu.Unlock()
 
-	batch := make([]*op, 0, n)
+	batch := s.batch[:0]
 	for _, o := range taken {
 		if err := o.ctx.Err(); err != nil {
 			o.err = err
@@ -175,6 +372,9 @@ func (s *Store) flush() {
 		o.done = true
 		signal(o)
 	}
+	clear(taken)
+	clear(batch)
+	s.taken, s.batch = taken[:0], batch[:0]
 	s.handOff()
 	s.mu.Unlock()
 }
@@ -207,60 +407,240 @@ func batchContext(batch []*op) (context.Context, func()) {
 	}
 }
 
-// send runs ops in one round trip: a lone op as a single command (a script
-// through Script.Run, which falls back to EVAL on NOSCRIPT), several as one
-// pipeline, followed by a second pipeline of EVALs for the scripts the
-// server answered NOSCRIPT to (it restarted or flushed its script cache;
-// those did not run). Each op's reply or error reply lands in its cmd; a
-// failure of the round trip itself (connection, context) lands in every
-// op's err.
+// send runs ops in one round trip (see calls for how they are packed): a
+// lone command on its own, several as one pipeline, followed by a second
+// pipeline of EVALs for the scripts the server answered NOSCRIPT to (it
+// restarted or flushed its script cache; those did not run). With
+// Config.WaitReplicas the calls that carry a completion go in a pipeline
+// of their own per node, ended by one WAIT (see sendWaiting). Each op's
+// answer or error reply lands in it; a failure of the round trip itself
+// (connection, context) lands in every op's err.
 func (s *Store) send(ctx context.Context, ops []*op) {
-	if len(ops) == 1 {
-		o := ops[0]
-		if o.script != nil {
-			o.cmd = o.script.Run(ctx, s.c, []string{o.key}, o.args...)
-		} else {
-			o.cmd = s.c.Do(ctx, o.args...)
-		}
-		if err := o.cmd.Err(); err != nil && !isReply(err) {
-			o.err = fmt.Errorf("redisstore: %w", err)
-		}
-		return
+	calls := s.calls(ops)
+	waiting := false
+	for _, c := range calls {
+		waiting = waiting || c.wait
 	}
-	if s.pipeline(ctx, ops, false) {
-		return
+	if waiting {
+		s.sendWaiting(ctx, calls)
+	} else {
+		s.run(ctx, s.c, calls, false)
 	}
-	var missing []*op
-	for _, o := range ops {
-		if o.script != nil && redis.HasErrorPrefix(o.cmd.Err(), "NOSCRIPT") {
-			missing = append(missing, o)
-		}
-	}
-	if len(missing) > 0 {
-		s.pipeline(ctx, missing, true)
+	for _, c := range calls {
+		s.answer(c)
 	}
 }
 
-// pipeline sends ops as one pipeline and reports whether the round trip
-// failed as a whole (then every op's err is set).
-func (s *Store) pipeline(ctx context.Context, ops []*op, eval bool) (failed bool) {
-	pipe := s.c.Pipeline()
-	for _, o := range ops {
-		o.queueOn(ctx, pipe, eval)
+// run sends calls through c in one round trip, with WAIT at the end when
+// wait is set, then resends with EVAL those the server answered NOSCRIPT
+// to.
+func (s *Store) run(ctx context.Context, c client, calls []*call, wait bool) {
+	if len(calls) == 1 && !wait {
+		cl := calls[0]
+		cl.cmd = c.Do(ctx, cl.args...)
+		if cl.isScript() && redis.HasErrorPrefix(cl.cmd.Err(), "NOSCRIPT") {
+			cl.cmd = c.Do(ctx, evalArgs(cl)...)
+		}
+		if err := cl.cmd.Err(); err != nil && !isReply(err) {
+			cl.err = fmt.Errorf("redisstore: %w", err)
+		}
+		return
 	}
-	if _, err := pipe.Exec(ctx); err == nil {
+	if s.pipeline(ctx, c, calls, false, wait) {
+		return
+	}
+	var missing []*call
+	for _, cl := range calls {
+		if cl.isScript() && redis.HasErrorPrefix(cl.cmd.Err(), "NOSCRIPT") {
+			missing = append(missing, cl)
+		}
+	}
+	if len(missing) > 0 {
+		s.pipeline(ctx, c, missing, true, wait)
+	}
+}
+
+// client is what run needs of a go-redis client: a UniversalClient, or
+// one node's *redis.Client.
+type client interface {
+	Do(ctx context.Context, args ...any) *redis.Cmd
+	Pipeline() redis.Pipeliner
+}
+
+// evalArgs turns a script call's EVALSHA into EVAL.
+func evalArgs(c *call) []any {
+	args := append([]any(nil), c.args...)
+	args[0], args[1] = "eval", c.src
+	return args
+}
+
+// pipeline sends calls as one pipeline through c, as EVAL when eval is
+// set, followed by WAIT when wait is set, and reports whether the round
+// trip failed as a whole (then every call's err is set). WAIT's answer is
+// recorded in the calls that carry a completion.
+func (s *Store) pipeline(ctx context.Context, c client, calls []*call, eval, wait bool) (failed bool) {
+	pipe := c.Pipeline()
+	for _, cl := range calls {
+		cl.notReplicated = nil
+		args := cl.args
+		if eval {
+			args = evalArgs(cl)
+		}
+		cl.cmd = pipe.Do(ctx, args...)
+	}
+	var w *redis.Cmd
+	if wait {
+		w = pipe.Do(ctx, "wait", s.waitReplicas, ms(s.waitTimeout))
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil {
+		cmds := make([]redis.Cmder, 0, len(calls)+1)
+		for _, cl := range calls {
+			cmds = append(cmds, cl.cmd)
+		}
+		if w != nil {
+			cmds = append(cmds, w)
+		}
+		for _, cmd := range cmds {
+			if err := cmd.Err(); err != nil && !isReply(err) {
+				err = fmt.Errorf("redisstore: pipeline of %d commands: %w", len(cmds), err)
+				for _, cl := range calls {
+					cl.err = err
+				}
+				return true
+			}
+		}
+	}
+	if w == nil {
 		return false
 	}
-	for _, o := range ops {
-		if err := o.cmd.Err(); err != nil && !isReply(err) {
-			err = fmt.Errorf("redisstore: pipeline of %d commands: %w", len(ops), err)
-			for _, o := range ops {
-				o.err = err
-			}
-			return true
+	var short error
+	switch n, err := w.Int64(); {
+	case err != nil:
+		short = fmt.Errorf("%w (WAIT answered %w)", ErrNotReplicated, err)
+	case n < int64(s.waitReplicas):
+		short = fmt.Errorf("%w (%d of %d within %v)", ErrNotReplicated, n, s.waitReplicas, s.waitTimeout)
+	}
+	for _, cl := range calls {
+		if cl.wait {
+			cl.notReplicated = short
 		}
 	}
 	return false
+}
+
+// sendWaiting sends calls when some carry a completion that must reach
+// Config.WaitReplicas replicas: those go, per node, in a pipeline ended by
+// one WAIT sent on the same connection to the master that took their
+// writes; the rest go as one pipeline of their own, alongside. The
+// pipelines run concurrently (one round trip), and sendWaiting returns when
+// all have.
+func (s *Store) sendWaiting(ctx context.Context, calls []*call) {
+	var rest, waiting []*call
+	for _, c := range calls {
+		if c.wait {
+			waiting = append(waiting, c)
+		} else {
+			rest = append(rest, c)
+		}
+	}
+	type node struct {
+		c     *redis.Client
+		calls []*call
+	}
+	var nodes []*node
+	for _, c := range waiting {
+		n, err := s.nodeFor(ctx, c.key())
+		if err != nil {
+			c.err = err
+			continue
+		}
+		i := 0
+		for i < len(nodes) && nodes[i].c != n {
+			i++
+		}
+		if i == len(nodes) {
+			nodes = append(nodes, &node{c: n})
+		}
+		nodes[i].calls = append(nodes[i].calls, c)
+	}
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Go(func() { s.run(ctx, n.c, n.calls, true) })
+	}
+	if len(rest) > 0 {
+		s.run(ctx, s.c, rest, false)
+	}
+	wg.Wait()
+	if s.topo == topoCluster {
+		for _, c := range waiting {
+			if c.cmd != nil && redis.HasErrorPrefix(c.cmd.Err(), "MOVED") {
+				s.c.(*redis.ClusterClient).ReloadState(ctx)
+				break
+			}
+		}
+	}
+}
+
+// nodeFor returns the client of the master that holds key: the store's
+// own client on a single server (where Sentinel failover, if any, keeps
+// one connection's commands on one master), the slot's master on a
+// Cluster, the key's shard on a Ring.
+func (s *Store) nodeFor(ctx context.Context, key string) (*redis.Client, error) {
+	switch c := s.c.(type) {
+	case *redis.Client:
+		return c, nil
+	case *redis.ClusterClient:
+		n, err := c.MasterForKey(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: find the master of %q: %w", key, err)
+		}
+		return n, nil
+	case *redis.Ring:
+		n, err := c.GetShardClientForKey(key)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: find the shard of %q: %w", key, err)
+		}
+		return n, nil
+	}
+	return nil, errWaitClient
+}
+
+// errWaitClient reports Config.WaitReplicas with a client of a type whose
+// nodes the store cannot address.
+var errWaitClient = errors.New("redisstore: Config.WaitReplicas needs a *redis.Client, *redis.ClusterClient or *redis.Ring")
+
+// answer hands c's reply to the ops it carried.
+func (s *Store) answer(c *call) {
+	if c.op != nil {
+		c.op.cmd, c.op.err = c.cmd, c.err
+		return
+	}
+	var codes string
+	var rerr error
+	if c.err == nil {
+		var err error
+		codes, err = c.cmd.Text()
+		switch {
+		case err != nil:
+			rerr = err
+		case len(codes) != len(c.group):
+			rerr = fmt.Errorf("%w: %d answers for %d operations", errReply, len(codes), len(c.group))
+		}
+	}
+	for i, o := range c.group {
+		switch {
+		case c.err != nil:
+			o.err = c.err
+		case rerr != nil:
+			o.rerr = rerr
+		default:
+			o.code = codes[i]
+			if o.code == '1' && o.owned == ownedComplete {
+				o.rerr = c.notReplicated
+			}
+		}
+	}
 }
 
 // isReply reports whether err is the server's answer to one command (an

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,7 +41,44 @@ type Config struct {
 	// batching off, so that every call is its own round trip on its own pool
 	// connection (then size the client's PoolSize to the concurrency).
 	MaxBatch int
+	// WaitReplicas, when positive, makes Complete (and CompleteMany) return
+	// only once at least that many replicas of the master that took the
+	// write have acknowledged it: the store sends WAIT WaitReplicas
+	// WaitTimeout after the completions of each pipeline, one per master
+	// and pipeline (not one per call), on the connection that carried them.
+	// When fewer replicas acknowledge within WaitTimeout the completion
+	// fails with an error wrapping ErrNotReplicated. Default 0: no WAIT,
+	// Complete returns once the master has the write. See "Replication"
+	// in the package documentation for what it does and does not promise.
+	//
+	// Claim, Release, Snooze, Delete and Extend never wait: losing one of
+	// their writes in a failover amounts to a lease that ended early, which
+	// fencing tokens already cover. WaitReplicas needs a *redis.Client
+	// (single server or Sentinel failover client), *redis.ClusterClient or
+	// *redis.Ring; with another UniversalClient, every Complete fails.
+	WaitReplicas int
+	// WaitTimeout bounds how long a completion waits for WaitReplicas
+	// replicas (WAIT's timeout, in whole milliseconds), when WaitReplicas is
+	// positive. Default DefaultWaitTimeout (1s). Keep it below the client's
+	// ReadTimeout (go-redis default 3s), which bounds the whole pipeline's
+	// answer; Complete's callers wait up to this long longer while a
+	// replica lags or is down, and so do the calls batched with them.
+	WaitTimeout time.Duration
 }
+
+// DefaultWaitTimeout is Config.WaitTimeout when zero: 1 second.
+const DefaultWaitTimeout = time.Second
+
+// ErrNotReplicated is wrapped by the error of Complete (and CompleteMany's
+// per-request errors) when Config.WaitReplicas replicas did not
+// acknowledge the completion within Config.WaitTimeout (or WAIT failed).
+// The master took the write: the record is complete there, so a retried
+// Complete answers dedupe.ErrLeaseLost and a Claim answers Duplicate as
+// long as that master serves the key. What is not known is whether the
+// record survives the master's loss. It is a store error, not an answer
+// (neither dedupe.ErrLeaseLost nor dedupe.IsInvalidInput): a consumer
+// treats it as the store being unavailable.
+var ErrNotReplicated = errors.New("redisstore: completion not acknowledged by enough replicas")
 
 // DefaultMaxBatch is Config.MaxBatch when zero: 128 operations per
 // pipeline.
@@ -49,28 +87,46 @@ const DefaultMaxBatch = 128
 // Store is a dedupe.Store on Redis. It is safe for concurrent use and holds
 // no resources of its own: close the client when done.
 type Store struct {
-	c        redis.UniversalClient
-	prefix   string
-	now      func() time.Time
-	swap     *redis.Script
-	complete *redis.Script
-	release  *redis.Script
-	del      *redis.Script
-	snooze   *redis.Script
-	extend   *redis.Script
+	c      redis.UniversalClient
+	topo   topology
+	prefix string
+	now    func() time.Time
+	swap   script
+	owned  script
+
+	waitReplicas int
+	waitTimeout  time.Duration
 
 	// maxBatch is Config.MaxBatch; the queue of calls waiting for a
 	// pipeline, and whether a caller is flushing it, are guarded by mu.
-	maxBatch int
-	mu       sync.Mutex
-	queue    []*op
-	flushing bool
+	// taken and batch are the flushing leader's scratch space.
+	maxBatch     int
+	mu           sync.Mutex
+	queue        []*op
+	flushing     bool
+	taken, batch []*op
 }
+
+// topology says which keys one script may touch together.
+type topology uint8
+
+const (
+	// topoOther: each key alone (a Ring, whose shards go-redis picks by
+	// the first key only, or a client type the store does not know).
+	topoOther topology = iota
+	// topoSingle: any keys (a single server, or a Sentinel failover
+	// client: one master at a time).
+	topoSingle
+	// topoCluster: keys of one hash slot.
+	topoCluster
+)
 
 // New returns a Store that keeps its records in c. c may be a *redis.Client,
 // *redis.ClusterClient, *redis.Ring or failover client: every operation
-// touches exactly one key. The scripts are sent with EVALSHA and loaded with
-// EVAL the first time a server does not know them.
+// touches exactly one key, and the store's scripts touch several keys only
+// where the client sends them to one server (see Batching). The scripts are
+// sent with EVALSHA and loaded with EVAL the first time a server does not
+// know them.
 func New(c redis.UniversalClient, cfg Config) *Store {
 	o := cfg
 	if o.Prefix == "" {
@@ -82,18 +138,28 @@ func New(c redis.UniversalClient, cfg Config) *Store {
 	if o.MaxBatch == 0 {
 		o.MaxBatch = DefaultMaxBatch
 	}
-	return &Store{
-		c:        c,
-		prefix:   o.Prefix,
-		now:      o.Now,
-		swap:     redis.NewScript(swapLua),
-		complete: redis.NewScript(completeLua),
-		release:  redis.NewScript(releaseLua),
-		del:      redis.NewScript(deleteLua),
-		snooze:   redis.NewScript(snoozeLua),
-		extend:   redis.NewScript(extendLua),
-		maxBatch: o.MaxBatch,
+	if o.WaitReplicas > 0 && o.WaitTimeout <= 0 {
+		o.WaitTimeout = DefaultWaitTimeout
 	}
+	s := &Store{
+		c:            c,
+		prefix:       o.Prefix,
+		now:          o.Now,
+		swap:         newScript(swapLua),
+		owned:        newScript(ownedLua),
+		maxBatch:     o.MaxBatch,
+		waitReplicas: max(o.WaitReplicas, 0),
+		waitTimeout:  o.WaitTimeout,
+	}
+	switch c.(type) {
+	case *redis.Client:
+		s.topo = topoSingle
+	case *redis.ClusterClient:
+		s.topo = topoCluster
+	default:
+		s.topo = topoOther
+	}
+	return s
 }
 
 // Key returns the Redis key holding the record for a dedupe key: the prefix
@@ -125,20 +191,25 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	}
 	for range maxSwaps {
 		p := s.newClaim(key, fingerprint, lease, retention)
-		if err := s.exec(ctx, p.op); err != nil {
+		if err, abandoned := s.exec(ctx, p.op); err != nil {
+			p.release(abandoned)
 			return dedupe.Claim{}, err
 		}
 		c, swap, err := s.settle(p)
+		p.release(false)
 		if err != nil || swap == nil {
 			return c, err
 		}
-		if err := s.exec(ctx, swap); err != nil {
-			return dedupe.Claim{}, err
-		}
-		cmd, err := swap.result()
+		err, abandoned := s.exec(ctx, swap)
 		var n int64
 		if err == nil {
-			n, err = cmd.Int64()
+			var cmd *redis.Cmd
+			if cmd, err = swap.result(); err == nil {
+				n, err = cmd.Int64()
+			}
+		}
+		if !abandoned {
+			putOp(swap)
 		}
 		if err != nil {
 			return dedupe.Claim{}, fmt.Errorf("redisstore: claim %q: %w", key, err)
@@ -167,8 +238,11 @@ type pendingClaim struct {
 	fence                     uint64
 }
 
+var claimPool = sync.Pool{New: func() any { return new(pendingClaim) }}
+
 func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration) *pendingClaim {
-	p := &pendingClaim{
+	p := claimPool.Get().(*pendingClaim)
+	*p = pendingClaim{
 		key: key, fingerprint: fingerprint, token: storekit.NewToken(),
 		now: s.now().UnixMilli(), leaseMs: ms(lease), retentionMs: ms(retention),
 	}
@@ -177,8 +251,19 @@ func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration
 	p.fence = storekit.NextFence(0, time.UnixMilli(p.now))
 	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.fence, p.token, fingerprint, nil)
 	k := s.Key(key)
-	p.op = &op{key: k, args: []any{"set", k, val, "px", expires - p.now + gcMargin, "nx", "get"}}
+	p.op = getOp(kindCommand, k)
+	p.op.args = append(p.op.args, "set", k, val, "px", expires-p.now+gcMargin, "nx", "get")
 	return p
+}
+
+// release returns p and its op to their pools; an abandoned op (its
+// caller gave up while it was on the wire) stays out.
+func (p *pendingClaim) release(abandoned bool) {
+	if !abandoned {
+		putOp(p.op)
+	}
+	*p = pendingClaim{}
+	claimPool.Put(p)
 }
 
 // settle turns the reply of p into the answer, or into the swap script to
@@ -206,70 +291,62 @@ func (s *Store) settle(p *pendingClaim) (dedupe.Claim, *op, error) {
 		return c, nil, nil
 	}
 	px := next.ExpiresAt.UnixMilli() - p.now + gcMargin
-	return c, &op{script: s.swap, key: p.op.key, args: []any{version, encodeRecord(next), px}}, nil
+	swap := getOp(kindSwap, p.op.key)
+	swap.args = append(swap.args, version, encodeRecord(next), px)
+	return c, swap, nil
 }
 
 // errReply reports a reply of an unexpected shape.
 var errReply = errors.New("redisstore: unexpected reply")
 
-// Complete implements dedupe.Store in one round trip.
+// Complete implements dedupe.Store in one round trip (or a share of one).
+// With Config.WaitReplicas it returns once that many replicas have the
+// completed record, or fails with an error wrapping ErrNotReplicated.
 func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	now, rest, err := s.completeArgs(res, retention)
-	if err != nil {
+	o, err := s.completeOp(key, token, res, retention)
+	if err != nil || o == nil {
 		return err
 	}
-	return s.owned(ctx, s.complete, "complete", key, token, now, rest...)
+	return s.run1(ctx, o, "complete", key)
 }
 
-// completeArgs returns now and the complete script's arguments after the
-// token: the new header (state, retention end, no lease), the result and
-// the PX.
-func (s *Store) completeArgs(res dedupe.Result, retention time.Duration) (int64, []any, error) {
+// completeOp returns the owned op of a Complete, or nil and the answer
+// when the call can be answered without the server: an invalid retention,
+// or a token that cannot be current.
+func (s *Store) completeOp(key, token string, res dedupe.Result, retention time.Duration) (*op, error) {
 	if retention <= 0 {
-		return 0, nil, fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
+		return nil, fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
 	}
-	state := byte(stateDone)
-	if res.Failed {
-		state = stateFailed
+	o := s.ownedOp(ownedComplete, key, token)
+	if o == nil {
+		return nil, dedupe.ErrLeaseLost
 	}
-	now := s.now().UnixMilli()
 	retMs := ms(retention)
-	head := appendMillis(append(make([]byte, 0, 1+2*digits), state), now+retMs)
-	head = appendMillis(head, 0)
-	// res.Data goes out as a binary-safe bulk string; go-redis writes a
-	// []byte argument as is.
-	data := res.Data
-	if data == nil {
-		data = []byte{}
+	o.state = stateDone
+	if res.Failed {
+		o.state = stateFailed
 	}
-	return now, []any{head, data, retMs + gcMargin}, nil
+	o.t1, o.t2 = o.now+retMs, retMs+gcMargin
+	o.data = res.Data
+	return o, nil
 }
 
 // Release implements dedupe.Store in one round trip.
 func (s *Store) Release(ctx context.Context, key, token string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.owned(ctx, s.release, "release", key, token, s.now().UnixMilli())
+	return s.simple(ctx, ownedRelease, "release", key, token)
 }
 
 // Snooze implements dedupe.Snoozer in one round trip.
 func (s *Store) Snooze(ctx context.Context, key, token string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.owned(ctx, s.snooze, "snooze", key, token, s.now().UnixMilli())
+	return s.simple(ctx, ownedSnooze, "snooze", key, token)
 }
 
 // Delete implements dedupe.Store in one round trip.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.owned(ctx, s.del, "delete", key, token, s.now().UnixMilli())
+	return s.simple(ctx, ownedDelete, "delete", key, token)
 }
 
 // Extend implements dedupe.Store in one round trip.
@@ -280,40 +357,72 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 	if lease <= 0 {
 		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
 	}
-	now := s.now().UnixMilli()
-	return s.owned(ctx, s.extend, "extend", key, token, now, appendMillis(nil, now+ms(lease)), gcMargin)
-}
-
-// ownedOp is one of the token-checked scripts with ARGV now (13 digits),
-// token + ":", rest...
-func (s *Store) ownedOp(sc *redis.Script, key, token string, now int64, rest ...any) *op {
-	args := make([]any, 0, 2+len(rest))
-	args = append(args, string(appendMillis(nil, now)), token+":")
-	return &op{script: sc, key: s.Key(key), args: append(args, rest...)}
-}
-
-// owned runs a token-checked script for key; rest starts with now (Unix
-// ms), followed by the script's own arguments.
-func (s *Store) owned(ctx context.Context, sc *redis.Script, name, key, token string, now int64, rest ...any) error {
-	if token == "" {
+	o := s.ownedOp(ownedExtend, key, token)
+	if o == nil {
 		return dedupe.ErrLeaseLost
 	}
-	o := s.ownedOp(sc, key, token, now, rest...)
-	if err := s.exec(ctx, o); err != nil {
+	o.t1, o.t2 = o.now+ms(lease), gcMargin
+	return s.run1(ctx, o, "extend", key)
+}
+
+// simple runs an owned op that needs nothing but the token.
+func (s *Store) simple(ctx context.Context, kind byte, name, key, token string) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	cmd, err := o.result()
-	var n int64
-	if err == nil {
-		n, err = cmd.Int64()
-	}
-	if err != nil {
-		return fmt.Errorf("redisstore: %s %q: %w", name, key, err)
-	}
-	if n != 1 {
+	o := s.ownedOp(kind, key, token)
+	if o == nil {
 		return dedupe.ErrLeaseLost
 	}
-	return nil
+	return s.run1(ctx, o, name, key)
+}
+
+// ownedOp returns an owned op of kind for key and token, stamped with now,
+// or nil when token cannot be a record's current token: empty, holding a
+// ':' (which ends a stored token) or longer than any token.
+func (s *Store) ownedOp(kind byte, key, token string) *op {
+	if token == "" || len(token) > maxToken || strings.IndexByte(token, ':') >= 0 {
+		return nil
+	}
+	o := getOp(kindOwned, s.Key(key))
+	o.owned, o.token, o.now = kind, token, s.now().UnixMilli()
+	return o
+}
+
+// run1 runs one owned op through the batching queue and returns its
+// answer.
+func (s *Store) run1(ctx context.Context, o *op, name, key string) error {
+	err, abandoned := s.exec(ctx, o)
+	if abandoned {
+		return err
+	}
+	if err == nil {
+		err = o.answer(name, key)
+	}
+	putOp(o)
+	return err
+}
+
+// answer is what an owned op's call returns once it ran: nil,
+// dedupe.ErrLeaseLost, or an error naming the operation.
+func (o *op) answer(name, key string) error {
+	switch {
+	case o.err != nil:
+		return o.err
+	case errors.Is(o.rerr, ErrNotReplicated):
+		return fmt.Errorf("%w: %s %q", o.rerr, name, key)
+	case o.rerr != nil:
+		return fmt.Errorf("redisstore: %s %q: %w", name, key, o.rerr)
+	}
+	switch o.code {
+	case '1':
+		return nil
+	case '0':
+		return dedupe.ErrLeaseLost
+	case 'W':
+		return fmt.Errorf("redisstore: %s %q: %w: the key holds a value that is not a string", name, key, errRecord)
+	}
+	return fmt.Errorf("redisstore: %s %q: %w: answer %q", name, key, errReply, o.code)
 }
 
 // Ping implements dedupe.Pinger with a PING.

@@ -91,19 +91,20 @@ func appendFence(b []byte, f uint64) []byte {
 	return append(b, d[:]...)
 }
 
-// encode returns the stored form of a record.
+// encode returns the stored form of a record, in one allocation.
 func encode(state byte, expires, leaseEnd, created int64, attempts int, fence uint64, token, fp string, result []byte) string {
 	var sb strings.Builder
-	sb.Grow(headerLen + len(token) + len(fp) + len(result) + 24)
-	b := make([]byte, 0, headerLen+len(token)+24)
-	b = append(b, state)
+	sb.Grow(headerLen + len(token) + 1 + 20 + 1 + len(fp) + len(result))
+	var h [headerLen + 21]byte
+	b := append(h[:0], state)
 	b = appendMillis(b, expires)
 	b = appendMillis(b, leaseEnd)
 	b = appendMillis(b, created)
 	b = appendAttempts(b, attempts)
 	b = appendFence(b, fence)
-	b = append(b, token...)
-	b = append(b, ':')
+	sb.Write(b)
+	sb.WriteString(token)
+	b = append(h[:0], ':')
 	b = strconv.AppendInt(b, int64(len(fp)), 10)
 	b = append(b, ':')
 	sb.Write(b)
@@ -229,59 +230,87 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 `
 
-// ownedLua is the prologue of complete, release, delete and extend:
-// ARGV[1] is now (13 digits), ARGV[2] the token followed by ":" (never
-// empty: the caller refuses an empty token). The record must be live (now
-// before its retention end), in progress ('I', 73), with that token
-// (dedupe's owned). An expired lease nobody took over is still owned.
-const ownedLua = `
-local v = redis.call('GET', KEYS[1])
-if not v or string.byte(v, 1) ~= 73 or ARGV[1] >= string.sub(v, 2, 14)
-  or string.sub(v, 67, 66 + #ARGV[2]) ~= ARGV[2] then
-  return 0
+// ownedLua runs the token-checked operations (Complete, Release, Snooze,
+// Delete, Extend) of every key in KEYS, in order, in one invocation: a
+// batch's owned operations that share a hash slot (all of them on a single
+// server) cost one script call instead of one each. ARGV[1] holds one
+// character per key naming its operation; then come each key's arguments
+// (see ownedArgs): now (13 digits) and the token, then what the operation
+// needs. Each operation is the one the store's scripts ran alone before:
+// the record must be live (now before its retention end), in progress
+// ('I', 73), with that token followed by ':' (58) (storekit's owned; an
+// expired lease nobody took over is still owned). Then
+//
+//   - C (complete; ARGV new state and times, 27 bytes; result; PX): the 27
+//     bytes replace the first 27 of the record and the result follows it,
+//     keeping creation time, attempts, fence, token and fingerprint;
+//   - R (release): the token and the lease end are cleared, keeping the
+//     rest and the key's TTL;
+//   - S (snooze): release, with the attempts field lowered by one (never
+//     below zero);
+//   - X (delete): the key is deleted;
+//   - E (extend; ARGV new lease end, 13 digits; GC margin, ms): the lease
+//     end is the one given, the retention end the later of itself and the
+//     lease end, PX from them and the GC margin.
+//
+// It returns one character per key: '1' done, '0' lease lost (nothing
+// written), 'W' the key holds a value that is not a string (nothing
+// written; GET's error is caught so that it does not abort the other
+// keys' operations). The shebang line makes the server refuse the whole
+// script up front when it is out of memory, rather than fail a write in
+// the middle of it. The arguments come as they are, with no parsing in
+// Lua: the server's cost per key is the GET, the SET and a few
+// comparisons.
+const ownedLua = `#!lua
+local kinds = ARGV[1]
+local a = 2
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local kind = string.byte(kinds, i)
+  local now, tok = ARGV[a], ARGV[a + 1]
+  local n = #tok
+  local v = redis.pcall('GET', k)
+  local ok = false
+  if type(v) == 'table' then
+    out[i] = 'W'
+  elseif v and string.byte(v, 1) == 73 and now < string.sub(v, 2, 14)
+    and string.byte(v, 67 + n) == 58 and string.sub(v, 67, 66 + n) == tok then
+    out[i] = '1'
+    ok = true
+  else
+    out[i] = '0'
+  end
+  if kind == 67 then -- C
+    if ok then
+      redis.call('SET', k, ARGV[a + 2] .. string.sub(v, 28) .. ARGV[a + 3], 'PX', ARGV[a + 4])
+    end
+    a = a + 5
+  elseif kind == 69 then -- E
+    if ok then
+      local x = ARGV[a + 2]
+      local e = string.sub(v, 2, 14)
+      if x > e then e = x end
+      redis.call('SET', k, 'I' .. e .. x .. string.sub(v, 28), 'PX',
+        tonumber(e) - tonumber(now) + tonumber(ARGV[a + 3]))
+    end
+    a = a + 4
+  else
+    if ok then
+      if kind == 82 then -- R
+        redis.call('SET', k, string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 66) ..
+          string.sub(v, 67 + n), 'KEEPTTL')
+      elseif kind == 83 then -- S
+        local t = tonumber(string.sub(v, 41, 46)) - 1
+        if t < 0 then t = 0 end
+        redis.call('SET', k, string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 40) ..
+          string.format('%06d', t) .. string.sub(v, 47, 66) .. string.sub(v, 67 + n), 'KEEPTTL')
+      else -- X
+        redis.call('DEL', k)
+      end
+    end
+    a = a + 2
+  end
 end
-`
-
-// completeLua: ARGV now, token ":", new state and times (27 bytes), result,
-// PX (ms). Keeps creation time, attempts, fence, token and fingerprint.
-// Returns 1, or 0 for a lost lease.
-const completeLua = ownedLua + `
-redis.call('SET', KEYS[1], ARGV[3] .. string.sub(v, 28) .. ARGV[4], 'PX', ARGV[5])
-return 1
-`
-
-// releaseLua: ARGV now, token ":". Clears the token and the lease end,
-// keeping retention, creation time, attempts, fence, fingerprint and the
-// key's TTL. Returns 1, or 0 for a lost lease.
-const releaseLua = ownedLua + `
-redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 66) ..
-  string.sub(v, 66 + #ARGV[2]), 'KEEPTTL')
-return 1
-`
-
-// snoozeLua: releaseLua, with the attempts field lowered by one (never below
-// zero): the lease given back does not count as an attempt.
-const snoozeLua = ownedLua + `
-local a = tonumber(string.sub(v, 41, 46)) - 1
-if a < 0 then a = 0 end
-redis.call('SET', KEYS[1], string.sub(v, 1, 14) .. '0000000000000' .. string.sub(v, 28, 40) ..
-  string.format('%06d', a) .. string.sub(v, 47, 66) .. string.sub(v, 66 + #ARGV[2]), 'KEEPTTL')
-return 1
-`
-
-// deleteLua: ARGV now, token ":". Returns 1, or 0 for a lost lease.
-const deleteLua = ownedLua + `
-redis.call('DEL', KEYS[1])
-return 1
-`
-
-// extendLua: ARGV now, token ":", new lease end (13 digits), GC margin
-// (ms). The retention end becomes the later of itself and the lease end.
-// Returns 1, or 0 for a lost lease.
-const extendLua = ownedLua + `
-local e = string.sub(v, 2, 14)
-if ARGV[3] > e then e = ARGV[3] end
-redis.call('SET', KEYS[1], 'I' .. e .. ARGV[3] .. string.sub(v, 28), 'PX',
-  tonumber(e) - tonumber(ARGV[1]) + tonumber(ARGV[4]))
-return 1
+return table.concat(out)
 `
