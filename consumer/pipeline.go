@@ -436,7 +436,7 @@ func (p *Pipeline) complete(ctx context.Context, m *Message, t *dedupe.Ticket, r
 	err := p.completeOnce(sctx, m, t, res)
 	// Retried with completeRetry's backoff while the store fails, without
 	// retry.Do, whose closure would cost the common case an allocation.
-	for attempt := 1; err != nil && !errors.Is(err, dedupe.ErrLeaseLost) && !completeRetry.Exhausted(attempt); attempt++ {
+	for attempt := 1; err != nil && !errors.Is(err, dedupe.ErrLeaseLost) && !errors.Is(err, dedupe.ErrNotDurable) && !completeRetry.Exhausted(attempt); attempt++ {
 		if !sleepCtx(sctx, completeRetry.Delay(attempt)) {
 			break
 		}
@@ -445,6 +445,8 @@ func (p *Pipeline) complete(ctx context.Context, m *Message, t *dedupe.Ticket, r
 	switch {
 	case errors.Is(err, dedupe.ErrLeaseLost):
 		p.log.Warn("consumer: handler finished after its dedupe lease was taken over; acking", "subject", m.Subject, "id", m.ID, "key", t.Key)
+	case errors.Is(err, dedupe.ErrNotDurable):
+		p.log.Warn("consumer: result recorded, but the store could not confirm it durable; acking (a failover may forget it)", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	case err != nil:
 		p.log.Error("consumer: recording the result failed; acking, a duplicate may run again after the lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}

@@ -578,6 +578,7 @@ func TestGuardCompleteFailureStillAcks(t *testing.T) {
 	}{
 		{"lease lost", dedupe.ErrLeaseLost, 1},
 		{"store down", errBoom, 3},
+		{"not durable", fmt.Errorf("replicas: %w", dedupe.ErrNotDurable), 1}, // written: retrying would answer lease lost
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &faultyStore{Store: memstore.New(memstore.Config{}), completeErr: tc.err}

@@ -17,6 +17,14 @@ var ErrLeaseLost = errors.New("dedupe: lease lost")
 // not positive, or a retention is shorter than the lease.
 var ErrInvalidLease = errors.New("dedupe: invalid lease or retention")
 
+// ErrNotDurable is wrapped by a store's Complete error when the store took
+// the write but could not confirm that it is durable as configured
+// (redisstore.ErrNotReplicated: fewer replicas acknowledged it than
+// Config.WaitReplicas asked). The record is complete where it was written,
+// so retrying Complete would answer ErrLeaseLost; a consumer acknowledges
+// the message and reports the doubt instead of retrying.
+var ErrNotDurable = errors.New("dedupe: write not confirmed durable")
+
 // State is the state of a dedupe record.
 type State uint8
 

@@ -77,8 +77,10 @@ const DefaultWaitTimeout = time.Second
 // long as that master serves the key. What is not known is whether the
 // record survives the master's loss. It is a store error, not an answer
 // (neither dedupe.ErrLeaseLost nor dedupe.IsInvalidInput): a consumer
-// treats it as the store being unavailable.
-var ErrNotReplicated = errors.New("redisstore: completion not acknowledged by enough replicas")
+// treats it as the store being unavailable. It wraps dedupe.ErrNotDurable,
+// on which consumer.Pipeline acknowledges the message without retrying
+// Complete and logs the doubt.
+var ErrNotReplicated = fmt.Errorf("redisstore: completion not acknowledged by enough replicas (%w)", dedupe.ErrNotDurable)
 
 // DefaultMaxBatch is Config.MaxBatch when zero: 128 operations per
 // pipeline.
