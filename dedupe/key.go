@@ -27,17 +27,27 @@ type Input struct {
 // concatenated in the byte order of the spellings, so the result does not
 // depend on map iteration order.
 func (in Input) Values(name string) []string {
-	var keys []string
+	var first string
+	n := 0
+	for k := range in.Header {
+		if strings.EqualFold(k, name) {
+			if n == 0 {
+				first = k
+			}
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return nil
+	case 1:
+		return in.Header[first]
+	}
+	keys := make([]string, 0, n)
 	for k := range in.Header {
 		if strings.EqualFold(k, name) {
 			keys = append(keys, k)
 		}
-	}
-	switch len(keys) {
-	case 0:
-		return nil
-	case 1:
-		return in.Header[keys[0]]
 	}
 	slices.Sort(keys)
 	var out []string
@@ -97,38 +107,45 @@ func (h headerKey) Key(in Input) (string, error) {
 // field, null or "" is ErrMissingKey; an object, array or boolean is
 // ErrInvalidKey; a payload that is not JSON is ErrNotJSON.
 func JSONFieldKey(path string) KeySource {
-	return jsonFieldKey{path: path, segs: splitPath(path)}
+	return jsonFieldKey{path: path}
 }
 
-type jsonFieldKey struct {
-	path string
-	segs []string
-}
+type jsonFieldKey struct{ path string }
 
 func (j jsonFieldKey) Key(in Input) (string, error) {
-	src := "json field " + j.path
-	root, err := parseJSON(in.Data)
-	if err != nil {
-		return "", &KeyError{Source: src, Err: err}
+	c := getCanon()
+	defer putCanon(c)
+	return j.keyFrom(c, c.parse(in.Data, false))
+}
+
+// keyFrom is Key with the payload parsed into c (exact mode); ok reports
+// that c.parse succeeded.
+func (j jsonFieldKey) keyFrom(c *canon, ok bool) (string, error) {
+	if !ok {
+		return "", j.fail(c.parseErr())
 	}
-	n := root.lookup(j.segs)
-	if n == nil || n.kind == kindNull {
-		return "", &KeyError{Source: src, Err: ErrMissingKey}
+	i := c.lookup(j.path)
+	if i < 0 || c.vals[i].kind == kindNull {
+		return "", j.fail(ErrMissingKey)
 	}
 	var v string
-	switch n.kind {
+	switch n := c.vals[i]; n.kind {
 	case kindString, kindNumber:
-		v = n.str
+		v = string(c.text(n.text))
 	default:
-		return "", &KeyError{Source: src, Err: fmt.Errorf("%w: the field is a JSON %s, not a string or number", ErrInvalidKey, n.kind)}
+		return "", j.fail(fmt.Errorf("%w: the field is a JSON %s, not a string or number", ErrInvalidKey, n.kind))
 	}
 	if v == "" {
-		return "", &KeyError{Source: src, Err: ErrMissingKey}
+		return "", j.fail(ErrMissingKey)
 	}
 	if err := CheckKey(v); err != nil {
-		return "", &KeyError{Source: src, Err: err}
+		return "", j.fail(err)
 	}
 	return v, nil
+}
+
+func (j jsonFieldKey) fail(err error) error {
+	return &KeyError{Source: "json field " + j.path, Err: err}
 }
 
 // MessageIDKey returns a KeySource that uses Input.MessageID, the broker's
@@ -180,6 +197,14 @@ func CheckKey(key string) error {
 	if key == "" {
 		return ErrMissingKey
 	}
+	// Fast path: printable ASCII.
+	i := 0
+	for i < len(key) && key[i] >= 0x20 && key[i] < 0x7F {
+		i++
+	}
+	if i == len(key) {
+		return nil
+	}
 	for i, r := range key {
 		if r == utf8.RuneError {
 			if _, size := utf8.DecodeRuneInString(key[i:]); size == 1 {
@@ -191,11 +216,4 @@ func CheckKey(key string) error {
 		}
 	}
 	return nil
-}
-
-func splitPath(path string) []string {
-	if path == "" {
-		return nil
-	}
-	return strings.Split(path, ".")
 }

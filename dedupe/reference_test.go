@@ -198,7 +198,7 @@ func (p *refParser) object() (*refNode, error) {
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
-			return nil, p.fail("expected a refMember name")
+			return nil, p.fail("expected a member name")
 		}
 		name, err := p.string()
 		if err != nil {
@@ -232,7 +232,7 @@ func (p *refParser) object() (*refNode, error) {
 	refSortMembers(n.obj)
 	for i := 1; i < len(n.obj); i++ {
 		if n.obj[i].name == n.obj[i-1].name {
-			return nil, p.fail("duplicate refMember name %q", n.obj[i].name)
+			return nil, p.fail("duplicate member name %q", n.obj[i].name)
 		}
 	}
 	p.depth--
@@ -883,7 +883,7 @@ func refFingerprintJCS(f *Fingerprinter, in Input, selects bool) (string, error)
 // object mapping each present included path to its value.
 func refSelectFields(f *Fingerprinter, root *refNode) *refNode {
 	for _, p := range f.Exclude {
-		root.remove(splitPath(p))
+		root.remove(refSplitPath(p))
 	}
 	if len(f.Include) == 0 {
 		return root
@@ -895,7 +895,7 @@ func refSelectFields(f *Fingerprinter, root *refNode) *refNode {
 			continue
 		}
 		seen[p] = true
-		if v := root.lookup(splitPath(p)); v != nil {
+		if v := root.lookup(refSplitPath(p)); v != nil {
 			sel.obj = append(sel.obj, refMember{name: p, val: v})
 		}
 	}
@@ -922,7 +922,7 @@ func refJSONFieldKey(path string, in Input) (string, error) {
 	if err != nil {
 		return "", &KeyError{Source: src, Err: err}
 	}
-	n := root.lookup(splitPath(path))
+	n := root.lookup(refSplitPath(path))
 	if n == nil || n.kind == refKindNull {
 		return "", &KeyError{Source: src, Err: ErrMissingKey}
 	}
@@ -1019,4 +1019,11 @@ func refStoreKey(g *Guard, raw string) (string, error) {
 func refHashKey(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func refSplitPath(path string) []string {
+	if path == "" {
+		return nil
+	}
+	return strings.Split(path, ".")
 }
