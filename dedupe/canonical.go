@@ -2,6 +2,7 @@ package dedupe
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -69,6 +70,8 @@ func (k kind) String() string {
 type span struct {
 	off, n  int
 	inArena bool
+	// ascii reports that the text is all ASCII.
+	ascii bool
 }
 
 // val is one value of the parsed document, in document order (a value's
@@ -92,7 +95,10 @@ type val struct {
 // member is an object member: its decoded name and the index of its value.
 type member struct {
 	name span
-	val  int
+	// prefix is the first 8 bytes of the name, big-endian, zero-padded: it
+	// orders most names without comparing them.
+	prefix uint64
+	val    int
 }
 
 const maxDepth = 1000
@@ -295,7 +301,7 @@ func (c *canon) object() error {
 		if err := c.value(); err != nil {
 			return err
 		}
-		c.stack = append(c.stack, member{name: name, val: v})
+		c.stack = append(c.stack, member{name: name, prefix: c.namePrefix(name), val: v})
 		c.skipSpace()
 		if c.pos >= len(c.data) {
 			return c.fail("unterminated object")
@@ -326,23 +332,31 @@ func (c *canon) object() error {
 func (c *canon) sortMembers(ms []member) error {
 	sorted := true
 	for i := 1; i < len(ms); i++ {
-		if bytes.Compare(c.text(ms[i-1].name), c.text(ms[i].name)) >= 0 {
+		if c.compareNames(&ms[i-1], &ms[i]) >= 0 {
 			sorted = false
 			break
 		}
 	}
 	if !sorted {
 		c.identity = false
-		slices.SortFunc(ms, func(a, b member) int { return bytes.Compare(c.text(a.name), c.text(b.name)) })
+		if len(ms) <= 12 {
+			for i := 1; i < len(ms); i++ {
+				for j := i; j > 0 && c.compareNames(&ms[j-1], &ms[j]) > 0; j-- {
+					ms[j-1], ms[j] = ms[j], ms[j-1]
+				}
+			}
+		} else {
+			slices.SortFunc(ms, func(a, b member) int { return c.compareNames(&a, &b) })
+		}
 		for i := 1; i < len(ms); i++ {
-			if name := c.text(ms[i].name); bytes.Equal(name, c.text(ms[i-1].name)) {
-				return c.fail("duplicate member name %q", string(name))
+			if c.compareNames(&ms[i-1], &ms[i]) == 0 {
+				return c.fail("duplicate member name %q", string(c.text(ms[i].name)))
 			}
 		}
 	}
 	if c.jcs {
 		for _, m := range ms {
-			if !utf16Ordered(c.text(m.name)) {
+			if !m.name.ascii && !utf16Ordered(c.text(m.name)) {
 				c.identity = false
 				slices.SortFunc(ms, func(a, b member) int { return compareUTF16(c.text(a.name), c.text(b.name)) })
 				break
@@ -350,6 +364,31 @@ func (c *canon) sortMembers(ms []member) error {
 		}
 	}
 	return nil
+}
+
+// namePrefix returns the first 8 bytes of the name s locates, big-endian,
+// zero-padded.
+func (c *canon) namePrefix(s span) uint64 {
+	t := c.text(s)
+	if len(t) >= 8 {
+		return binary.BigEndian.Uint64(t)
+	}
+	var p uint64
+	for i, b := range t {
+		p |= uint64(b) << (56 - 8*i)
+	}
+	return p
+}
+
+// compareNames compares two members' names in byte order.
+func (c *canon) compareNames(a, b *member) int {
+	switch {
+	case a.prefix < b.prefix:
+		return -1
+	case a.prefix > b.prefix:
+		return 1
+	}
+	return bytes.Compare(c.text(a.name), c.text(b.name))
 }
 
 func (c *canon) array() error {
@@ -400,20 +439,21 @@ func (c *canon) string() (span, error) {
 	start := c.pos
 	data := c.data
 	// Fast path: no escapes.
-	for c.pos < len(data) {
-		ch := data[c.pos]
-		if ch == '"' {
-			s := data[start:c.pos]
-			if !utf8.Valid(s) {
-				return span{}, c.fail("invalid UTF-8 in string")
-			}
-			c.pos++
-			return span{off: start, n: len(s)}, nil
-		}
-		if ch == '\\' || ch < 0x20 {
-			break
+	var high byte // the OR of the bytes: bit 7 set for non-ASCII text
+	i := c.pos
+	for i < len(data) && !stringStop[data[i]] {
+		high |= data[i]
+		i++
+	}
+	c.pos = i
+	if i < len(data) && data[i] == '"' {
+		s := data[start:i]
+		ascii := high < utf8.RuneSelf
+		if !ascii && !utf8.Valid(s) {
+			return span{}, c.fail("invalid UTF-8 in string")
 		}
 		c.pos++
+		return span{off: start, n: len(s), ascii: ascii}, nil
 	}
 	c.identity = false
 	off := len(c.arena)
@@ -429,14 +469,14 @@ func (c *canon) string() (span, error) {
 			if !utf8.Valid(c.arena[off:]) {
 				return span{}, c.fail("invalid UTF-8 in string")
 			}
-			return span{off: off, n: len(c.arena) - off, inArena: true}, nil
+			return span{off: off, n: len(c.arena) - off, inArena: true, ascii: isASCII(c.arena[off:])}, nil
 		case ch < 0x20:
 			return span{}, c.fail("control character in string")
 		case ch != '\\':
 			// Copy the run up to the next quote, escape or control
 			// character.
 			run := c.pos + 1
-			for run < len(data) && data[run] != '"' && data[run] != '\\' && data[run] >= 0x20 {
+			for run < len(data) && !stringStop[data[run]] {
 				run++
 			}
 			c.arena = append(c.arena, data[c.pos:run]...)
@@ -489,6 +529,24 @@ func (c *canon) string() (span, error) {
 			return span{}, c.fail("invalid escape \\%c", e)
 		}
 	}
+}
+
+// stringStop marks the bytes that end the plain run of a string: the quote,
+// the backslash and the control characters.
+var stringStop = [256]bool{'"': true, '\\': true,
+	0x00: true, 0x01: true, 0x02: true, 0x03: true, 0x04: true, 0x05: true, 0x06: true, 0x07: true,
+	0x08: true, 0x09: true, 0x0a: true, 0x0b: true, 0x0c: true, 0x0d: true, 0x0e: true, 0x0f: true,
+	0x10: true, 0x11: true, 0x12: true, 0x13: true, 0x14: true, 0x15: true, 0x16: true, 0x17: true,
+	0x18: true, 0x19: true, 0x1a: true, 0x1b: true, 0x1c: true, 0x1d: true, 0x1e: true, 0x1f: true,
+}
+
+func isASCII(b []byte) bool {
+	for _, ch := range b {
+		if ch >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *canon) hex4() (rune, error) {

@@ -196,9 +196,12 @@ func TestCanonicalizeMatchesReference(t *testing.T) {
 	}
 }
 
+// The structured documents (the first five) are checked with every path;
+// FuzzFastMatchesReference's seeds check every document with one path each.
+
 func TestFingerprintMatchesReference(t *testing.T) {
-	for _, d := range equivalenceDocs {
-		for _, p := range []string{"timestamp", "items.0", ""} {
+	for _, d := range equivalenceDocs[:5] {
+		for _, p := range equivalencePaths {
 			checkFingerprints(t, Input{Data: []byte(d), Header: equivalenceHeaders()}, p)
 		}
 	}
@@ -206,7 +209,7 @@ func TestFingerprintMatchesReference(t *testing.T) {
 }
 
 func TestResolveMatchesReference(t *testing.T) {
-	for _, d := range equivalenceDocs {
+	for _, d := range equivalenceDocs[:5] {
 		for _, p := range equivalencePaths {
 			checkResolve(t, Input{Data: []byte(d), Header: equivalenceHeaders(), MessageID: "m-1"}, p)
 		}
@@ -255,4 +258,78 @@ func FuzzFastMatchesReference(f *testing.F) {
 		checkFingerprints(t, in, path)
 		checkResolve(t, in, path)
 	})
+}
+
+// TestFastPathAllocations pins the allocations of the claim path on the
+// representative payload: the returned strings only.
+func TestFastPathAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under the race detector")
+	}
+	in := Input{
+		Header:    map[string][]string{"Nats-Msg-Id": {"msg-8841-1"}, "Content-Type": {"application/json"}},
+		Data:      []byte(ratioPayload),
+		MessageID: "stream.42",
+	}
+	raw := Input{Data: []byte("not json")}
+	exHMAC := &Fingerprinter{Exclude: []string{"timestamp"}, HMACKey: []byte("k")}
+	jcs := &Fingerprinter{Canonical: CanonicalJCS}
+	header := &Guard{Key: HeaderKey("Nats-Msg-Id")}
+	headerNS := &Guard{Key: HeaderKey("Nats-Msg-Id"), Namespace: "p"}
+	first := &Guard{Key: FirstKey(HeaderKey("Idempotency-Key"), MessageIDKey())}
+	fpKey := &Guard{Namespace: "p"}
+	field := &Guard{Key: JSONFieldKey("payment_id")}
+	for _, tt := range []struct {
+		name string
+		f    func()
+		max  float64
+	}{
+		{"Fingerprint", func() { _, _ = (*Fingerprinter)(nil).Fingerprint(in) }, 1},
+		{"Fingerprint/jcs", func() { _, _ = jcs.Fingerprint(in) }, 1},
+		{"Fingerprint/exclude+hmac", func() { _, _ = exHMAC.Fingerprint(in) }, 1},
+		{"Fingerprint/raw", func() { _, _ = (*Fingerprinter)(nil).Fingerprint(raw) }, 1},
+		{"Canonicalize", func() { _, _ = Canonicalize(in.Data) }, 1},
+		{"Resolve/header-key", func() { _, _, _ = header.Resolve(in) }, 1},
+		{"Resolve/header-key+namespace", func() { _, _, _ = headerNS.Resolve(in) }, 2},
+		{"Resolve/first-key", func() { _, _, _ = first.Resolve(in) }, 2},
+		{"Resolve/fingerprint-key", func() { _, _, _ = fpKey.Resolve(in) }, 2},
+		{"Resolve/json-field-key", func() { _, _, _ = field.Resolve(in) }, 2},
+	} {
+		tt.f() // warm the pool
+		if got := testing.AllocsPerRun(100, tt.f); got > tt.max {
+			t.Errorf("%s: %v allocations, want at most %v", tt.name, got, tt.max)
+		}
+	}
+}
+
+// TestFastPathConcurrent checks that pooled state does not leak between
+// concurrent calls.
+func TestFastPathConcurrent(t *testing.T) {
+	docs := equivalenceDocs[:40]
+	want := make([]string, len(docs))
+	f := &Fingerprinter{Exclude: []string{"timestamp"}}
+	for i, d := range docs {
+		want[i], _ = refFingerprint(f, Input{Data: []byte(d)})
+	}
+	errs := make(chan string, 4)
+	var done = make(chan struct{})
+	for w := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for n := range 200 {
+				i := (n*7 + w) % len(docs)
+				if got, _ := f.Fingerprint(Input{Data: []byte(docs[i])}); got != want[i] {
+					errs <- docs[i]
+					return
+				}
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+	close(errs)
+	for d := range errs {
+		t.Errorf("concurrent Fingerprint(%q) differs from the reference", d)
+	}
 }

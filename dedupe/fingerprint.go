@@ -261,14 +261,10 @@ func (c *canon) hash(key []byte, start int) [sha256.Size]byte {
 	if len(key) == 0 {
 		return sha256.Sum256(msg)
 	}
-	var sum [sha256.Size]byte
 	if fips140.Enabled() {
-		// The FIPS 140-3 module's own HMAC.
-		h := hmac.New(sha256.New, key)
-		h.Write(msg)
-		h.Sum(sum[:0])
-		return sum
+		return moduleHMAC(key, msg)
 	}
+	var sum [sha256.Size]byte
 	// HMAC (RFC 2104): H((K ^ opad) || H((K ^ ipad) || msg)), K the key
 	// padded with zeros to the block size, or its hash when longer.
 	var k [sha256.BlockSize]byte
@@ -289,6 +285,14 @@ func (c *canon) hash(key []byte, start int) [sha256.Size]byte {
 	}
 	copy(outer[sha256.BlockSize:], sum[:])
 	return sha256.Sum256(outer[:])
+}
+
+// moduleHMAC is HMAC-SHA256 by crypto/hmac, which in FIPS 140-3 mode is the
+// validated module's.
+func moduleHMAC(key, msg []byte) [sha256.Size]byte {
+	h := hmac.New(sha256.New, key)
+	h.Write(msg)
+	return [sha256.Size]byte(h.Sum(nil))
 }
 
 // hexString returns sum as lower-case hex digits.

@@ -76,13 +76,12 @@ func (f KeyFunc) Key(in Input) (string, error) { return f(in) }
 // case-insensitively; surrounding spaces and tabs are trimmed from the value
 // (they are never part of an HTTP field value).
 func HeaderKey(names ...string) KeySource {
-	return headerKey{names: slices.Clone(names)}
+	return headerKey{names: slices.Clone(names), src: "header " + strings.Join(names, ", ")}
 }
 
-type headerKey struct{ names []string }
-
-func (h headerKey) source() string {
-	return "header " + strings.Join(h.names, ", ")
+type headerKey struct {
+	names []string
+	src   string // the KeyError source of a missing key
 }
 
 func (h headerKey) Key(in Input) (string, error) {
@@ -96,7 +95,7 @@ func (h headerKey) Key(in Input) (string, error) {
 			}
 		}
 	}
-	return "", &KeyError{Source: h.source(), Err: ErrMissingKey}
+	return "", &KeyError{Source: h.src, Err: ErrMissingKey}
 }
 
 // JSONFieldKey returns a KeySource that takes the key from a field of the
@@ -175,7 +174,8 @@ func FirstKey(sources ...KeySource) KeySource { return firstKey(slices.Clone(sou
 type firstKey []KeySource
 
 func (f firstKey) Key(in Input) (string, error) {
-	var missing []string
+	var buf [4]error
+	missing := buf[:0]
 	for _, src := range f {
 		k, err := src.Key(in)
 		if err == nil {
@@ -184,9 +184,13 @@ func (f firstKey) Key(in Input) (string, error) {
 		if !errors.Is(err, ErrMissingKey) {
 			return "", err
 		}
-		missing = append(missing, err.Error())
+		missing = append(missing, err)
 	}
-	return "", &KeyError{Source: "any of: " + strings.Join(missing, "; "), Err: ErrMissingKey}
+	msgs := make([]string, len(missing))
+	for i, err := range missing {
+		msgs[i] = err.Error()
+	}
+	return "", &KeyError{Source: "any of: " + strings.Join(msgs, "; "), Err: ErrMissingKey}
 }
 
 // CheckKey reports whether key may be used as an idempotency key: it must be
