@@ -641,10 +641,8 @@ func (c *canon) number() (span, error) {
 	// An integer literal other than -0 is its own canonical form when short
 	// enough: below 10^21 (exact), or of at most 15 digits and so exact as a
 	// double (JCS).
-	if frac == nil && !hasExp && !(neg && intPart[0] == '0') {
-		if limit := 21; c.jcs && len(intPart) <= 15 || !c.jcs && len(intPart) <= limit {
-			return span{off: begin, n: c.pos - begin}, nil
-		}
+	if frac == nil && !hasExp && !(neg && intPart[0] == '0') && (len(intPart) <= 15 || !c.jcs && len(intPart) <= 21) {
+		return span{off: begin, n: c.pos - begin, ascii: true}, nil
 	}
 	c.identity = false
 	if c.jcs {
