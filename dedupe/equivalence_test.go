@@ -2,6 +2,7 @@ package dedupe
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -194,6 +195,36 @@ func TestCanonicalizeMatchesReference(t *testing.T) {
 	for _, d := range equivalenceDocs {
 		checkCanonicalize(t, []byte(d))
 	}
+	for _, d := range generatedDocs() {
+		checkCanonicalize(t, []byte(d))
+		checkFingerprints(t, Input{Data: []byte(d)}, "member_name_07")
+	}
+}
+
+// generatedDocs are documents too long to list: objects of more than a
+// dozen members (sorted by the general sort), names sharing long prefixes,
+// names from U+E000 up, a duplicate among many members, and a document
+// larger than what a pooled canon keeps.
+func generatedDocs() []string {
+	var many, dup, wide, big strings.Builder
+	many.WriteString("{")
+	wide.WriteString("{")
+	for i := 40; i > 0; i-- {
+		fmt.Fprintf(&many, `"member_name_%02d":[%d,"v\u00e9%d",{"y":%d.50,"x":null}],`, i, i, i, i)
+		fmt.Fprintf(&wide, `"%c%c":%d,"\u%04x":"%d",`, rune(0xE000+i*1000), rune(0x10000+i), i, 0xD7D0+i, i)
+	}
+	many.WriteString(`"member_name":true}`)
+	wide.WriteString(`"z":0}`)
+	dup.WriteString(strings.TrimSuffix(many.String(), "}") + `,"member_name_17":1}`)
+	big.WriteString("[")
+	for i := range 2000 {
+		if i > 0 {
+			big.WriteString(",")
+		}
+		fmt.Fprintf(&big, `{"z":"\n%d","b":[1e%d,-0.%d],"a":{"d":%d,"c":"\ud83d\ude00"}}`, i, i%30, i, i)
+	}
+	big.WriteString("]")
+	return []string{many.String(), dup.String(), wide.String(), big.String()}
 }
 
 // The structured documents (the first five) are checked with every path;
@@ -331,5 +362,22 @@ func TestFastPathConcurrent(t *testing.T) {
 	close(errs)
 	for d := range errs {
 		t.Errorf("concurrent Fingerprint(%q) differs from the reference", d)
+	}
+}
+
+// TestHMACMatchesModule checks the HMAC computed over the pooled buffer
+// against crypto/hmac, for keys around the block size.
+func TestHMACMatchesModule(t *testing.T) {
+	c := getCanon()
+	defer putCanon(c)
+	for _, kl := range []int{1, 14, 32, 63, 64, 65, 100, 128, 200} {
+		key := []byte(strings.Repeat("k", kl-1) + "!")
+		for _, ml := range []int{0, 1, 55, 56, 64, 119, 120, 1000} {
+			msg := strings.Repeat("m", ml)
+			c.out = append(append(c.out[:0], make([]byte, 64)...), msg...)
+			if got, want := c.hash(key, 64), moduleHMAC(key, []byte(msg)); got != want {
+				t.Errorf("HMAC with a %d-byte key of %d bytes = %x, crypto/hmac %x", kl, ml, got, want)
+			}
+		}
 	}
 }
