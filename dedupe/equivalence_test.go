@@ -195,10 +195,29 @@ func TestCanonicalizeMatchesReference(t *testing.T) {
 	for _, d := range equivalenceDocs {
 		checkCanonicalize(t, []byte(d))
 	}
-	for _, d := range generatedDocs() {
+	gen := generatedDocs()
+	for _, d := range gen {
 		checkCanonicalize(t, []byte(d))
+	}
+	for _, d := range gen[:3] {
 		checkFingerprints(t, Input{Data: []byte(d)}, "member_name_07")
 	}
+	big := Input{Data: []byte(gen[3])}
+	for _, f := range []*Fingerprinter{nil, {Exclude: []string{"7.a"}, HMACKey: []byte("k")}, {Canonical: CanonicalJCS, Headers: []string{"x"}}} {
+		got, err := f.Fingerprint(big)
+		if want := mustRef(t, f, big); got != want || err != nil {
+			t.Errorf("Fingerprint(%+v) of a %d-byte document = %s, %v; reference %s", f, len(big.Data), got, err, want)
+		}
+	}
+}
+
+func mustRef(t *testing.T, f *Fingerprinter, in Input) string {
+	t.Helper()
+	fp, err := refFingerprint(f, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fp
 }
 
 // generatedDocs are documents too long to list: objects of more than a
