@@ -3,9 +3,7 @@ package dedupe
 import (
 	"bytes"
 	"math"
-	"slices"
 	"strconv"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -72,97 +70,80 @@ func (m CanonicalMode) String() string {
 // at most 15 significant digits) and whose member names hold no character
 // from U+E000 up, it equals Canonicalize.
 func CanonicalizeJCS(data []byte) ([]byte, error) {
-	root, err := parseJSONMode(data, true)
-	if err != nil {
-		return nil, err
+	c := getCanon()
+	defer putCanon(c)
+	if !c.parse(data, true) {
+		return nil, c.parseErr()
 	}
-	var buf bytes.Buffer
-	buf.Grow(len(data))
-	root.writeJCS(&buf)
-	return buf.Bytes(), nil
+	if c.identity {
+		return bytes.Clone(data), nil
+	}
+	c.out = c.writeValue(c.out[:0], 0)
+	return bytes.Clone(c.out), nil
 }
 
 // jcsNumber reads the JSON number literal lit (already validated) as a
-// double and returns its ECMAScript serialisation.
-func (p *parser) jcsNumber(lit []byte) (string, error) {
+// double and writes its ECMAScript serialisation into the arena.
+func (c *canon) jcsNumber(lit []byte) (span, error) {
 	f, err := strconv.ParseFloat(string(lit), 64)
 	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-		return "", p.fail("number %s is beyond the range of an IEEE 754 double (RFC 8785)", lit)
+		return span{}, c.fail("number %s is beyond the range of an IEEE 754 double (RFC 8785)", lit)
 	}
+	off := len(c.arena)
 	if f == 0 {
-		return "0", nil
+		c.arena = append(c.arena, '0')
+		return span{off: off, n: 1, inArena: true}, nil
 	}
-	// The shortest round-trip digits, d.ddde±x; canonicalNumber writes them
-	// in ECMAScript's shape.
-	e := strconv.AppendFloat(nil, math.Abs(f), 'e', -1, 64)
+	// The shortest round-trip digits, d.ddde±x; appendCanonicalNumber writes
+	// them in ECMAScript's shape.
+	e := strconv.AppendFloat(c.scratch[:0], math.Abs(f), 'e', -1, 64)
+	c.scratch = e
 	mant, exp, _ := bytes.Cut(e, []byte("e"))
 	x, err := strconv.Atoi(string(exp))
 	if err != nil {
-		return "", p.fail("number %s: %v", lit, err)
+		return span{}, c.fail("number %s: %v", lit, err)
 	}
-	digits := bytes.Replace(mant, []byte("."), nil, 1)
-	return canonicalNumber(f < 0, digits, nil, int64(x-(len(digits)-1))), nil
+	digits := mant
+	if len(mant) > 1 { // d.ddd: drop the point
+		digits = append(mant[:1], mant[2:]...)
+	}
+	c.arena = appendCanonicalNumber(c.arena, f < 0, digits, int64(x-(len(digits)-1)))
+	return span{off: off, n: len(c.arena) - off, inArena: true}, nil
 }
 
-// writeJCS writes n as RFC 8785 does: as write, with object members in
-// UTF-16 order.
-func (n *node) writeJCS(b *bytes.Buffer) {
-	switch n.kind {
-	case kindArray:
-		b.WriteByte('[')
-		for i, v := range n.arr {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			v.writeJCS(b)
-		}
-		b.WriteByte(']')
-	case kindObject:
-		members := n.obj
-		if !utf16Sorted(members) {
-			members = slices.Clone(members)
-			slices.SortFunc(members, func(a, b member) int { return compareUTF16(a.name, b.name) })
-		}
-		b.WriteByte('{')
-		for i, m := range members {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			writeString(b, m.name)
-			b.WriteByte(':')
-			m.val.writeJCS(b)
-		}
-		b.WriteByte('}')
-	default:
-		n.write(b)
-	}
-}
-
-// utf16Sorted reports whether members, sorted by code point, are in UTF-16
-// order too: the orders differ only for names holding a character from
-// U+E000 up.
-func utf16Sorted(members []member) bool {
-	for _, m := range members {
-		for i := 0; i < len(m.name); i++ {
-			if m.name[i] >= 0xEE { // lead byte of U+E000 and above
-				return false
-			}
+// utf16Ordered reports whether name sorts alike in code point and in UTF-16
+// order against any other name: the orders differ only for names holding a
+// character from U+E000 up.
+func utf16Ordered[S ~string | ~[]byte](name S) bool {
+	for i := 0; i < len(name); i++ {
+		if name[i] >= 0xEE { // lead byte of U+E000 and above
+			return false
 		}
 	}
 	return true
 }
 
 // compareUTF16 compares two valid UTF-8 strings by their UTF-16 code units.
-func compareUTF16(a, b string) int {
-	for a != "" && b != "" {
-		ra, na := utf8.DecodeRuneInString(a)
-		rb, nb := utf8.DecodeRuneInString(b)
+func compareUTF16[S ~string | ~[]byte](a, b S) int {
+	for len(a) > 0 && len(b) > 0 {
+		ra, na := decodeRune(a)
+		rb, nb := decodeRune(b)
 		if ra != rb {
 			return int(utf16Key(ra)) - int(utf16Key(rb))
 		}
 		a, b = a[na:], b[nb:]
 	}
-	return strings.Compare(a, b) // the shorter one is a prefix: it sorts first
+	// The shorter one is a prefix: it sorts first.
+	return len(a) - len(b)
+}
+
+// decodeRune is utf8.DecodeRune for a string or a byte slice.
+func decodeRune[S ~string | ~[]byte](s S) (rune, int) {
+	if len(s) > 0 && s[0] < utf8.RuneSelf {
+		return rune(s[0]), 1
+	}
+	var buf [utf8.UTFMax]byte
+	return utf8.DecodeRune(buf[:copy(buf[:], s)])
 }
 
 // utf16Key maps a code point to a number ordered as its UTF-16 encoding:

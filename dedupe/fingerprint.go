@@ -1,15 +1,16 @@
 package dedupe
 
 import (
-	"bytes"
+	"crypto/fips140"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash"
+	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // Fingerprinter computes a fingerprint of the parts of a message that define
@@ -84,131 +85,244 @@ const fingerprintVersion = "idemq-fingerprint-v1"
 // Its only error is a payload that is not JSON while Include or Exclude is
 // set (wrapping ErrNotJSON; IsInvalidInput reports true).
 func (f *Fingerprinter) Fingerprint(in Input) (string, error) {
-	var cfg Fingerprinter
-	if f != nil {
-		cfg = *f
+	c := getCanon()
+	defer putCanon(c)
+	sum, err := f.digest(c, in, c.parse(in.Data, f.jcs()))
+	if err != nil {
+		return "", err
 	}
-	selects := len(cfg.Include) > 0 || len(cfg.Exclude) > 0
-	if cfg.Canonical == CanonicalJCS {
-		return cfg.fingerprintJCS(in, selects)
-	}
-	var h hash.Hash
-	if len(cfg.HMACKey) > 0 {
-		h = hmac.New(sha256.New, cfg.HMACKey)
-	} else {
-		h = sha256.New()
-	}
-	writeField(h, []byte(fingerprintVersion))
-	root, err := parseJSON(in.Data)
-	switch {
-	case err == nil:
-		root = cfg.selectFields(root)
-		var buf bytes.Buffer
-		root.write(&buf)
-		writeField(h, []byte("json"))
-		writeField(h, buf.Bytes())
-	case selects:
-		return "", fmt.Errorf("%w (Include and Exclude need a JSON payload)", err)
-	default:
-		writeField(h, []byte("raw"))
-		writeField(h, in.Data)
-	}
-	writeCount(h, len(cfg.Headers))
-	for _, name := range cfg.Headers {
-		writeField(h, []byte(strings.ToLower(name)))
-		vals := in.Values(name)
-		writeCount(h, len(vals))
-		for _, v := range vals {
-			writeField(h, []byte(v))
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hexString(&sum), nil
 }
 
-// fingerprintJCS is Fingerprint with Canonical CanonicalJCS.
-func (f *Fingerprinter) fingerprintJCS(in Input, selects bool) (string, error) {
-	var h hash.Hash
-	if len(f.HMACKey) > 0 {
-		h = hmac.New(sha256.New, f.HMACKey)
+// jcs reports whether f (nil is the zero Fingerprinter) parses payloads as
+// RFC 8785 does.
+func (f *Fingerprinter) jcs() bool { return f != nil && f.Canonical == CanonicalJCS }
+
+var zeroFingerprinter Fingerprinter
+
+// framingRoom is what digest reserves in front of the canonical payload: the
+// HMAC inner pad, then the version, tag and length fields that precede the
+// payload in the exact mode's framing, written once the length is known.
+const framingRoom = sha256.BlockSize + 1 + len(fingerprintVersion) + 1 + len("json") + binary.MaxVarintLen64
+
+// digest computes the fingerprint of in, whose payload c holds as parsed in
+// f's mode (ok: c.parse succeeded). It writes the hashed bytes into c.out
+// and may remove Exclude paths from c's document.
+func (f *Fingerprinter) digest(c *canon, in Input, ok bool) ([sha256.Size]byte, error) {
+	if f == nil {
+		f = &zeroFingerprinter
+	}
+	if !ok && (len(f.Include) > 0 || len(f.Exclude) > 0) {
+		return [sha256.Size]byte{}, fmt.Errorf("%w (Include and Exclude need a JSON payload)", c.parseErr())
+	}
+	if f.Canonical == CanonicalJCS {
+		return f.digestJCS(c, in, ok), nil
+	}
+	b := slices.Grow(c.out[:0], framingRoom+len(in.Data)+64)[:framingRoom]
+	tag := "raw"
+	if ok {
+		tag = "json"
+		b = f.appendSelected(c, b)
 	} else {
-		h = sha256.New()
+		b = append(b, in.Data...)
 	}
-	root, err := parseJSONMode(in.Data, true)
-	if err != nil && selects {
-		return "", fmt.Errorf("%w (Include and Exclude need a JSON payload)", err)
-	}
-	if err == nil {
-		root = f.selectFields(root)
-	}
-	if len(f.Headers) == 0 {
-		if err != nil {
-			h.Write(in.Data)
-		} else {
-			var buf bytes.Buffer
-			root.writeJCS(&buf)
-			h.Write(buf.Bytes())
+	// The framing: length-prefixed version, tag and payload, so that field
+	// boundaries are unambiguous; right-aligned against the payload.
+	var frame [framingRoom - sha256.BlockSize]byte
+	p := appendField(frame[:0], fingerprintVersion)
+	p = appendField(p, tag)
+	p = binary.AppendUvarint(p, uint64(len(b)-framingRoom))
+	start := framingRoom - len(p)
+	copy(b[start:], p)
+	b = binary.AppendUvarint(b, uint64(len(f.Headers)))
+	for _, name := range f.Headers {
+		b = appendLowerField(b, name)
+		vals := in.Values(name)
+		b = binary.AppendUvarint(b, uint64(len(vals)))
+		for _, v := range vals {
+			b = appendField(b, v)
 		}
-		return hex.EncodeToString(h.Sum(nil)), nil
 	}
-	headers := &node{kind: kindObject}
-	seen := make(map[string]bool, len(f.Headers))
+	c.out = b
+	return c.hash(f.HMACKey, start), nil
+}
+
+// digestJCS is digest with Canonical CanonicalJCS: the hash of the JCS
+// bytes, with no framing.
+func (f *Fingerprinter) digestJCS(c *canon, in Input, ok bool) [sha256.Size]byte {
+	if len(f.Headers) == 0 && len(f.HMACKey) == 0 && (!ok || c.identity && len(f.Exclude) == 0 && len(f.Include) == 0) {
+		// The payload is hashed as it is: raw, or already canonical.
+		return sha256.Sum256(in.Data)
+	}
+	const start = sha256.BlockSize
+	b := slices.Grow(c.out[:0], start+len(in.Data)+64)[:start]
+	if len(f.Headers) > 0 {
+		b = f.appendHeadersJCS(b, in)
+		if ok {
+			b = append(b, `,"payload":`...)
+		} else {
+			b = append(b, `,"raw":"`...)
+			b = base64.StdEncoding.AppendEncode(b, in.Data)
+			b = append(b, '"')
+		}
+	}
+	if ok {
+		b = f.appendSelected(c, b)
+	} else if len(f.Headers) == 0 {
+		b = append(b, in.Data...)
+	}
+	if len(f.Headers) > 0 {
+		b = append(b, '}')
+	}
+	c.out = b
+	return c.hash(f.HMACKey, start)
+}
+
+// appendHeadersJCS appends the start of the JCS document of Headers mode,
+// {"headers":{name:[values…]…}, up to the member that follows headers.
+func (f *Fingerprinter) appendHeadersJCS(b []byte, in Input) []byte {
+	type header struct{ lower, name, orig string }
+	hs := make([]header, 0, len(f.Headers))
 	for _, name := range f.Headers {
 		lower := strings.ToLower(name)
-		if seen[lower] {
+		if slices.ContainsFunc(hs, func(h header) bool { return h.lower == lower }) {
 			continue
 		}
-		seen[lower] = true
-		vals := &node{kind: kindArray, arr: []*node{}}
-		for _, v := range in.Values(name) {
-			vals.arr = append(vals.arr, &node{kind: kindString, str: strings.ToValidUTF8(v, "\uFFFD")})
+		hs = append(hs, header{lower: lower, name: strings.ToValidUTF8(lower, "\uFFFD"), orig: name})
+	}
+	slices.SortFunc(hs, func(a, b header) int { return strings.Compare(a.name, b.name) })
+	if slices.ContainsFunc(hs, func(h header) bool { return !utf16Ordered(h.name) }) {
+		slices.SortFunc(hs, func(a, b header) int { return compareUTF16(a.name, b.name) })
+	}
+	b = append(b, `{"headers":{`...)
+	for i, h := range hs {
+		if i > 0 {
+			b = append(b, ',')
 		}
-		headers.obj = append(headers.obj, member{name: strings.ToValidUTF8(lower, "\uFFFD"), val: vals})
+		b = appendString(b, h.name)
+		b = append(b, ":["...)
+		for j, v := range in.Values(h.orig) {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, strings.ToValidUTF8(v, "\uFFFD"))
+		}
+		b = append(b, ']')
 	}
-	sortMembers(headers.obj)
-	doc := &node{kind: kindObject, obj: []member{{name: "headers", val: headers}}}
-	if err != nil {
-		doc.obj = append(doc.obj, member{name: "raw", val: &node{kind: kindString, str: base64.StdEncoding.EncodeToString(in.Data)}})
-	} else {
-		doc.obj = append(doc.obj, member{name: "payload", val: root})
-	}
-	var buf bytes.Buffer
-	doc.writeJCS(&buf)
-	h.Write(buf.Bytes())
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return append(b, '}')
 }
 
-// selectFields applies Exclude, then Include. With Include the result is an
-// object mapping each present included path to its value.
-func (f *Fingerprinter) selectFields(root *node) *node {
+// appendSelected applies Exclude, then Include, and appends the canonical
+// form of what remains. With Include it is an object mapping each present
+// included path to its value.
+func (f *Fingerprinter) appendSelected(c *canon, b []byte) []byte {
 	for _, p := range f.Exclude {
-		root.remove(splitPath(p))
+		c.remove(p)
 	}
 	if len(f.Include) == 0 {
-		return root
+		if c.identity {
+			return append(b, c.data...)
+		}
+		return c.writeValue(b, 0)
 	}
-	sel := &node{kind: kindObject}
-	seen := make(map[string]bool, len(f.Include))
-	for _, p := range f.Include {
-		if seen[p] {
+	type selected struct {
+		path string
+		val  int
+	}
+	var sel []selected
+	for i, p := range f.Include {
+		if slices.Contains(f.Include[:i], p) {
 			continue
 		}
-		seen[p] = true
-		if v := root.lookup(splitPath(p)); v != nil {
-			sel.obj = append(sel.obj, member{name: p, val: v})
+		if v := c.lookup(p); v >= 0 {
+			sel = append(sel, selected{p, v})
 		}
 	}
-	sortMembers(sel.obj)
-	return sel
+	slices.SortFunc(sel, func(a, b selected) int { return strings.Compare(a.path, b.path) })
+	if c.jcs && slices.ContainsFunc(sel, func(s selected) bool { return !utf16Ordered(s.path) }) {
+		slices.SortFunc(sel, func(a, b selected) int { return compareUTF16(a.path, b.path) })
+	}
+	b = append(b, '{')
+	for i, s := range sel {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s.path)
+		b = append(b, ':')
+		b = c.writeValue(b, s.val)
+	}
+	return append(b, '}')
 }
 
-// writeField writes a length-prefixed field, so that field boundaries are
+// hash returns the SHA-256, or with key the HMAC-SHA256, of c.out[start:];
+// the sha256.BlockSize bytes before start are free for the HMAC inner pad.
+func (c *canon) hash(key []byte, start int) [sha256.Size]byte {
+	msg := c.out[start:]
+	if len(key) == 0 {
+		return sha256.Sum256(msg)
+	}
+	if fips140.Enabled() {
+		return moduleHMAC(key, msg)
+	}
+	var sum [sha256.Size]byte
+	// HMAC (RFC 2104): H((K ^ opad) || H((K ^ ipad) || msg)), K the key
+	// padded with zeros to the block size, or its hash when longer.
+	var k [sha256.BlockSize]byte
+	if len(key) > sha256.BlockSize {
+		sum = sha256.Sum256(key)
+		copy(k[:], sum[:])
+	} else {
+		copy(k[:], key)
+	}
+	inner := c.out[start-sha256.BlockSize:]
+	for i, kb := range k {
+		inner[i] = kb ^ 0x36
+	}
+	sum = sha256.Sum256(inner)
+	var outer [sha256.BlockSize + sha256.Size]byte
+	for i, kb := range k {
+		outer[i] = kb ^ 0x5c
+	}
+	copy(outer[sha256.BlockSize:], sum[:])
+	return sha256.Sum256(outer[:])
+}
+
+// moduleHMAC is HMAC-SHA256 by crypto/hmac, which in FIPS 140-3 mode is the
+// validated module's.
+func moduleHMAC(key, msg []byte) [sha256.Size]byte {
+	h := hmac.New(sha256.New, key)
+	h.Write(msg)
+	return [sha256.Size]byte(h.Sum(nil))
+}
+
+// hexString returns sum as lower-case hex digits.
+func hexString(sum *[sha256.Size]byte) string {
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], sum[:])
+	return string(h[:])
+}
+
+// appendField appends a length-prefixed field, so that field boundaries are
 // unambiguous.
-func writeField(h hash.Hash, b []byte) {
-	writeCount(h, len(b))
-	h.Write(b)
+func appendField(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
-func writeCount(h hash.Hash, n int) {
-	var buf [binary.MaxVarintLen64]byte
-	h.Write(buf[:binary.PutUvarint(buf[:], uint64(n))])
+// appendLowerField appends strings.ToLower(s) as a field.
+func appendLowerField(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return appendField(b, strings.ToLower(s))
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		b = append(b, ch)
+	}
+	return b
 }

@@ -122,16 +122,36 @@ func (g *Guard) maxKeyLen() int {
 }
 
 // Resolve computes the stored key and the fingerprint of in without touching
-// the store. Errors are those of Claim for invalid input.
+// the store. Errors are those of Claim for invalid input. It parses the
+// payload once, into pooled buffers (a JSONFieldKey shares the exact
+// fingerprint's parse): with the built-in key sources, the returned strings
+// are its only allocations.
 func (g *Guard) Resolve(in Input) (key, fingerprint string, err error) {
+	c := getCanon()
+	defer putCanon(c)
+	// A JSON field key reads the document the exact fingerprint parses:
+	// parse it once.
+	jk, shared := g.Key.(jsonFieldKey)
+	shared = shared && !g.NoFingerprint && !g.Fingerprint.jcs()
+	var raw string
+	var keyErr error
 	if !g.NoFingerprint {
-		if fingerprint, err = g.Fingerprint.Fingerprint(in); err != nil {
+		ok := c.parse(in.Data, g.Fingerprint.jcs())
+		if shared {
+			raw, keyErr = jk.keyFrom(c, ok) // before the fingerprint's Exclude
+		}
+		sum, err := g.Fingerprint.digest(c, in, ok)
+		if err != nil {
 			return "", "", err
 		}
+		fingerprint = hexString(&sum)
 	}
-	var raw string
 	if g.Key != nil {
-		raw, err = g.Key.Key(in)
+		if shared {
+			err = keyErr
+		} else {
+			raw, err = g.Key.Key(in)
+		}
 		if err == nil {
 			if cerr := CheckKey(raw); cerr != nil {
 				err = &KeyError{Source: "Guard.Key", Err: cerr}
@@ -144,14 +164,15 @@ func (g *Guard) Resolve(in Input) (key, fingerprint string, err error) {
 	if g.Key == nil || err != nil {
 		fp := fingerprint
 		if g.NoFingerprint {
-			if fp, err = g.Fingerprint.Fingerprint(in); err != nil {
+			sum, err := g.Fingerprint.digest(c, in, c.parse(in.Data, g.Fingerprint.jcs()))
+			if err != nil {
 				return "", "", err
 			}
+			fp = hexString(&sum)
 		}
-		raw = fingerprintKeyPrefix + fp
+		return g.storeKey(fingerprintKeyPrefix, fp), fingerprint, nil
 	}
-	key, err = g.StoreKey(raw)
-	return key, fingerprint, err
+	return g.storeKey("", raw), fingerprint, nil
 }
 
 func isMissing(err error) bool {
@@ -165,24 +186,35 @@ func (g *Guard) StoreKey(raw string) (string, error) {
 	if err := CheckKey(raw); err != nil {
 		return "", &KeyError{Source: "key", Err: err}
 	}
-	prefix := ""
+	return g.storeKey("", raw), nil
+}
+
+// storeKey is StoreKey for the valid raw key tag + raw, where tag is "" or
+// fingerprintKeyPrefix, built with one allocation.
+func (g *Guard) storeKey(tag, raw string) string {
+	sep := ""
 	if g.Namespace != "" {
-		prefix = g.Namespace + ":"
+		sep = ":"
 	}
 	limit := g.maxKeyLen()
-	if len(prefix)+len(raw) <= limit && !strings.HasPrefix(raw, hashedKeyPrefix) {
-		return prefix + raw, nil
+	if len(g.Namespace)+len(sep)+len(tag)+len(raw) <= limit && (tag != "" || !strings.HasPrefix(raw, hashedKeyPrefix)) {
+		return g.Namespace + sep + tag + raw
 	}
+	raw = tag + raw
+	prefix := g.Namespace + sep
 	key := prefix + hashKey(raw)
 	if len(key) > limit {
 		key = hashKey(prefix + raw)
 	}
-	return key, nil
+	return key
 }
 
 func hashKey(s string) string {
 	sum := sha256.Sum256([]byte(s))
-	return hashedKeyPrefix + hex.EncodeToString(sum[:])
+	var b [len(hashedKeyPrefix) + 2*sha256.Size]byte
+	copy(b[:], hashedKeyPrefix)
+	hex.Encode(b[len(hashedKeyPrefix):], sum[:])
+	return string(b[:])
 }
 
 // Claim resolves in's key and fingerprint and claims the key. Errors are

@@ -27,17 +27,27 @@ type Input struct {
 // concatenated in the byte order of the spellings, so the result does not
 // depend on map iteration order.
 func (in Input) Values(name string) []string {
-	var keys []string
+	var first string
+	n := 0
+	for k := range in.Header {
+		if strings.EqualFold(k, name) {
+			if n == 0 {
+				first = k
+			}
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return nil
+	case 1:
+		return in.Header[first]
+	}
+	keys := make([]string, 0, n)
 	for k := range in.Header {
 		if strings.EqualFold(k, name) {
 			keys = append(keys, k)
 		}
-	}
-	switch len(keys) {
-	case 0:
-		return nil
-	case 1:
-		return in.Header[keys[0]]
 	}
 	slices.Sort(keys)
 	var out []string
@@ -66,13 +76,12 @@ func (f KeyFunc) Key(in Input) (string, error) { return f(in) }
 // case-insensitively; surrounding spaces and tabs are trimmed from the value
 // (they are never part of an HTTP field value).
 func HeaderKey(names ...string) KeySource {
-	return headerKey{names: slices.Clone(names)}
+	return headerKey{names: slices.Clone(names), src: "header " + strings.Join(names, ", ")}
 }
 
-type headerKey struct{ names []string }
-
-func (h headerKey) source() string {
-	return "header " + strings.Join(h.names, ", ")
+type headerKey struct {
+	names []string
+	src   string // the KeyError source of a missing key
 }
 
 func (h headerKey) Key(in Input) (string, error) {
@@ -86,7 +95,7 @@ func (h headerKey) Key(in Input) (string, error) {
 			}
 		}
 	}
-	return "", &KeyError{Source: h.source(), Err: ErrMissingKey}
+	return "", &KeyError{Source: h.src, Err: ErrMissingKey}
 }
 
 // JSONFieldKey returns a KeySource that takes the key from a field of the
@@ -97,38 +106,45 @@ func (h headerKey) Key(in Input) (string, error) {
 // field, null or "" is ErrMissingKey; an object, array or boolean is
 // ErrInvalidKey; a payload that is not JSON is ErrNotJSON.
 func JSONFieldKey(path string) KeySource {
-	return jsonFieldKey{path: path, segs: splitPath(path)}
+	return jsonFieldKey{path: path}
 }
 
-type jsonFieldKey struct {
-	path string
-	segs []string
-}
+type jsonFieldKey struct{ path string }
 
 func (j jsonFieldKey) Key(in Input) (string, error) {
-	src := "json field " + j.path
-	root, err := parseJSON(in.Data)
-	if err != nil {
-		return "", &KeyError{Source: src, Err: err}
+	c := getCanon()
+	defer putCanon(c)
+	return j.keyFrom(c, c.parse(in.Data, false))
+}
+
+// keyFrom is Key with the payload parsed into c (exact mode); ok reports
+// that c.parse succeeded.
+func (j jsonFieldKey) keyFrom(c *canon, ok bool) (string, error) {
+	if !ok {
+		return "", j.fail(c.parseErr())
 	}
-	n := root.lookup(j.segs)
-	if n == nil || n.kind == kindNull {
-		return "", &KeyError{Source: src, Err: ErrMissingKey}
+	i := c.lookup(j.path)
+	if i < 0 || c.vals[i].kind == kindNull {
+		return "", j.fail(ErrMissingKey)
 	}
 	var v string
-	switch n.kind {
+	switch n := c.vals[i]; n.kind {
 	case kindString, kindNumber:
-		v = n.str
+		v = string(c.text(n.text))
 	default:
-		return "", &KeyError{Source: src, Err: fmt.Errorf("%w: the field is a JSON %s, not a string or number", ErrInvalidKey, n.kind)}
+		return "", j.fail(fmt.Errorf("%w: the field is a JSON %s, not a string or number", ErrInvalidKey, n.kind))
 	}
 	if v == "" {
-		return "", &KeyError{Source: src, Err: ErrMissingKey}
+		return "", j.fail(ErrMissingKey)
 	}
 	if err := CheckKey(v); err != nil {
-		return "", &KeyError{Source: src, Err: err}
+		return "", j.fail(err)
 	}
 	return v, nil
+}
+
+func (j jsonFieldKey) fail(err error) error {
+	return &KeyError{Source: "json field " + j.path, Err: err}
 }
 
 // MessageIDKey returns a KeySource that uses Input.MessageID, the broker's
@@ -158,7 +174,8 @@ func FirstKey(sources ...KeySource) KeySource { return firstKey(slices.Clone(sou
 type firstKey []KeySource
 
 func (f firstKey) Key(in Input) (string, error) {
-	var missing []string
+	var buf [4]error
+	missing := buf[:0]
 	for _, src := range f {
 		k, err := src.Key(in)
 		if err == nil {
@@ -167,9 +184,13 @@ func (f firstKey) Key(in Input) (string, error) {
 		if !errors.Is(err, ErrMissingKey) {
 			return "", err
 		}
-		missing = append(missing, err.Error())
+		missing = append(missing, err)
 	}
-	return "", &KeyError{Source: "any of: " + strings.Join(missing, "; "), Err: ErrMissingKey}
+	msgs := make([]string, len(missing))
+	for i, err := range missing {
+		msgs[i] = err.Error()
+	}
+	return "", &KeyError{Source: "any of: " + strings.Join(msgs, "; "), Err: ErrMissingKey}
 }
 
 // CheckKey reports whether key may be used as an idempotency key: it must be
@@ -179,6 +200,14 @@ func (f firstKey) Key(in Input) (string, error) {
 func CheckKey(key string) error {
 	if key == "" {
 		return ErrMissingKey
+	}
+	// Fast path: printable ASCII.
+	i := 0
+	for i < len(key) && key[i] >= 0x20 && key[i] < 0x7F {
+		i++
+	}
+	if i == len(key) {
+		return nil
 	}
 	for i, r := range key {
 		if r == utf8.RuneError {
@@ -191,11 +220,4 @@ func CheckKey(key string) error {
 		}
 	}
 	return nil
-}
-
-func splitPath(path string) []string {
-	if path == "" {
-		return nil
-	}
-	return strings.Split(path, ".")
 }
