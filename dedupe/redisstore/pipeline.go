@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -382,22 +384,51 @@ func (s *Store) flush() {
 // batchContext returns the context a batch is sent under: the first
 // caller's values, cancelled only once every caller in the batch has given
 // up (a batch serves them all). stop releases it.
+//
+// A caller with a deadline is taken to give up at its deadline (one timer
+// for the batch, at the latest of them; a cancellation before it is not
+// watched), and callers sharing one context without a deadline — the
+// claims of a consumer's workers share its handler context — are watched
+// once (contexts are told apart by their Done channel). So a batch costs one timer and a watch per distinct context, not
+// a watch (context.AfterFunc) per operation.
 func batchContext(batch []*op) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+	base := context.WithoutCancel(batch[0].ctx)
+	var latest time.Time
+	var watch []context.Context // contexts without a deadline, one per Done channel
+	var dones []<-chan struct{}
 	for _, o := range batch {
-		if o.ctx.Done() == nil { // this caller never gives up
-			return ctx, cancel
+		d := o.ctx.Done()
+		if d == nil { // this caller never gives up
+			return base, func() {}
+		}
+		if dl, ok := o.ctx.Deadline(); ok {
+			if dl.After(latest) {
+				latest = dl
+			}
+			continue
+		}
+		if !slices.Contains(dones, d) { // contexts sharing a Done channel end together
+			dones = append(dones, d)
+			watch = append(watch, o.ctx)
 		}
 	}
+	ctx, cancel := context.WithCancel(base)
 	var left atomic.Int64
-	left.Store(int64(len(batch)))
-	stops := make([]func() bool, len(batch))
-	for i, o := range batch {
-		stops[i] = context.AfterFunc(o.ctx, func() {
-			if left.Add(-1) == 0 {
-				cancel()
-			}
-		})
+	left.Store(int64(len(watch)))
+	if !latest.IsZero() {
+		left.Add(1)
+	}
+	done := func() {
+		if left.Add(-1) == 0 {
+			cancel()
+		}
+	}
+	stops := make([]func() bool, 0, len(watch)+1)
+	for _, w := range watch {
+		stops = append(stops, context.AfterFunc(w, done))
+	}
+	if !latest.IsZero() {
+		stops = append(stops, time.AfterFunc(time.Until(latest), done).Stop)
 	}
 	return ctx, func() {
 		for _, stop := range stops {
