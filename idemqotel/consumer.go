@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -80,9 +81,10 @@ type ConsumerObserver struct {
 	claims      [consumer.ClaimStoreError + 1]*count
 	handlerOpts opts
 	pauseOpts   [consumer.HandlerUnavailable + 1]opts
-	fixed       *dest      // ConsumerOptions.Destination
-	dests       sync.Map   // subject → *dest
-	newDests    sync.Mutex // one newDest per subject: its counts are registered
+	fixed       *dest                // ConsumerOptions.Destination
+	last        atomic.Pointer[dest] // the destination destOf returned last
+	dests       sync.Map             // subject → *dest
+	newDests    sync.Mutex           // one newDest per subject: its counts are registered
 }
 
 var _ consumer.PauseObserver = (*ConsumerObserver)(nil)
@@ -117,6 +119,7 @@ type dest struct {
 	name     string
 	span     string // "process <name>"
 	attr     attribute.KeyValue
+	start    []trace.SpanStartOption // of the process span
 	outcomes [nOutcomes]opts
 	messages [nOutcomes]*count
 	reasons  [consumer.ReasonInvalid + 1]*count
@@ -125,6 +128,15 @@ type dest struct {
 
 func (c *ConsumerObserver) newDest(name string) *dest {
 	d := &dest{name: name, span: "process " + name, attr: semconv.MessagingDestinationNameKey.String(name)}
+	// The attributes a sampler may look at, known before the message is:
+	// one option slice for every span, so that a span sampled out costs no
+	// attribute building.
+	d.start = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		c.base[0],
+		d.attr,
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationNameKey.String("process"),
+	)}
 	with := func(kv ...attribute.KeyValue) opts {
 		return newOpts(append(append([]attribute.KeyValue{d.attr}, c.base...), kv...)...)
 	}
@@ -151,7 +163,13 @@ func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
 	if c.fixed != nil {
 		return c.fixed
 	}
+	// Most consumers see one subject, or a few in runs: the last one
+	// spares the map lookup.
+	if d := c.last.Load(); d != nil && d.name == m.Subject {
+		return d
+	}
 	if d, ok := c.dests.Load(m.Subject); ok {
+		c.last.Store(d.(*dest))
 		return d.(*dest)
 	}
 	c.newDests.Lock()
@@ -161,11 +179,14 @@ func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
 	}
 	d := c.newDest(m.Subject)
 	c.dests.Store(m.Subject, d)
+	c.last.Store(d)
 	return d
 }
 
 // StartMessage starts the process span, a child of the producer's trace
-// context in m's headers.
+// context in m's headers. The sampler sees messaging.system,
+// messaging.destination.name and the operation; the message's id and
+// attempt are added once the span is sampled.
 func (c *ConsumerObserver) StartMessage(ctx context.Context, m *consumer.Message) context.Context {
 	if c.t.noTraces {
 		return ctx
@@ -174,14 +195,10 @@ func (c *ConsumerObserver) StartMessage(ctx context.Context, m *consumer.Message
 	if len(m.Header) > 0 {
 		ctx = c.t.prop.Extract(ctx, headerCarrier(m.Header))
 	}
-	ctx, _ = c.t.tracer.Start(ctx, d.span, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-		c.base[0],
-		d.attr,
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingOperationNameKey.String("process"),
-		semconv.MessagingMessageIDKey.String(m.ID),
-		AttrAttempt.Int(m.Attempt),
-	))
+	ctx, span := c.t.tracer.Start(ctx, d.span, d.start...)
+	if span.IsRecording() {
+		span.SetAttributes(semconv.MessagingMessageIDKey.String(m.ID), AttrAttempt.Int(m.Attempt))
+	}
 	return ctx
 }
 
