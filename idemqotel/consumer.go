@@ -294,6 +294,21 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 	span.End()
 }
 
+// DeadLettered counts a dead letter that a transport stored outside the
+// pipeline's Process, in idemq.dead_letters by reason under m's destination
+// (m needs only Subject): natsjs's for a message the server stopped
+// redelivering (a MAX_DELIVERIES advisory, reason exhausted). It records
+// no delivery — no idemq.consumer.messages, no messaging.process.duration
+// — since the deliveries before it were counted as they ran, and starts no
+// span. err, the error recorded in the dead letter, is not used. A reason
+// outside consumer.ReasonPermanent…ReasonInvalid is not counted.
+func (c *ConsumerObserver) DeadLettered(_ context.Context, m *consumer.Message, reason consumer.Reason, _ error) {
+	d := c.destOf(m)
+	if reason > 0 && int(reason) < len(d.reasons) {
+		d.reasons[reason].n.Add(1)
+	}
+}
+
 // Paused records a pause.
 func (c *ConsumerObserver) Paused(ctx context.Context, dep consumer.Dependency, _ error) {
 	if int(dep) < len(c.pauseOpts) && dep > 0 {
