@@ -40,13 +40,19 @@ type ConsumerOptions struct {
 // idemq.consumer.messages by outcome, idemq.dedupe.claims by the claim's
 // answer, idemq.dead_letters by reason, idemq.retry.delay by cause,
 // idemq.handler.duration and idemq.dedupe.store.duration per store call;
-// per pause idemq.consumer.pauses and idemq.consumer.paused.
+// per pause idemq.consumer.pauses and idemq.consumer.paused; per dead
+// letter stored outside the pipeline (DeadLettered) idemq.dead_letters.
+// The counters are atomics read at collection; the four histogram
+// measurements of a delivery (process, handler, two store calls) are the
+// SDK's synchronous Record calls, most of the observer's cost.
 //
 // Spans: "process <destination>" (kind consumer) per delivery, whose parent
 // is the producer's trace context in the message headers (traceparent),
 // with children "idemq.dedupe.<operation>" per store call and
 // "idemq.handler" for the handler, which is the parent of the handler's own
-// work (an outbox row written with InjectTrace carries it).
+// work (an outbox row written with InjectTrace carries it). A delivery
+// whose span is sampled out gets no child span and no attributes built:
+// it costs the trace context's extraction and the sampler's decision.
 func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
 	if o.System == "" {
 		o.System = "nats"

@@ -15,18 +15,14 @@ import (
 )
 
 // newBenchObserver returns idemqotel's consumer observer in mode (metrics,
-// traces-10pct, traces-all) on the SDK, with a manual metric reader and a
-// batch span processor whose exporter drops the spans.
+// traces-10pct, traces-all: see benchSampler) on the SDK, with a manual
+// metric reader and a batch span processor whose exporter drops the spans.
 func newBenchObserver(b *testing.B, mode string) *idemqotel.ConsumerObserver {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 	cfg := idemqotel.Config{MeterProvider: mp, TracerProvider: tracenoop.NewTracerProvider()}
 	if mode != "metrics" {
-		sampler := sdktrace.AlwaysSample()
-		if mode == "traces-10pct" {
-			sampler = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.1))
-		}
-		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(sampler))
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(benchSampler(mode)))
 		b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 		cfg.TracerProvider = tp
 	}
@@ -69,7 +65,7 @@ func BenchmarkObserverCalls(b *testing.B) {
 				msgs := make([]*consumer.Message, n)
 				for i := range msgs {
 					msgs[i] = &consumer.Message{ID: fmt.Sprint("m", i), Subject: "payments.requested", Attempt: 1,
-						Header: map[string][]string{"traceparent": {fmt.Sprintf("00-%032x-b7ad6b7169203331-00", i+1)}}}
+						Header: map[string][]string{"traceparent": {benchTraceparent(0, i)}}}
 				}
 				ctx := context.Background()
 				b.ReportAllocs()
