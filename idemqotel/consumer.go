@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -39,13 +40,19 @@ type ConsumerOptions struct {
 // idemq.consumer.messages by outcome, idemq.dedupe.claims by the claim's
 // answer, idemq.dead_letters by reason, idemq.retry.delay by cause,
 // idemq.handler.duration and idemq.dedupe.store.duration per store call;
-// per pause idemq.consumer.pauses and idemq.consumer.paused.
+// per pause idemq.consumer.pauses and idemq.consumer.paused; per dead
+// letter stored outside the pipeline (DeadLettered) idemq.dead_letters.
+// The counters are atomics read at collection; the four histogram
+// measurements of a delivery (process, handler, two store calls) are the
+// SDK's synchronous Record calls, most of the observer's cost.
 //
 // Spans: "process <destination>" (kind consumer) per delivery, whose parent
 // is the producer's trace context in the message headers (traceparent),
 // with children "idemq.dedupe.<operation>" per store call and
 // "idemq.handler" for the handler, which is the parent of the handler's own
-// work (an outbox row written with InjectTrace carries it).
+// work (an outbox row written with InjectTrace carries it). A delivery
+// whose span is sampled out gets no child span and no attributes built:
+// it costs the trace context's extraction and the sampler's decision.
 func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
 	if o.System == "" {
 		o.System = "nats"
@@ -80,9 +87,10 @@ type ConsumerObserver struct {
 	claims      [consumer.ClaimStoreError + 1]*count
 	handlerOpts opts
 	pauseOpts   [consumer.HandlerUnavailable + 1]opts
-	fixed       *dest      // ConsumerOptions.Destination
-	dests       sync.Map   // subject → *dest
-	newDests    sync.Mutex // one newDest per subject: its counts are registered
+	fixed       *dest                // ConsumerOptions.Destination
+	last        atomic.Pointer[dest] // the destination destOf returned last
+	dests       sync.Map             // subject → *dest
+	newDests    sync.Mutex           // one newDest per subject: its counts are registered
 }
 
 var _ consumer.PauseObserver = (*ConsumerObserver)(nil)
@@ -117,6 +125,7 @@ type dest struct {
 	name     string
 	span     string // "process <name>"
 	attr     attribute.KeyValue
+	start    []trace.SpanStartOption // of the process span
 	outcomes [nOutcomes]opts
 	messages [nOutcomes]*count
 	reasons  [consumer.ReasonInvalid + 1]*count
@@ -125,6 +134,15 @@ type dest struct {
 
 func (c *ConsumerObserver) newDest(name string) *dest {
 	d := &dest{name: name, span: "process " + name, attr: semconv.MessagingDestinationNameKey.String(name)}
+	// The attributes a sampler may look at, known before the message is:
+	// one option slice for every span, so that a span sampled out costs no
+	// attribute building.
+	d.start = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		c.base[0],
+		d.attr,
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationNameKey.String("process"),
+	)}
 	with := func(kv ...attribute.KeyValue) opts {
 		return newOpts(append(append([]attribute.KeyValue{d.attr}, c.base...), kv...)...)
 	}
@@ -151,7 +169,13 @@ func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
 	if c.fixed != nil {
 		return c.fixed
 	}
+	// Most consumers see one subject, or a few in runs: the last one
+	// spares the map lookup.
+	if d := c.last.Load(); d != nil && d.name == m.Subject {
+		return d
+	}
 	if d, ok := c.dests.Load(m.Subject); ok {
+		c.last.Store(d.(*dest))
 		return d.(*dest)
 	}
 	c.newDests.Lock()
@@ -161,11 +185,14 @@ func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
 	}
 	d := c.newDest(m.Subject)
 	c.dests.Store(m.Subject, d)
+	c.last.Store(d)
 	return d
 }
 
 // StartMessage starts the process span, a child of the producer's trace
-// context in m's headers.
+// context in m's headers. The sampler sees messaging.system,
+// messaging.destination.name and the operation; the message's id and
+// attempt are added once the span is sampled.
 func (c *ConsumerObserver) StartMessage(ctx context.Context, m *consumer.Message) context.Context {
 	if c.t.noTraces {
 		return ctx
@@ -174,14 +201,10 @@ func (c *ConsumerObserver) StartMessage(ctx context.Context, m *consumer.Message
 	if len(m.Header) > 0 {
 		ctx = c.t.prop.Extract(ctx, headerCarrier(m.Header))
 	}
-	ctx, _ = c.t.tracer.Start(ctx, d.span, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-		c.base[0],
-		d.attr,
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingOperationNameKey.String("process"),
-		semconv.MessagingMessageIDKey.String(m.ID),
-		AttrAttempt.Int(m.Attempt),
-	))
+	ctx, span := c.t.tracer.Start(ctx, d.span, d.start...)
+	if span.IsRecording() {
+		span.SetAttributes(semconv.MessagingMessageIDKey.String(m.ID), AttrAttempt.Int(m.Attempt))
+	}
 	return ctx
 }
 
@@ -275,6 +298,21 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 		span.SetStatus(codes.Error, out.Err.Error())
 	}
 	span.End()
+}
+
+// DeadLettered counts a dead letter that a transport stored outside the
+// pipeline's Process, in idemq.dead_letters by reason under m's destination
+// (m needs only Subject): natsjs's for a message the server stopped
+// redelivering (a MAX_DELIVERIES advisory, reason exhausted). It records
+// no delivery — no idemq.consumer.messages, no messaging.process.duration
+// — since the deliveries before it were counted as they ran, and starts no
+// span. err, the error recorded in the dead letter, is not used. A reason
+// outside consumer.ReasonPermanent…ReasonInvalid is not counted.
+func (c *ConsumerObserver) DeadLettered(_ context.Context, m *consumer.Message, reason consumer.Reason, _ error) {
+	d := c.destOf(m)
+	if reason > 0 && int(reason) < len(d.reasons) {
+		d.reasons[reason].n.Add(1)
+	}
 }
 
 // Paused records a pause.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -280,9 +279,9 @@ func (h headerCarrier) Get(key string) string {
 	if v := h[key]; len(v) > 0 {
 		return v[0]
 	}
-	if v := h[textproto.CanonicalMIMEHeaderKey(key)]; len(v) > 0 {
-		return v[0]
-	}
+	// Any other spelling (the canonical "Traceparent" included): a scan
+	// of the few headers a message has costs less than building the
+	// canonical key, for the key that is usually absent (tracestate).
 	for k, v := range h {
 		if len(v) > 0 && strings.EqualFold(k, key) {
 			return v[0]

@@ -2,6 +2,7 @@ package idemqotel_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -64,5 +65,30 @@ func TestPausedByDependency(t *testing.T) {
 		if got := sum(rm, idemqotel.MetricConsumerPauses, attribute.String("idemq.dependency", dep.String()), attribute.String("messaging.consumer.group.name", "worker")); got != 1 {
 			t.Errorf("%v: %d pauses, want 1", dep, got)
 		}
+	}
+}
+
+// A dead letter a transport stores outside Process (natsjs: MAX_DELIVERIES
+// advisories) counts in idemq.dead_letters, and as no delivery.
+func TestDeadLetteredOutsideProcess(t *testing.T) {
+	tel := newTelemetry(t)
+	obs := tel.Consumer(idemqotel.ConsumerOptions{Group: "worker"})
+	m := &consumer.Message{ID: "ORDERS:7", Subject: "orders.o-7", Attempt: 5, Sequence: 7}
+	obs.DeadLettered(context.Background(), m, consumer.ReasonExhausted, errors.New("max deliveries"))
+	obs.DeadLettered(context.Background(), m, 0, errors.New("no reason")) // not counted
+	rm := tel.metrics(t)
+	exhausted := []attribute.KeyValue{attribute.String("idemq.dead_letter.reason", "exhausted"),
+		attribute.String("messaging.destination.name", "orders.o-7"), attribute.String("messaging.consumer.group.name", "worker")}
+	if got := sum(rm, idemqotel.MetricDeadLetters, exhausted...); got != 1 {
+		t.Errorf("exhausted dead letters: %d, want 1", got)
+	}
+	if got := sum(rm, idemqotel.MetricDeadLetters); got != 1 {
+		t.Errorf("dead letters: %d, want 1", got)
+	}
+	if got := sum(rm, idemqotel.MetricConsumerMessages); got != 0 {
+		t.Errorf("deliveries: %d, want 0", got)
+	}
+	if got := count(rm, idemqotel.MetricProcessDuration); got != 0 {
+		t.Errorf("process durations: %d, want 0", got)
 	}
 }

@@ -26,7 +26,11 @@ const (
 
 // PauseThreshold is how many deliveries in a row must find the dedupe store
 // or the poison publisher unavailable before the adapter logs an outage
-// (once) and starts doubling its in-handler wait: 3, as natsjs.
+// (once) and starts doubling its in-handler wait: 3, as natsjs. That is the
+// adapter's pause: when Config.Pipeline.Observer implements
+// consumer.PauseObserver, it hears Paused then (with the dependency and its
+// error), and Resumed at the first delivery that finds the dependencies
+// answering again (with how long the pause lasted).
 const PauseThreshold = 3
 
 // swallowWatch bounds how long the adapter watches a message it handed back
@@ -173,7 +177,14 @@ type Adapter struct {
 	pipes sync.Map           // handler name → *consumer.Pipeline
 	mu    sync.Mutex         // serialises pipeline creation
 
-	streak  atomic.Int32 // deliveries in a row that found a dependency down
+	streak atomic.Int32           // deliveries in a row that found a dependency down
+	pauses consumer.PauseObserver // Pipeline.Observer, when it implements it
+	pause  struct {
+		sync.Mutex // held while streak rises and a pause opens, and to close it
+		on         bool
+		dep        consumer.Dependency
+		since      time.Time
+	}
 	watches sync.Map     // *message.Message → chan struct{} (superseded)
 	nwatch  atomic.Int64 // watches running: supersede is free while none
 	warned  atomic.Bool  // double wrap logged
@@ -191,6 +202,7 @@ func New(cfg Config) (*Adapter, error) {
 		return nil, err
 	}
 	a := &Adapter{cfg: cfg, log: cfg.Pipeline.Logger}
+	a.pauses, _ = cfg.Pipeline.Observer.(consumer.PauseObserver)
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -421,6 +433,7 @@ func (a *Adapter) settle(msg *message.Message, out consumer.Outcome) error {
 	if out.Unavailable == 0 && (out.Claim != 0 || out.Action != consumer.Retry) {
 		if n := a.streak.Swap(0); n >= PauseThreshold {
 			a.log.Info("idemqwm: dependencies answer again", "after", int(n))
+			a.resume(msg.Context())
 		}
 	}
 	switch out.Action {
@@ -445,11 +458,7 @@ func (a *Adapter) settle(msg *message.Message, out consumer.Outcome) error {
 	wait := out.Delay
 	if out.Unavailable != 0 {
 		a.stats.unavailable.Add(1)
-		n := a.streak.Add(1)
-		if n == PauseThreshold {
-			a.log.Warn("idemqwm: a dependency does not answer; messages wait before they are handed back, doubling to MaxWait",
-				"dependency", out.Unavailable.String(), "max_wait", a.cfg.MaxWait, "err", out.Err)
-		}
+		n := a.unavailable(msg.Context(), out)
 		if n > PauseThreshold {
 			wait <<= min(n-PauseThreshold, 16)
 		}
@@ -465,6 +474,39 @@ func (a *Adapter) settle(msg *message.Message, out consumer.Outcome) error {
 		t.Stop()
 	}
 	return a.redeliver(msg, out, wait)
+}
+
+// unavailable counts a delivery that found out.Unavailable down in the
+// streak and returns the streak's length. The PauseThreshold-th in a row
+// logs the outage and opens a pause: the adapter holds each message longer
+// before handing it back, so the PauseObserver hears Paused. Under the
+// pause lock, so that resume, which follows the streak's reset, never runs
+// between the rise to PauseThreshold and the pause it opens.
+func (a *Adapter) unavailable(ctx context.Context, out consumer.Outcome) int32 {
+	a.pause.Lock()
+	defer a.pause.Unlock()
+	n := a.streak.Add(1)
+	if n != PauseThreshold {
+		return n
+	}
+	a.log.Warn("idemqwm: a dependency does not answer; messages wait before they are handed back, doubling to MaxWait",
+		"dependency", out.Unavailable.String(), "max_wait", a.cfg.MaxWait, "err", out.Err)
+	if a.pauses != nil && !a.pause.on {
+		a.pause.on, a.pause.dep, a.pause.since = true, out.Unavailable, time.Now()
+		a.pauses.Paused(ctx, out.Unavailable, out.Err)
+	}
+	return n
+}
+
+// resume closes the open pause, if any: a delivery found the dependencies
+// answering again.
+func (a *Adapter) resume(ctx context.Context) {
+	a.pause.Lock()
+	defer a.pause.Unlock()
+	if a.pause.on {
+		a.pause.on = false
+		a.pauses.Resumed(ctx, a.pause.dep, time.Since(a.pause.since))
+	}
 }
 
 // redeliver returns the Nack error for out and watches that the message is

@@ -3,6 +3,7 @@ package idemqwm_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,6 +194,80 @@ func TestStoreUnavailableUsesNoAttempt(t *testing.T) {
 	}
 	if s := a.Stats(); s.Unavailable != 4 || s.Retried != 4 || s.DeadLettered != 0 {
 		t.Fatalf("stats %+v: want 4 unavailable retries, no dead letter", s)
+	}
+}
+
+// pauseRecorder is a consumer.PauseObserver that records its calls.
+type pauseRecorder struct {
+	consumer.NopObserver
+	mu    sync.Mutex
+	calls []string
+	err   error // Paused's last
+}
+
+func (p *pauseRecorder) Paused(_ context.Context, dep consumer.Dependency, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, "paused "+dep.String())
+	p.err = err
+}
+
+func (p *pauseRecorder) Resumed(_ context.Context, dep consumer.Dependency, pausedFor time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	state := "resumed " + dep.String()
+	if pausedFor < 0 {
+		state += " after a negative pause"
+	}
+	p.calls = append(p.calls, state)
+}
+
+func (p *pauseRecorder) got() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.calls...)
+}
+
+// PauseThreshold deliveries in a row that find the store down are a pause,
+// reported to a PauseObserver once, and ended by the first delivery that
+// claims again.
+func TestStoreOutageReportedAsPause(t *testing.T) {
+	t.Parallel()
+	b := gochannelBus(t)
+	store := &failingStore{Store: memstore.New(memstore.Config{})}
+	store.n.Store(idemqwm.PauseThreshold + 2)
+	cfg := testConfig(b, store)
+	cfg.Pipeline.UnavailableDelay = time.Millisecond
+	cfg.MaxWait = 20 * time.Millisecond
+	obs := &pauseRecorder{}
+	cfg.Pipeline.Observer = obs
+	a, err := idemqwm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	runRouter(t, b.sub, b.w.Topic, "orders", a.NoPublishHandler(func(*message.Message) error {
+		runs.Add(1)
+		return nil
+	}))
+	publishKey(t, b.pub, b.w.Topic, "pay-1", `{"amount":100}`) // returns once acked
+	want := []string{"paused store", "resumed store"}
+	if got := obs.got(); !slices.Equal(got, want) {
+		t.Fatalf("pause observer heard %q, want %q", got, want)
+	}
+	if obs.mu.Lock(); obs.err == nil || !strings.Contains(obs.err.Error(), "connection refused") {
+		t.Errorf("Paused's error %v, want the store's", obs.err)
+	}
+	obs.mu.Unlock()
+	if s := a.Stats(); s.Unavailable != idemqwm.PauseThreshold+2 || runs.Load() != 1 {
+		t.Fatalf("stats %+v, %d runs: want %d unavailable retries, then one run", s, runs.Load(), idemqwm.PauseThreshold+2)
+	}
+
+	// Fewer than PauseThreshold in a row are no pause.
+	store.n.Store(idemqwm.PauseThreshold - 1)
+	publishKey(t, b.pub, b.w.Topic, "pay-2", `{"amount":100}`)
+	if got := obs.got(); len(got) != 2 {
+		t.Fatalf("after a short outage the observer heard %q, want nothing more", got[2:])
 	}
 }
 

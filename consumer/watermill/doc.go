@@ -59,6 +59,14 @@
 //	DeadLetter (permanent, exhausted,  publish to PoisonTopic (PoisonMessage: idemq's Idemq-*
 //	  conflict, invalid)               metadata), then return nil; a failed publish is a Retry
 //
+// PauseThreshold deliveries in a row that find a dependency down are an
+// outage, the adapter's pause: it is logged, and reported to
+// Config.Pipeline.Observer when that implements consumer.PauseObserver
+// (idemqotel's does: idemq.consumer.paused and idemq.consumer.pauses), as
+// natsjs reports its pauses. The first delivery that finds the
+// dependencies answering ends it. The adapter has no Run to stop, so a
+// router that closes during a pause reports no Resumed.
+//
 // Watermill has no delivery count, so every delivery is Attempt 1 and the
 // pipeline counts attempts in the dedupe record: runs of the handler,
 // durable across crashes and shared by every process using the store. That
