@@ -26,10 +26,6 @@ import (
 //	  StartStore(StoreComplete | StoreRelease | StoreDelete | StoreSnooze) … EndStore
 //	EndMessage
 //
-// A transport may also report a dead letter it published without running
-// the pipeline (natsjs: a message the server stopped redelivering, named by
-// a MAX_DELIVERIES advisory) as StartMessage then EndMessage alone.
-//
 // Each Start method returns the context for what it opens: StartMessage's
 // is used for the rest of the delivery (the claim, the handler, the
 // dead-letter publish), StartHandler's is given to the handler (so that a
@@ -72,6 +68,18 @@ type PauseObserver interface {
 	// Resumed is called once when the transport consumes again after a
 	// pause, or stops while paused, with how long the pause lasted.
 	Resumed(ctx context.Context, dep Dependency, pausedFor time.Duration)
+}
+
+// DeadLetterObserver is implemented by an Observer that also wants to know
+// of dead letters a transport stores without running the pipeline — natsjs:
+// a message the server stopped redelivering, named by a MAX_DELIVERIES
+// advisory — so that they are counted with the pipeline's. Transports check
+// Config.Observer for it (natsjs does). Such a dead letter is no delivery:
+// no other Observer method is called for it.
+type DeadLetterObserver interface {
+	// DeadLettered is called once the dead-letter queue stored m, with
+	// the reason and the error its letter carries.
+	DeadLettered(ctx context.Context, m *Message, reason Reason, err error)
 }
 
 // Delivery is the pipeline's account of one delivery, given to
@@ -176,7 +184,8 @@ func (c ClaimResult) String() string {
 	return fmt.Sprintf("ClaimResult(%d)", uint8(c))
 }
 
-// NopObserver implements Observer and PauseObserver and does nothing.
+// NopObserver implements Observer, PauseObserver and DeadLetterObserver
+// and does nothing.
 // Embed it in an observer that needs only some of the methods.
 type NopObserver struct{}
 
@@ -205,6 +214,9 @@ func (NopObserver) Paused(context.Context, Dependency, error) {}
 
 // Resumed does nothing.
 func (NopObserver) Resumed(context.Context, Dependency, time.Duration) {}
+
+// DeadLettered does nothing.
+func (NopObserver) DeadLettered(context.Context, *Message, Reason, error) {}
 
 // OutcomeFunc is an Observer that calls itself with each delivery's
 // account and ignores the rest, for tests and simple counters:

@@ -93,7 +93,10 @@ type ConsumerObserver struct {
 	newDests    sync.Mutex           // one newDest per subject: its counts are registered
 }
 
-var _ consumer.PauseObserver = (*ConsumerObserver)(nil)
+var (
+	_ consumer.PauseObserver      = (*ConsumerObserver)(nil)
+	_ consumer.DeadLetterObserver = (*ConsumerObserver)(nil)
+)
 
 // Outcomes of idemq.outcome, in index order.
 const (

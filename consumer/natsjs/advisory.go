@@ -187,13 +187,11 @@ func (c *Consumer) deadLetterAdvised(ctx context.Context, stream jetstream.Strea
 }
 
 // observeAdvised reports a message dead-lettered from a MAX_DELIVERIES
-// advisory to the pipeline's Observer, as a delivery of its own with only
-// StartMessage and EndMessage (no claim, no handler): its Outcome is a
-// DeadLetter with reason exhausted, DeadLettered set and Err
-// ErrMaxDeliveries, so that it is counted with the other dead letters.
+// advisory to the pipeline's Observer when it is a
+// consumer.DeadLetterObserver (reason exhausted, ErrMaxDeliveries).
 func (c *Consumer) observeAdvised(ctx context.Context, raw *jetstream.RawStreamMsg, deliveries int) {
-	obs := c.pipe.Observer()
-	if obs == nil {
+	obs, ok := c.pipe.Observer().(consumer.DeadLetterObserver)
+	if !ok {
 		return
 	}
 	id := raw.Header.Get(jetstream.MsgIDHeader)
@@ -209,15 +207,5 @@ func (c *Consumer) observeAdvised(ctx context.Context, raw *jetstream.RawStreamM
 		Received: time.Now(),
 		Sequence: raw.Sequence,
 	}
-	start := time.Now()
-	octx := obs.StartMessage(context.WithoutCancel(ctx), m)
-	obs.EndMessage(octx, m, consumer.Delivery{
-		Outcome: consumer.Outcome{
-			Action:       consumer.DeadLetter,
-			Reason:       consumer.ReasonExhausted,
-			Err:          ErrMaxDeliveries,
-			DeadLettered: true,
-		},
-		Duration: time.Since(start),
-	})
+	obs.DeadLettered(context.WithoutCancel(ctx), m, consumer.ReasonExhausted, ErrMaxDeliveries)
 }

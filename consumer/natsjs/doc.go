@@ -69,10 +69,10 @@
 // Config.Pipeline.Observer (consumer.Observer) sees every delivery: its
 // claim, store calls, handler run and outcome; when it also implements
 // consumer.PauseObserver, the consumer reports each pause (Paused, with the
-// dependency that stopped answering) and its end (Resumed). A message
-// dead-lettered from a MAX_DELIVERIES advisory is reported too, as a
-// delivery of its own with only StartMessage and EndMessage: Outcome
-// DeadLetter, reason exhausted, DeadLettered, Err ErrMaxDeliveries. Package
+// dependency that stopped answering) and its end (Resumed); when it
+// implements consumer.DeadLetterObserver, each message dead-lettered from a
+// MAX_DELIVERIES advisory (DeadLettered, reason exhausted,
+// ErrMaxDeliveries). Package
 // idemqotel implements both with OpenTelemetry. Messages carry their stream
 // sequence (consumer.Message.Sequence), which the dead-letter log lines
 // name.

@@ -439,11 +439,11 @@ func TestMaxDeliveriesAdvisoryDeadLetters(t *testing.T) {
 		eventually(t, "the advised dead letter observed", func() bool {
 			obs.mu.Lock()
 			defer obs.mu.Unlock()
-			return len(obs.outcomes) == 1
+			return len(obs.deadLetters) == 1
 		})
 		obs.mu.Lock()
-		if o := obs.outcomes[0]; o.Action != consumer.DeadLetter || o.Reason != consumer.ReasonExhausted || !o.DeadLettered || !errors.Is(o.Err, natsjs.ErrMaxDeliveries) || obs.seqs[0] != ack.Sequence {
-			t.Errorf("observed %+v for sequence %d, want a dead letter (exhausted, ErrMaxDeliveries) for %d", o, obs.seqs[0], ack.Sequence)
+		if d := obs.deadLetters[0]; d.reason != consumer.ReasonExhausted || !errors.Is(d.err, natsjs.ErrMaxDeliveries) || d.seq != ack.Sequence || len(obs.outcomes) != 0 {
+			t.Errorf("observed %+v and %d deliveries, want one dead letter (exhausted, ErrMaxDeliveries) for sequence %d and no delivery", d, len(obs.outcomes), ack.Sequence)
 		}
 		obs.mu.Unlock()
 		if r := dl.Header.Get("Idemq-Reason"); r != "exhausted" {

@@ -39,13 +39,14 @@ func (s *downStore) Ping(context.Context) error {
 // pauseRecorder records deliveries and pauses.
 type pauseRecorder struct {
 	consumer.NopObserver
-	mu       sync.Mutex
-	claims   map[consumer.ClaimResult]int
-	seqs     []uint64
-	outcomes []consumer.Outcome
-	paused   []consumer.Dependency
-	resumed  []consumer.Dependency
-	pausedFr []time.Duration
+	mu          sync.Mutex
+	claims      map[consumer.ClaimResult]int
+	seqs        []uint64
+	outcomes    []consumer.Outcome
+	deadLetters []observedLetter
+	paused      []consumer.Dependency
+	resumed     []consumer.Dependency
+	pausedFr    []time.Duration
 }
 
 func (r *pauseRecorder) EndMessage(_ context.Context, m *consumer.Message, d consumer.Delivery) {
@@ -57,6 +58,19 @@ func (r *pauseRecorder) EndMessage(_ context.Context, m *consumer.Message, d con
 	r.claims[d.Claim]++
 	r.seqs = append(r.seqs, m.Sequence)
 	r.outcomes = append(r.outcomes, d.Outcome)
+}
+
+// observedLetter is one DeadLettered call.
+type observedLetter struct {
+	seq    uint64
+	reason consumer.Reason
+	err    error
+}
+
+func (r *pauseRecorder) DeadLettered(_ context.Context, m *consumer.Message, reason consumer.Reason, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.deadLetters = append(r.deadLetters, observedLetter{seq: m.Sequence, reason: reason, err: err})
 }
 
 func (r *pauseRecorder) Paused(_ context.Context, dep consumer.Dependency, err error) {
