@@ -17,6 +17,9 @@ const (
 	DefaultAckWait = 30 * time.Second
 	// DefaultConcurrency is Config.Concurrency when zero: 64 workers.
 	DefaultConcurrency = 64
+	// DefaultFetchBatchFactor times Concurrency is Config.FetchBatch when
+	// zero: 2, so 128 messages with the default Concurrency.
+	DefaultFetchBatchFactor = 2
 	// DefaultPullWait is Config.PullWait when zero: 5s.
 	DefaultPullWait = 5 * time.Second
 	// MinPullWait is the shortest Config.PullWait; shorter values are
@@ -91,10 +94,17 @@ type Config struct {
 	// stay few whatever the handlers' speed. A buffered message's AckWait
 	// is already running: it waits about FetchBatch/Concurrency handler
 	// durations before a worker takes it (plus a quarter of one: the
-	// hand-off to the workers buffers Concurrency/4), so keep FetchBatch near
-	// Concurrency when handlers are slow relative to AckWait. Messages
+	// hand-off to the workers buffers Concurrency/4). The default, twice
+	// Concurrency, suits handlers shorter than about AckWait/4 (7.5s with
+	// the default AckWait); with slower handlers set FetchBatch to
+	// Concurrency, so that buffered messages are not redelivered while
+	// they wait (with a Guard a redelivered copy is deduped, but its
+	// worker's time is spent). A larger batch costs the broker and the
+	// client less per message: with fast handlers on a 2-core machine, 128
+	// against 64 cut the client's CPU per message by 7–16 % and raised
+	// throughput 10–25 % (BenchmarkConsume in integration/bench). Messages
 	// still buffered at shutdown are handed back unstarted. Default
-	// Concurrency.
+	// DefaultFetchBatchFactor × Concurrency.
 	FetchBatch int
 	// BatchSize is, in batch mode (NewBatch), the most messages given to
 	// the batch handler at once. Default DefaultBatchSize (250). Unused by
@@ -226,7 +236,7 @@ func (cfg Config) resolve() (Config, error) {
 		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.FetchBatch <= 0 {
-		cfg.FetchBatch = cfg.Concurrency
+		cfg.FetchBatch = DefaultFetchBatchFactor * cfg.Concurrency
 	}
 	if cfg.PullWait <= 0 {
 		cfg.PullWait = DefaultPullWait

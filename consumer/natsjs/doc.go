@@ -82,17 +82,17 @@
 // A fixed pool of Concurrency worker goroutines (64 by default) runs the
 // handlers; no goroutine is started per message. Messages arrive through a
 // nats.go Consume subscription that keeps at most FetchBatch messages
-// (Concurrency by default) buffered ahead of the workers and refills with
-// one pull request when half of them were taken, so a buffered message waits
-// about one handler duration while its AckWait runs. A heartbeat timer is
+// (twice Concurrency by default) buffered ahead of the workers and refills
+// with one pull request when half of them were taken, so a buffered message
+// waits about two handler durations while its AckWait runs. A heartbeat timer is
 // armed per message and fires only for handlers that outlive
 // HeartbeatInterval.
 //
 // The default Concurrency suits I/O-bound handlers (a dedupe store, a
 // database, an API): they spend most of their time waiting, and more
 // workers hide that wait. Lower it for CPU-bound handlers or to bound the
-// load on a dependency; raise FetchBatch above it only when handlers are
-// fast compared with AckWait.
+// load on a dependency; set FetchBatch to Concurrency when handlers are
+// slow compared with AckWait (longer than about AckWait/4).
 //
 // When Run's context ends it stops handing messages to the workers, drains
 // the subscription — buffered messages are handed back unstarted with

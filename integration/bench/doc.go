@@ -76,8 +76,8 @@
 //	  -cpuprofile=cpu.out ./integration/bench/
 //
 // IDEMQ_BENCH_N sets N (default 20000); IDEMQ_BENCH_CONCURRENCY sets the
-// idemq adapter's Concurrency and FetchBatch (default 64, the adapter's own
-// default). TestBenchSmoke runs every variant, and
+// idemq adapter's Concurrency (default 64, the adapter's own default; its
+// FetchBatch stays the adapter's default, twice that). TestBenchSmoke runs every variant, and
 // TestSideBySideSmoke one side-by-side cycle, on a small stream in an
 // ordinary go test run, so the benchmark code keeps compiling and stays
 // correct.

@@ -42,16 +42,17 @@ const (
 	unbatchedRedisStore
 )
 
-// idemqConcurrency is natsjs.Config.Concurrency (and FetchBatch) in the
-// idemq variants, the adapter's default (natsjs.DefaultConcurrency).
-// EnvConcurrency overrides it.
+// idemqConcurrency is natsjs.Config.Concurrency in the idemq variants, the
+// adapter's default (natsjs.DefaultConcurrency); FetchBatch is left to its
+// default (natsjs.DefaultFetchBatchFactor × Concurrency). EnvConcurrency
+// overrides it.
 const idemqConcurrency = 64
 
 // EnvConcurrency names the variable that overrides idemqConcurrency.
 const EnvConcurrency = "IDEMQ_BENCH_CONCURRENCY"
 
 // idemqVariant is consumer/natsjs with its defaults except the names and
-// Concurrency/FetchBatch (idemqConcurrency), and a dedupe.Guard keyed by the
+// Concurrency (idemqConcurrency), and a dedupe.Guard keyed by the
 // Idempotency-Key header on the given store, with the Guard's default
 // fingerprint: the payload in canonical JSON form, hashed and stored for
 // conflict detection. That is work Watermill's Deduplicator (key only) does
@@ -61,8 +62,9 @@ func idemqVariant(name string, kind storeKind) variant {
 	return idemqVariantConc(name, kind, 0)
 }
 
-// idemqVariantConc is idemqVariant with natsjs.Config.Concurrency and
-// FetchBatch set to conc; 0 means idemqConcurrency (or EnvConcurrency).
+// idemqVariantConc is idemqVariant with natsjs.Config.Concurrency set to
+// conc (FetchBatch its default multiple); 0 means idemqConcurrency (or
+// EnvConcurrency).
 func idemqVariantConc(name string, kind storeKind, conc int) variant {
 	return variant{
 		name:     name,
@@ -98,8 +100,7 @@ func idemqVariantConc(name string, kind storeKind, conc int) variant {
 				Durable:        r.consumer,
 				FilterSubjects: []string{r.fx.subject},
 				DoubleAck:      idemqDoubleAck,
-				Concurrency:    conc,
-				FetchBatch:     conc,
+				Concurrency:    conc, // FetchBatch: the default
 				DeadLetter: natsjs.DeadLetterConfig{
 					Subject: r.fx.dlqSubject,
 					Stream:  r.fx.dlqStream,

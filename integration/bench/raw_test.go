@@ -142,7 +142,8 @@ func (s *rawSession) stop() error {
 }
 
 // rawFetchBatch caps one Fetch of the raw-fetch variant, like
-// natsjs.Config.FetchBatch in the idemq variants.
+// natsjs.Config.Concurrency in the idemq variants (no more messages than
+// there are workers).
 const rawFetchBatch = idemqConcurrency
 
 // rawFetch is a diagnostic baseline, not a tuned one: nats.go with the
