@@ -3,7 +3,6 @@
 package redisstore_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -131,35 +129,8 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
-// userHZ is the unit of utime and stime in /proc/<pid>/stat (USER_HZ, 100
-// on Linux whatever the kernel's HZ).
-const userHZ = 100
-
-// procCPU returns utime + stime of /proc/<pid>/stat: the CPU time of every
-// thread of the process.
-func procCPU(pid int) (time.Duration, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// pid (comm) state ppid ...: comm may hold spaces and parentheses, so
-	// fields are counted from the last ')'; utime and stime are fields 14
-	// and 15.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
-	}
-	fs := strings.Fields(string(data[i+1:]))
-	if len(fs) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields after comm", pid, len(fs))
-	}
-	ut, err1 := strconv.ParseUint(fs[11], 10, 64)
-	st, err2 := strconv.ParseUint(fs[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, fs[11], fs[12])
-	}
-	return time.Duration(ut+st) * (time.Second / userHZ), nil
-}
+// procCPU is harness.ProcCPU.
+func procCPU(pid int) (time.Duration, error) { return harness.ProcCPU(pid) }
 
 // selfCPU is the user plus system CPU time of this process, every thread.
 func selfCPU() time.Duration {

@@ -3,17 +3,14 @@
 package bench
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"time"
-)
 
-// userHZ is the unit of utime and stime in /proc/<pid>/stat (USER_HZ,
-// 100 on Linux whatever the kernel's HZ).
-const userHZ = 100
+	"github.com/idemq/idemq/integration/harness"
+)
 
 // listenerPID returns the process holding the TCP socket listening on port:
 // the socket's inode from /proc/net/tcp and tcp6 (state 0A, LISTEN), then
@@ -71,31 +68,8 @@ func listenerPID(port int) (int, error) {
 	return 0, fmt.Errorf("TCP port %d listens, but no process this one may inspect holds the socket (another user's, or a container's)", port)
 }
 
-// procCPU returns utime + stime of /proc/<pid>/stat: the CPU time of every
-// thread of the process, exited ones included.
-func procCPU(pid int) (time.Duration, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// pid (comm) state ppid ...: comm may hold spaces and parentheses, so
-	// the fields are counted from the last ')'; state is field 3, utime
-	// and stime are fields 14 and 15.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
-	}
-	fs := strings.Fields(string(data[i+1:]))
-	if len(fs) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields after comm", pid, len(fs))
-	}
-	ut, err1 := strconv.ParseUint(fs[11], 10, 64)
-	st, err2 := strconv.ParseUint(fs[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, fs[11], fs[12])
-	}
-	return time.Duration(ut+st) * (time.Second / userHZ), nil
-}
+// procCPU is harness.ProcCPU.
+func procCPU(pid int) (time.Duration, error) { return harness.ProcCPU(pid) }
 
 // procComm returns the process name, "?" when unreadable.
 func procComm(pid int) string {
