@@ -35,7 +35,8 @@ func TestBatchContextEndsWhenEveryCallerGaveUp(t *testing.T) {
 		defer cancelA()
 		defer cancelB()
 		// Three ops share a (one watched through a value context on it).
-		va := context.WithValue(a, struct{}{}, 1)
+		type markKey struct{}
+		va := context.WithValue(a, markKey{}, 1)
 		ctx, stop := batchContext(opsOf(a, va, a, b))
 		defer stop()
 		cancelA()
