@@ -37,3 +37,6 @@ func Awake(r *Relay) bool { return r.awake() }
 
 // SetAwakeIdle sets how long an awake relay stays awake without rows.
 func SetAwakeIdle(r *Relay, d time.Duration) { r.wake.idle.Store(int64(d)) }
+
+// TooFewConns is tooFewConns, for tests.
+var TooFewConns = tooFewConns

@@ -308,7 +308,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	if r.d.kind == sqlstore.Postgres && !r.o.NoListen {
 		wg.Go(func() { r.listen(lctx, wakeAll) })
 	}
-	if r.wake != nil {
+	if r.wake != nil && r.o.ListenURL == "" && tooFewConns(r.db, r.o.Workers) {
+		// The lock connection would take one the workers need.
+		r.log.Info("relay: coalesced wake-ups off: the pool's MaxOpenConns leaves no connection for the wake-up lock (it needs Workers + 2 with LISTEN)",
+			"max_open_conns", r.db.Stats().MaxOpenConnections, "workers", r.o.Workers)
+	} else if r.wake != nil {
 		wg.Go(func() { r.stayAwake(lctx, wakeAll) })
 	}
 	errs := make(chan error, r.o.Workers)

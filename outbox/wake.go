@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -27,9 +28,17 @@ import (
 // inflight exclusively, which waits for every writer still in a
 // transaction that may have skipped its NOTIFY; then every worker claims
 // once more, so those writers' rows (committed by then) are claimed. A
-// writer that looks after awake was released finds it free and NOTIFYs. A
-// relay whose lock connection is lost loses the session lock with it; the
-// writers then NOTIFY again. Writers of older versions always NOTIFY;
+// writer that looks after awake was released finds it free and NOTIFYs; the
+// workers keep claiming while the relay waits. A relay whose lock
+// connection is lost loses the session lock with it once the server
+// notices (short TCP keepalives on that connection: about 25 s); the
+// writers then NOTIFY again. Rows of writers that skipped their NOTIFY
+// when a spell ends on an error instead (the connection dropped, a
+// statement timeout while waiting for a long writer) are claimed by the
+// next poll (RelayConfig.PollInterval): late, never lost. Coalescing is off
+// when the pool's MaxOpenConns leaves no connection for the lock (fewer
+// than Workers + 2), and the lock connection goes back to the pool between
+// spells. Writers of older versions always NOTIFY;
 // relays of older versions never hold awake, so writers NOTIFY for them.
 const (
 	// awakeLock and inflightLock are the high 32 bits of the two bigint
@@ -98,7 +107,18 @@ func (r *Relay) noteRows() {
 // its own so that writers need not NOTIFY (Postgres with LISTEN only).
 func (r *Relay) awake() bool { return r.wake != nil && r.wake.awake.Load() }
 
+// tooFewConns reports whether db's pool is capped below what a relay of
+// workers needs with coalesced wake-ups from the pool: one connection per
+// worker, the LISTEN connection and the wake-up lock's.
+func tooFewConns(db *sql.DB, workers int) bool {
+	n := db.Stats().MaxOpenConnections
+	return n > 0 && n < workers+2
+}
+
 // stayAwake runs the relay's side of coalesced wake-ups until ctx is done.
+// A lock connection taken from the pool goes back to it after each spell
+// (it holds no lock then), so that it is not kept from the workers; a
+// dedicated one (ListenURL) is kept.
 func (r *Relay) stayAwake(ctx context.Context, wakeAll func()) {
 	var lc lockConn
 	defer lc.close()
@@ -115,6 +135,7 @@ func (r *Relay) stayAwake(ctx context.Context, wakeAll func()) {
 		}
 		if err == nil {
 			failures = 0
+			lc.release()
 			continue
 		}
 		// The session lock, if held, goes with the connection.
@@ -163,9 +184,28 @@ func (r *Relay) awakeSpell(ctx context.Context, lc *lockConn, wakeAll func()) er
 		wakeAll()
 	}
 	// One statement, evaluated in order: release awake, then wait until
-	// no writer holds inflight and drop it again.
+	// no writer holds inflight and drop it again. The workers keep claiming
+	// meanwhile: a writer that skipped its NOTIFY may commit while the
+	// statement waits for a longer one.
 	in := lockKey(inflightLock, r.o.Table)
-	if err := lc.exec(ctx, "SELECT pg_advisory_unlock("+lockKey(awakeLock, r.o.Table)+"), pg_advisory_lock("+in+"), pg_advisory_unlock("+in+")"); err != nil {
+	stop := make(chan struct{})
+	var ticking sync.WaitGroup
+	ticking.Go(func() {
+		t := time.NewTicker(awakeLinger)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				wakeAll()
+			}
+		}
+	})
+	err := lc.exec(ctx, "SELECT pg_advisory_unlock("+lockKey(awakeLock, r.o.Table)+"), pg_advisory_lock("+in+"), pg_advisory_unlock("+in+")")
+	close(stop)
+	ticking.Wait()
+	if err != nil {
 		return err
 	}
 	r.wake.awake.Store(false)
@@ -192,14 +232,32 @@ func (c *lockConn) open(ctx context.Context, r *Relay) error {
 			return err
 		}
 		c.pc = pc
-		return nil
+	} else {
+		sc, err := r.db.Conn(ctx)
+		if err != nil {
+			return fmt.Errorf("outbox: wake-up lock connection: %w", err)
+		}
+		c.sc = sc
 	}
-	sc, err := r.db.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("outbox: wake-up lock connection: %w", err)
+	// A relay that dies with its host leaves the awake lock to the server
+	// until it notices the connection is gone; meanwhile writers skip their
+	// NOTIFY and rows wait for the poll. Short keepalives bound that to
+	// about 25 seconds instead of the system's default two hours. (Harmless
+	// in the pooled session this connection goes back to.)
+	if err := c.exec(ctx, "SELECT set_config('tcp_keepalives_idle', '10', false), set_config('tcp_keepalives_interval', '5', false), set_config('tcp_keepalives_count', '3', false)"); err != nil {
+		c.close()
+		return err
 	}
-	c.sc = sc
 	return nil
+}
+
+// release hands a connection taken from the pool back to it (it holds no
+// lock between spells); a dedicated one is kept.
+func (c *lockConn) release() {
+	if c.sc != nil {
+		_ = c.sc.Close()
+		c.sc = nil
+	}
 }
 
 func (c *lockConn) scan(ctx context.Context, q string, dst *bool) error {

@@ -231,3 +231,20 @@ func TestAwakeRelayStrandsNoRow(t *testing.T) {
 		t.Fatalf("published %d, want 3", s.Published)
 	}
 }
+
+func TestTooFewConnsForWakeUps(t *testing.T) {
+	db, err := sql.Open("pgx", "postgres://127.0.0.1:1/none") // never connects
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, tc := range []struct {
+		max, workers int
+		want         bool
+	}{{0, 2, false}, {3, 2, true}, {4, 2, false}, {5, 4, true}, {6, 4, false}} {
+		db.SetMaxOpenConns(tc.max)
+		if got := outbox.TooFewConns(db, tc.workers); got != tc.want {
+			t.Errorf("MaxOpenConns %d, %d workers: tooFewConns = %v, want %v", tc.max, tc.workers, got, tc.want)
+		}
+	}
+}
