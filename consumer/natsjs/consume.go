@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -67,13 +68,24 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 	work := make(chan jetstream.Msg, handoffBuffer(c.cfg.Concurrency))
 	stopping := make(chan struct{})
 	defer close(stopping)
+	var current atomic.Pointer[leaving] // the running subscription's
 	for i := range p.slots {
 		s := &p.slots[i]
 		p.wg.Go(func() {
 			for {
 				select {
 				case <-stopping:
-					return
+					// What a callback still put in the hand-off buffer
+					// goes back unstarted.
+					for {
+						select {
+						case msg := <-work:
+							_ = msg.NakWithDelay(c.cfg.ShutdownNakDelay)
+							continue
+						default:
+						}
+						return
+					}
 				case msg := <-work:
 					if ctx.Err() != nil {
 						// Shutting down: a message still in the hand-off
@@ -81,15 +93,20 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 						_ = msg.NakWithDelay(c.cfg.ShutdownNakDelay)
 						continue
 					}
+					if l := current.Load(); l != nil && l.left() {
+						// Pausing: the same, with the pause's delay.
+						_ = msg.NakWithDelay(l.delay)
+						continue
+					}
 					s.set(msg)
-					c.handle(ctx, hctx, msg)
+					c.handle(ctx, hctx, msg, s)
 					s.set(nil)
 				}
 			}
 		})
 	}
 	for {
-		paused, err := c.subscribe(ctx, cons, work)
+		paused, err := c.subscribe(ctx, cons, work, &current)
 		if err != nil || !paused {
 			return err
 		}
@@ -99,32 +116,50 @@ func (c *Consumer) consume(ctx, hctx context.Context, cons jetstream.Consumer, p
 	}
 }
 
+// leaving is closed when a subscription stops handing messages to the
+// workers; delay is the redelivery delay of what it hands back, set before
+// done is closed.
+type leaving struct {
+	done  chan struct{}
+	delay time.Duration
+}
+
+// left reports whether l's subscription is leaving.
+func (l *leaving) left() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // subscribe runs one Consume subscription feeding work until ctx ends
 // (paused false), a fatal error, or the breaker opens (paused true).
-func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work chan jetstream.Msg) (paused bool, err error) {
-	leaving := make(chan struct{})
-	leaveDelay := c.cfg.ShutdownNakDelay
+func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work chan jetstream.Msg, current *atomic.Pointer[leaving]) (paused bool, err error) {
+	l := &leaving{done: make(chan struct{}), delay: c.cfg.ShutdownNakDelay}
+	current.Store(l)
 	var once sync.Once
 	leave := func(pause bool) {
 		once.Do(func() {
 			if pause {
-				leaveDelay = c.pipe.UnavailableDelay()
+				l.delay = c.pipe.UnavailableDelay()
 			}
-			close(leaving)
+			close(l.done)
 		})
 	}
 	fatalc := make(chan error, 1)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		select {
-		case <-leaving:
-			_ = msg.NakWithDelay(leaveDelay)
+		case <-l.done:
+			_ = msg.NakWithDelay(l.delay)
 			return
 		default:
 		}
 		select {
 		case work <- msg:
-		case <-leaving:
-			_ = msg.NakWithDelay(leaveDelay)
+		case <-l.done:
+			_ = msg.NakWithDelay(l.delay)
 		}
 	},
 		jetstream.PullMaxMessages(c.cfg.FetchBatch),
@@ -169,7 +204,7 @@ func (c *Consumer) subscribe(ctx context.Context, cons jetstream.Consumer, work 
 	for {
 		select {
 		case msg := <-work:
-			_ = msg.NakWithDelay(leaveDelay)
+			_ = msg.NakWithDelay(l.delay)
 			continue
 		default:
 		}

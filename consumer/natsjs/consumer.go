@@ -250,7 +250,9 @@ func fatal(err error) bool {
 
 // handle runs one message through the pipeline and applies the outcome.
 // ctx is Run's context (it ends at shutdown), hctx the handlers'.
-func (c *Consumer) handle(ctx, hctx context.Context, msg jetstream.Msg) {
+// s is the worker's slot, cleared once the outcome is decided so that a
+// shutdown's hand-back does not Nak a message whose ack is queued.
+func (c *Consumer) handle(ctx, hctx context.Context, msg jetstream.Msg, s *slot) {
 	m, err := Convert(msg)
 	if err != nil {
 		c.log.Error("natsjs: cannot read message metadata; redelivering", "subject", msg.Subject(), "err", err)
@@ -259,6 +261,7 @@ func (c *Consumer) handle(ctx, hctx context.Context, msg jetstream.Msg) {
 	}
 	m.KeepAlive = func(context.Context) error { return msg.InProgress() }
 	out := c.pipe.Process(hctx, m)
+	s.set(nil)
 	c.apply(ctx, hctx, msg, m, out)
 	c.brk.observe(out)
 }
