@@ -84,9 +84,14 @@
 // nats.go Consume subscription that keeps at most FetchBatch messages
 // (twice Concurrency by default) buffered ahead of the workers and refills
 // with one pull request when half of them were taken, so a buffered message
-// waits about two handler durations while its AckWait runs. A heartbeat timer is
-// armed per message and fires only for handlers that outlive
-// HeartbeatInterval.
+// waits about two handler durations while its AckWait runs; the
+// subscription's callback hands messages to the workers through a channel
+// of Concurrency/4 slots. A heartbeat timer (reused from message to
+// message) is armed per message and fires only for handlers that outlive
+// HeartbeatInterval. Acks, Naks and Terms go to one acker goroutine that
+// publishes what the workers queued back to back, so that nats.go writes
+// them in one system call rather than one each; with DoubleAck each worker
+// waits for its own ack's confirmation instead.
 //
 // The default Concurrency suits I/O-bound handlers (a dedupe store, a
 // database, an API): they spend most of their time waiting, and more
