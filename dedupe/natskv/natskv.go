@@ -159,12 +159,14 @@ func (s *Store) load(ctx context.Context, key, k string) (*dedupe.Record, *chunk
 }
 
 // lostRace reports whether err means a compare-and-set lost to a
-// concurrent writer.
+// concurrent writer. Replicated (R>1) buckets report a wrong last sequence
+// as error code 10164, single-replica ones as 10071.
 func lostRace(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, jetstream.ErrKeyExists) ||
 		errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
-		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
+		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
 }
 
 // Claim implements dedupe.Store: Get, then storekit.Decide, then Create (key
