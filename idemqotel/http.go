@@ -73,10 +73,6 @@ func (h *HTTPObserver) StartRequest(ctx context.Context, r *http.Request) contex
 
 var httpStoreSpanNames = [httpdedupe.StoreExtend + 1]string{"", "idemq.dedupe.claim", "idemq.dedupe.complete", "idemq.dedupe.release", "idemq.dedupe.extend"}
 
-// consumerOp maps the middleware's store operations to the consumer's, so
-// that both record the same idemq.dedupe.operation values.
-var consumerOp = [httpdedupe.StoreExtend + 1]consumer.StoreOp{0, consumer.StoreClaim, consumer.StoreComplete, consumer.StoreRelease, consumer.StoreExtend}
-
 // StartStore starts a store call's span.
 func (h *HTTPObserver) StartStore(ctx context.Context, op httpdedupe.StoreOp) context.Context {
 	if int(op) >= len(httpStoreSpanNames) || !trace.SpanFromContext(ctx).IsRecording() {
@@ -88,10 +84,7 @@ func (h *HTTPObserver) StartStore(ctx context.Context, op httpdedupe.StoreOp) co
 
 // EndStore records the call's duration and ends its span.
 func (h *HTTPObserver) EndStore(ctx context.Context, op httpdedupe.StoreOp, d time.Duration, err error) {
-	if int(op) >= len(consumerOp) {
-		return
-	}
-	h.t.storeDur.Record(ctx, d.Seconds(), h.store.of(int(consumerOp[op]), err).rec...)
+	h.t.storeDur.Record(ctx, d.Seconds(), h.store.of(int(op), err).rec...)
 	endSpan(trace.SpanFromContext(ctx), err)
 }
 

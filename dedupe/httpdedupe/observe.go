@@ -2,7 +2,6 @@ package httpdedupe
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -70,82 +69,34 @@ type Request struct {
 	Duration time.Duration
 }
 
-// StoreOp names a guard call of the middleware.
-type StoreOp uint8
+// StoreOp names a guard call of the middleware (dedupe.StoreOp, shared
+// with consumer's observer): StoreClaim (Guard.ClaimKey), StoreComplete,
+// StoreRelease, and StoreExtend on a heartbeat.
+type StoreOp = dedupe.StoreOp
 
+// The middleware's guard calls; see dedupe.StoreOp.
 const (
-	// StoreClaim is Guard.ClaimKey. String "claim".
-	StoreClaim StoreOp = iota + 1
-	// StoreComplete is Guard.Complete. String "complete".
-	StoreComplete
-	// StoreRelease is Guard.Release. String "release".
-	StoreRelease
-	// StoreExtend is Guard.Extend, on a heartbeat. String "extend".
-	StoreExtend
+	StoreClaim    = dedupe.StoreClaim
+	StoreComplete = dedupe.StoreComplete
+	StoreRelease  = dedupe.StoreRelease
+	StoreExtend   = dedupe.StoreExtend
 )
 
-// String returns "claim", "complete", "release" or "extend" (the values of
-// consumer.StoreOp's String).
-func (o StoreOp) String() string {
-	switch o {
-	case StoreClaim:
-		return "claim"
-	case StoreComplete:
-		return "complete"
-	case StoreRelease:
-		return "release"
-	case StoreExtend:
-		return "extend"
-	}
-	return fmt.Sprintf("StoreOp(%d)", uint8(o))
-}
+// ClaimResult is what a request's claim answered (dedupe.ClaimResult,
+// shared with consumer's observer): busy and conflict are answered 409,
+// invalid 400 or 413, a store error 503.
+type ClaimResult = dedupe.ClaimResult
 
-// ClaimResult is what a request's claim answered; its values and strings
-// are those of consumer.ClaimResult.
-type ClaimResult uint8
-
+// The claim answers; see dedupe.ClaimResult.
 const (
-	// ClaimAcquired: the key was claimed, the handler runs. "acquired".
-	ClaimAcquired ClaimResult = iota + 1
-	// ClaimTakeover: claimed by taking over an expired lease. "takeover".
-	ClaimTakeover
-	// ClaimDuplicate: the stored response was replayed. "duplicate".
-	ClaimDuplicate
-	// ClaimBusy: the first request with the key still runs (409).
-	// "busy".
-	ClaimBusy
-	// ClaimConflict: the key was used for another request (409).
-	// "conflict".
-	ClaimConflict
-	// ClaimInvalid: refused before a claim (400, 413). "invalid".
-	ClaimInvalid
-	// ClaimStoreError: the store did not answer (503). "store_error".
-	ClaimStoreError
+	ClaimAcquired   = dedupe.ClaimAcquired
+	ClaimTakeover   = dedupe.ClaimTakeover
+	ClaimDuplicate  = dedupe.ClaimDuplicate
+	ClaimBusy       = dedupe.ClaimBusy
+	ClaimConflict   = dedupe.ClaimConflict
+	ClaimInvalid    = dedupe.ClaimInvalid
+	ClaimStoreError = dedupe.ClaimStoreError
 )
-
-// String returns "acquired", "takeover", "duplicate", "busy", "conflict",
-// "invalid", "store_error", or "" for the zero value.
-func (c ClaimResult) String() string {
-	switch c {
-	case ClaimAcquired:
-		return "acquired"
-	case ClaimTakeover:
-		return "takeover"
-	case ClaimDuplicate:
-		return "duplicate"
-	case ClaimBusy:
-		return "busy"
-	case ClaimConflict:
-		return "conflict"
-	case ClaimInvalid:
-		return "invalid"
-	case ClaimStoreError:
-		return "store_error"
-	case 0:
-		return ""
-	}
-	return fmt.Sprintf("ClaimResult(%d)", uint8(c))
-}
 
 // NopObserver implements Observer and does nothing; embed it.
 type NopObserver struct{}
