@@ -120,11 +120,7 @@ func (h *heartbeat) beat() {
 		}
 	}
 	if claimed {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), p.storeTimeout)
-		sctx, start := p.startStore(sctx, m, StoreExtend)
-		err := p.guard.Extend(sctx, t)
-		p.endStore(sctx, m, StoreExtend, start, err)
-		cancel()
+		err := p.storeCall(h.ctx, m, StoreExtend, func(ctx context.Context) error { return p.guard.Extend(ctx, t) })
 		switch {
 		case errors.Is(err, dedupe.ErrLeaseLost):
 			p.log.Warn("consumer: dedupe lease lost while the handler ran; cancelling it", "subject", m.Subject, "id", m.ID, "key", t.Key)

@@ -472,6 +472,19 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// storeCall makes one dedupe store call after the handler returned (or
+// beside it, for a heartbeat), observed as op: under a context that the
+// caller's cancellation does not reach (a shutdown still settles claims)
+// and that StoreTimeout bounds.
+func (p *Pipeline) storeCall(ctx context.Context, m *Message, op StoreOp, call func(context.Context) error) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
+	defer cancel()
+	sctx, start := p.startStore(sctx, m, op)
+	err := call(sctx)
+	p.endStore(sctx, m, op, start, err)
+	return err
+}
+
 // release ends t's lease so that the redelivery runs the handler again as
 // the next attempt. A failure is logged: the record then lapses with its
 // lease.
@@ -479,11 +492,7 @@ func (p *Pipeline) release(ctx context.Context, m *Message, t *dedupe.Ticket) {
 	if t == nil {
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
-	defer cancel()
-	sctx, start := p.startStore(sctx, m, StoreRelease)
-	err := p.guard.Release(sctx, *t)
-	p.endStore(sctx, m, StoreRelease, start, err)
+	err := p.storeCall(ctx, m, StoreRelease, func(ctx context.Context) error { return p.guard.Release(ctx, *t) })
 	if err != nil {
 		p.log.Warn("consumer: releasing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
@@ -503,11 +512,7 @@ func (p *Pipeline) snooze(ctx context.Context, m *Message, t *dedupe.Ticket) {
 		p.release(ctx, m, t)
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
-	defer cancel()
-	sctx, start := p.startStore(sctx, m, StoreSnooze)
-	err := sn.Snooze(sctx, t.Key, t.Token)
-	p.endStore(sctx, m, StoreSnooze, start, err)
+	err := p.storeCall(ctx, m, StoreSnooze, func(ctx context.Context) error { return sn.Snooze(ctx, t.Key, t.Token) })
 	if err != nil {
 		p.log.Warn("consumer: snoozing the dedupe claim failed; it lapses with its lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
@@ -524,11 +529,7 @@ func (p *Pipeline) settle(ctx context.Context, m *Message, t *dedupe.Ticket, sto
 		p.release(ctx, m, t)
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
-	defer cancel()
-	sctx, start := p.startStore(sctx, m, StoreDelete)
-	err := p.guard.Delete(sctx, *t)
-	p.endStore(sctx, m, StoreDelete, start, err)
+	err := p.storeCall(ctx, m, StoreDelete, func(ctx context.Context) error { return p.guard.Delete(ctx, *t) })
 	if err != nil {
 		p.log.Warn("consumer: deleting the dedupe claim of a dead letter failed; a replay counts on from its attempts after the lease", "subject", m.Subject, "id", m.ID, "key", t.Key, "err", err)
 	}
