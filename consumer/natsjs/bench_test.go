@@ -24,7 +24,7 @@ const benchBodyFormat = `{"payment_id":"%s","from":"acc-%d","to":"acc-%d","amoun
 
 // BenchmarkConsume measures messages consumed and acknowledged per second:
 // raw nats.go (Consume, handler then Ack) as the baseline, then the adapter
-// (Concurrency 64 and FetchBatch 128, its defaults) without dedupe, with the
+// (Concurrency 64 and FetchBatch 512, its defaults) without dedupe, with the
 // memory store and with the Redis store. Each run fills a fresh stream with
 // b.N messages of about 200 bytes and builds the consumer outside the
 // timer. The timer runs from the start of consumption (raw: Consume; the

@@ -101,7 +101,7 @@ func TestDefaults(t *testing.T) {
 	got := c.Config()
 	if got.AckWait != natsjs.DefaultAckWait || got.HeartbeatInterval != natsjs.DefaultAckWait/2 ||
 		got.MaxDeliver != -1 || got.MaxProbeInterval != natsjs.DefaultMaxProbeInterval || got.Concurrency <= 0 ||
-		got.Concurrency != natsjs.DefaultConcurrency || got.FetchBatch != natsjs.DefaultFetchBatchFactor*got.Concurrency ||
+		got.Concurrency != natsjs.DefaultConcurrency || got.FetchBatch != natsjs.MaxDefaultFetchBatch ||
 		got.PullWait != natsjs.DefaultPullWait || got.DeadLetter.Stream != "DLQ" ||
 		len(got.DeadLetter.StreamSubjects) != 1 || got.DeadLetter.StreamSubjects[0] != "dlq.>" ||
 		got.AdvisoryStream != natsjs.DefaultAdvisoryStream || got.Pipeline.HeartbeatInterval != got.HeartbeatInterval {
@@ -114,8 +114,20 @@ func TestDefaults(t *testing.T) {
 	if c, err = natsjs.New(env.JS, cfg, nop); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Config(); got.PullWait != natsjs.MinPullWait || got.FetchBatch != 6 {
-		t.Fatalf("PullWait %v FetchBatch %d, want PullWait raised to %v and FetchBatch = 2 × Concurrency 3", got.PullWait, got.FetchBatch, natsjs.MinPullWait)
+	if got := c.Config(); got.PullWait != natsjs.MinPullWait || got.FetchBatch != 3*natsjs.DefaultFetchBatchFactor {
+		t.Fatalf("PullWait %v FetchBatch %d, want PullWait raised to %v and FetchBatch = %d × Concurrency 3", got.PullWait, got.FetchBatch, natsjs.MinPullWait, natsjs.DefaultFetchBatchFactor)
+	}
+	// Past the cap the default stays at MaxDefaultFetchBatch, and never
+	// falls below Concurrency.
+	for conc, want := range map[int]int{natsjs.MaxDefaultFetchBatch / 4: natsjs.MaxDefaultFetchBatch, 2 * natsjs.MaxDefaultFetchBatch: 2 * natsjs.MaxDefaultFetchBatch} {
+		cfg := validConfig()
+		cfg.Concurrency = conc
+		if c, err = natsjs.New(env.JS, cfg, nop); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Config().FetchBatch; got != want {
+			t.Errorf("Concurrency %d: FetchBatch %d, want %d", conc, got, want)
+		}
 	}
 }
 

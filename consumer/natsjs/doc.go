@@ -82,9 +82,10 @@
 // A fixed pool of Concurrency worker goroutines (64 by default) runs the
 // handlers; no goroutine is started per message. Messages arrive through a
 // nats.go Consume subscription that keeps at most FetchBatch messages
-// (twice Concurrency by default) buffered ahead of the workers and refills
-// with one pull request when half of them were taken, so a buffered message
-// waits about two handler durations while its AckWait runs; the
+// (eight times Concurrency, at most 512, by default) buffered ahead of the
+// workers and refills with one pull request when half of them were taken,
+// so a buffered message waits about eight handler durations while its
+// AckWait runs; the
 // subscription's callback hands messages to the workers through a channel
 // of Concurrency/4 slots. A heartbeat timer (reused from message to
 // message) is armed per message and fires only for handlers that outlive
@@ -97,7 +98,7 @@
 // database, an API): they spend most of their time waiting, and more
 // workers hide that wait. Lower it for CPU-bound handlers or to bound the
 // load on a dependency; set FetchBatch to Concurrency when handlers are
-// slow compared with AckWait (longer than about AckWait/4).
+// slow compared with AckWait (longer than about AckWait/10).
 //
 // When Run's context ends it stops handing messages to the workers, drains
 // the subscription — buffered messages are handed back unstarted with

@@ -77,7 +77,7 @@
 //
 // IDEMQ_BENCH_N sets N (default 20000); IDEMQ_BENCH_CONCURRENCY sets the
 // idemq adapter's Concurrency (default 64, the adapter's own default; its
-// FetchBatch stays the adapter's default, twice that). TestBenchSmoke runs every variant, and
+// FetchBatch stays the adapter's default, eight times that, at most 512). TestBenchSmoke runs every variant, and
 // TestSideBySideSmoke one side-by-side cycle, on a small stream in an
 // ordinary go test run, so the benchmark code keeps compiling and stays
 // correct.

@@ -44,7 +44,7 @@ const (
 
 // idemqConcurrency is natsjs.Config.Concurrency in the idemq variants, the
 // adapter's default (natsjs.DefaultConcurrency); FetchBatch is left to its
-// default (natsjs.DefaultFetchBatchFactor × Concurrency). EnvConcurrency
+// default (natsjs.DefaultFetchBatchFactor × Concurrency, at most natsjs.MaxDefaultFetchBatch). EnvConcurrency
 // overrides it.
 const idemqConcurrency = 64
 
