@@ -154,6 +154,7 @@ type Pipeline struct {
 	busyRecheck   time.Duration
 	log           *slog.Logger
 	obs           Observer
+	epoch         time.Time // of clock, with its monotonic reading
 	flights       flights
 }
 
@@ -177,6 +178,7 @@ func NewPipeline(cfg Config, h Handler) (*Pipeline, error) {
 		busyRecheck:   cfg.BusyRecheck,
 		log:           cfg.Logger,
 		obs:           cfg.Observer,
+		epoch:         time.Now(),
 	}
 	p.flights.init()
 	if p.maxDeliveries == 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -55,7 +56,7 @@ func BenchmarkConsumeObserved(b *testing.B) {
 
 func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 	b.StopTimer()
-	wall, cpu := consumeOnce(b, env, store, mode, b.N)
+	wall, cpu, _ := consumeOnce(b, env, store, mode, b.N)
 	b.ReportMetric(float64(b.N)/wall.Seconds(), "msg/s")
 	// CPU time of this process (the consumer; the broker and Redis run
 	// elsewhere) per message: steadier than msg/s on a shared machine.
@@ -63,7 +64,9 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 }
 
 // BenchmarkConsumeOverhead runs the modes of BenchmarkConsumeObserved
-// interleaved — none, metrics, traces-10pct, traces-all, then the reverse,
+// and "nop" (consumer.NopObserver: what an Observer costs the pipeline
+// itself) interleaved — none, nop, metrics, traces-10pct, traces-all, then
+// the reverse (IDEMQ_BENCH_MODES=none,metrics picks some, none first),
 // b.N rounds of 10,000 messages each, Redis dedupe — so that the machine's
 // changing load falls on every mode alike, and reports each mode's CPU per
 // message, its ratio to none (<mode>/none, the figure the ≤ 5 % goal is
@@ -74,8 +77,12 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 func BenchmarkConsumeOverhead(b *testing.B) {
 	env := harness.NATS(b)
 	const n = 10000
-	modes := []string{"none", "metrics", "traces-10pct", "traces-all"}
+	modes := []string{"none", "nop", "metrics", "traces-10pct", "traces-all"}
+	if m := os.Getenv("IDEMQ_BENCH_MODES"); m != "" {
+		modes = strings.Split(m, ",")
+	}
 	cpu := map[string]time.Duration{}
+	switches := map[string]int64{}
 	b.StopTimer()
 	for round := range b.N {
 		order := slices.Clone(modes)
@@ -83,13 +90,15 @@ func BenchmarkConsumeOverhead(b *testing.B) {
 			slices.Reverse(order)
 		}
 		for _, mode := range order {
-			_, c := consumeOnce(b, env, "redis", mode, n)
+			_, c, sw := consumeOnce(b, env, "redis", mode, n)
 			cpu[mode] += c
+			switches[mode] += sw
 		}
 	}
 	msgs := float64(b.N * n)
 	for _, mode := range modes {
 		b.ReportMetric(float64(cpu[mode].Microseconds())/msgs, mode+"-cpu-µs/msg")
+		b.ReportMetric(float64(switches[mode])/msgs, mode+"-ctxsw/msg")
 		if mode != "none" {
 			b.ReportMetric(float64(cpu[mode])/float64(cpu["none"]), mode+"/none")
 			b.ReportMetric(float64((cpu[mode]-cpu["none"]).Microseconds())/msgs, mode+"-overhead-µs/msg")
@@ -99,9 +108,9 @@ func BenchmarkConsumeOverhead(b *testing.B) {
 
 // consumeOnce fills a fresh stream with n messages, consumes them with a
 // natsjs consumer on store ("redis" or "memstore") observed as mode says,
-// and returns the wall time and this process's CPU time from the start of
-// Run to the last handler call.
-func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) (wall, cpu time.Duration) {
+// and returns the wall time, this process's CPU time and its context
+// switches from the start of Run to the last handler call.
+func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) (wall, cpu time.Duration, switches int64) {
 	run := fmt.Sprintf("%d", benchRuns.Add(1))
 	stream, subject := env.Name("OB"+run), env.Subject("ob"+run+".x")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -141,7 +150,9 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 		st = memstore.New(memstore.Config{})
 	}
 	var obs consumer.Observer
-	if mode != "none" {
+	if mode == "nop" {
+		obs = consumer.NopObserver{}
+	} else if mode != "none" {
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 		cfg := idemqotel.Config{MeterProvider: mp, TracerProvider: tracenoop.NewTracerProvider()}
 		if mode != "metrics" {
@@ -159,7 +170,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 	var done atomic.Int64
 	finished := make(chan struct{})
 	c, err := natsjs.New(env.JS, natsjs.Config{
-		Stream: stream, Durable: "bench", Store: st, Concurrency: 64, FetchBatch: 64,
+		Stream: stream, Durable: "bench", Store: st, Concurrency: 64, // FetchBatch: the default
 		AdvisoryStream: env.Name("ADV" + run),
 		DeadLetter: natsjs.DeadLetterConfig{Subject: env.Subject("dlqob" + run + ".x"), Stream: env.Name("DLQOB" + run),
 			StreamSubjects: []string{env.Subject("dlqob" + run + ".>")}},
@@ -175,7 +186,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	defer rcancel()
-	start, cpu0 := time.Now(), cpuTime()
+	start, cpu0, sw0 := time.Now(), cpuTime(), ctxSwitches()
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(rctx) }()
 	select {
@@ -183,7 +194,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 	case err := <-errc:
 		b.Fatalf("Run returned early: %v", err)
 	}
-	wall, cpu = time.Since(start), cpuTime()-cpu0
+	wall, cpu, switches = time.Since(start), cpuTime()-cpu0, ctxSwitches()-sw0
 	rcancel()
 	if err := <-errc; err != nil {
 		b.Fatal(err)
@@ -194,7 +205,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 			b.Fatal(err)
 		}
 	}
-	return wall, cpu
+	return wall, cpu, switches
 }
 
 // BenchmarkPipelineObserved measures the CPU cost per delivery of the
@@ -280,6 +291,16 @@ func benchModes() []string {
 		slices.Reverse(modes)
 	}
 	return modes
+}
+
+// ctxSwitches returns the voluntary and involuntary context switches of
+// this process so far.
+func ctxSwitches() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Nvcsw + ru.Nivcsw
 }
 
 // cpuTime returns the user and system CPU time this process used so far.

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -29,6 +30,12 @@ type ConsumerOptions struct {
 	// name, say) when subjects carry ids, to bound the metrics'
 	// cardinality. Default: the message's subject.
 	Destination string
+	// HandlerDuration also records idemq.handler.duration (component
+	// consumer) for each handler run. Off by default: the handler's time
+	// is the bulk of messaging.process.duration, which every delivery
+	// records, and a fourth histogram measurement per delivery costs about
+	// a quarter of the observer's CPU (BenchmarkObserverCalls).
+	HandlerDuration bool
 }
 
 // Consumer returns the consumer.Observer for one consumer (set it as
@@ -39,12 +46,13 @@ type ConsumerOptions struct {
 // Per delivery it records messaging.process.duration and
 // idemq.consumer.messages by outcome, idemq.dedupe.claims by the claim's
 // answer, idemq.dead_letters by reason, idemq.retry.delay by cause,
-// idemq.handler.duration and idemq.dedupe.store.duration per store call;
+// idemq.dedupe.store.duration per store call (and idemq.handler.duration
+// with ConsumerOptions.HandlerDuration);
 // per pause idemq.consumer.pauses and idemq.consumer.paused; per dead
 // letter stored outside the pipeline (DeadLettered) idemq.dead_letters.
-// The counters are atomics read at collection; the four histogram
-// measurements of a delivery (process, handler, two store calls) are the
-// SDK's synchronous Record calls, most of the observer's cost.
+// The counters are atomics read at collection; the three histogram
+// measurements of a delivery (process and two store calls) are the SDK's
+// synchronous Record calls, most of the observer's cost.
 //
 // Spans: "process <destination>" (kind consumer) per delivery, whose parent
 // is the producer's trace context in the message headers (traceparent),
@@ -216,7 +224,7 @@ var storeSpanNames = [consumer.StoreSnooze + 1]string{"", "idemq.dedupe.claim", 
 
 // StartStore starts a store call's span.
 func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp) context.Context {
-	if int(op) >= len(storeSpanNames) || !trace.SpanFromContext(ctx).IsRecording() {
+	if c.t.noTraces || int(op) >= len(storeSpanNames) || !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx // no child spans under a span sampled out
 	}
 	ctx, _ = c.t.tracer.Start(ctx, storeSpanNames[op], trace.WithSpanKind(trace.SpanKindClient))
@@ -224,8 +232,11 @@ func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, 
 }
 
 // EndStore records the call's duration and ends its span.
-func (c *ConsumerObserver) EndStore(ctx context.Context, _ *consumer.Message, op consumer.StoreOp, d time.Duration, err error) {
-	c.t.storeDur.Record(c.t.metricCtx(ctx), d.Seconds(), c.store.of(int(op), err).rec...)
+func (c *ConsumerObserver) EndStore(ctx context.Context, m *consumer.Message, op consumer.StoreOp, d time.Duration, err error) {
+	c.measure(ctx, m, histStore, d.Seconds(), c.store.of(int(op), err))
+	if c.t.noTraces {
+		return
+	}
 	// The span in ctx is the store call's, or, when StartStore started
 	// none, a span that is not recording, for which End does nothing.
 	endSpan(trace.SpanFromContext(ctx), err)
@@ -233,16 +244,22 @@ func (c *ConsumerObserver) EndStore(ctx context.Context, _ *consumer.Message, op
 
 // StartHandler starts the handler's span.
 func (c *ConsumerObserver) StartHandler(ctx context.Context, _ *consumer.Message) context.Context {
-	if !trace.SpanFromContext(ctx).IsRecording() {
+	if c.t.noTraces || !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx
 	}
 	ctx, _ = c.t.tracer.Start(ctx, "idemq.handler")
 	return ctx
 }
 
-// EndHandler records the handler's duration and ends its span.
-func (c *ConsumerObserver) EndHandler(ctx context.Context, _ *consumer.Message, d time.Duration, err error) {
-	c.t.handlerDur.Record(c.t.metricCtx(ctx), d.Seconds(), c.handlerOpts.rec...)
+// EndHandler records the handler's duration (with
+// ConsumerOptions.HandlerDuration) and ends its span.
+func (c *ConsumerObserver) EndHandler(ctx context.Context, m *consumer.Message, d time.Duration, err error) {
+	if c.o.HandlerDuration {
+		c.measure(ctx, m, histHandler, d.Seconds(), &c.handlerOpts)
+	}
+	if c.t.noTraces {
+		return
+	}
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
 		return
@@ -259,8 +276,7 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 	d := c.destOf(m)
 	out := del.Outcome
 	o := outcomeOf(out)
-	mctx := c.t.metricCtx(ctx)
-	c.t.processDur.Record(mctx, del.Duration.Seconds(), d.outcomes[o].rec...)
+	c.measure(ctx, m, histProcess, del.Duration.Seconds(), &d.outcomes[o])
 	d.messages[o].n.Add(1)
 	if del.Claim > 0 && int(del.Claim) < len(c.claims) {
 		c.claims[del.Claim].n.Add(1)
@@ -271,7 +287,7 @@ func (c *ConsumerObserver) EndMessage(ctx context.Context, m *consumer.Message, 
 		d.reasons[out.Reason].n.Add(1)
 	case o == outRetry || o == outUnavailable:
 		cause = causeOf(out)
-		c.t.retryDelay.Record(mctx, out.Delay.Seconds(), d.causes[cause].rec...)
+		c.measure(ctx, m, histRetry, out.Delay.Seconds(), &d.causes[cause])
 	}
 
 	if c.t.noTraces {
@@ -331,6 +347,17 @@ func (c *ConsumerObserver) Resumed(ctx context.Context, dep consumer.Dependency,
 	if int(dep) < len(c.pauseOpts) && dep > 0 {
 		c.t.paused.Add(ctx, -1, c.pauseOpts[dep].add...)
 	}
+}
+
+// measure records v in the histogram h with the attributes attr:
+// batched (see batcher), or at once when ctx carries a sampled span, which
+// the SDK may keep as an exemplar.
+func (c *ConsumerObserver) measure(ctx context.Context, m *consumer.Message, h histogram, v float64, attr *opts) {
+	if !c.t.noTraces && trace.SpanContextFromContext(ctx).IsSampled() {
+		c.t.batch.hists[h].Record(ctx, v, attr.rec...)
+		return
+	}
+	c.t.batch.add(unsafe.Pointer(m), h, v, attr)
 }
 
 // outcomeOf classifies an Outcome for idemq.outcome.
@@ -399,7 +426,7 @@ func newStoreOpts(component attribute.KeyValue, base []attribute.KeyValue) store
 
 // of returns the attributes of operation op (a consumer.StoreOp value)
 // ending with err.
-func (s *storeOpts) of(op int, err error) opts {
+func (s *storeOpts) of(op int, err error) *opts {
 	if op <= 0 || op >= len(s) {
 		op = 0
 	}
@@ -416,7 +443,7 @@ func (s *storeOpts) of(op int, err error) opts {
 			i = 4
 		}
 	}
-	return s[op][i]
+	return &s[op][i]
 }
 
 // claimCounts returns the counts of each claim answer.

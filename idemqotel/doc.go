@@ -27,7 +27,8 @@
 //	idemq.dead_letters             {message}  dead letters stored, by idemq.dead_letter.reason
 //	idemq.retry.delay              s          redelivery delays by idemq.retry.cause: transient, busy, unavailable,
 //	                                          lease_lost, budget, snooze (the count is the number of retries)
-//	idemq.handler.duration         s          handler runs, by idemq.component
+//	idemq.handler.duration         s          handler runs, by idemq.component: http always; consumer with
+//	                                          ConsumerOptions.HandlerDuration (off by default)
 //	idemq.dedupe.store.duration    s          store calls by idemq.dedupe.operation: claim, complete, release,
 //	                                          delete, extend, snooze; error.type on failure
 //	idemq.consumer.paused          {consumer} 1 while paused, by idemq.dependency: store, dead_letter,

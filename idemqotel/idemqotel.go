@@ -179,6 +179,7 @@ type Telemetry struct {
 	rounds        metric.Int64Counter
 	roundDur      metric.Float64Histogram
 	httpRequests  metric.Int64Counter
+	batch         batcher // the consumers' histogram measurements
 }
 
 // New creates the instruments. It fails only when the meter refuses one.
@@ -238,21 +239,12 @@ func New(cfg Config) (*Telemetry, error) {
 	t.rounds = counter(MetricOutboxRounds, "{round}", "Relay rounds that claimed rows or failed.")
 	t.roundDur = hist(MetricOutboxRoundDuration, "Duration of relay rounds, claim to commit.", DurationBuckets)
 	t.httpRequests = counter(MetricHTTPRequests, "{request}", "Unsafe requests through the idempotency middleware.")
+	t.batch.hists = [nHistograms]metric.Float64Histogram{histProcess: t.processDur, histStore: t.storeDur,
+		histHandler: t.handlerDur, histRetry: t.retryDelay}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("idemqotel: %w", err)
 	}
 	return t, nil
-}
-
-// metricCtx is the context to record a measurement with: ctx, whose span
-// the SDK may keep as an exemplar, or, with tracing off, the background
-// context, which spares the SDK looking for a span through the delivery's
-// context chain on every measurement.
-func (t *Telemetry) metricCtx(ctx context.Context) context.Context {
-	if t.noTraces {
-		return context.Background()
-	}
-	return ctx
 }
 
 // InjectTrace writes the trace context of ctx into h with the
@@ -326,6 +318,9 @@ func (t *Telemetry) newCount(list *[]*count, kvs ...attribute.KeyValue) *count {
 
 // observeCounts reports the counts at collection.
 func (t *Telemetry) observeCounts(_ context.Context, o metric.Observer) error {
+	// The SDK reads the aggregations after the callbacks: the consumers'
+	// buffered histogram measurements are in this collection.
+	t.batch.flush()
 	t.counters.Lock()
 	defer t.counters.Unlock()
 	for _, l := range []struct {

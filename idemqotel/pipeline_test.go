@@ -45,6 +45,35 @@ func TestSnoozeIsARetryCause(t *testing.T) {
 	}
 }
 
+// idemq.handler.duration is recorded for a consumer only with
+// HandlerDuration; messaging.process.duration always.
+func TestHandlerDurationOptIn(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		tel := newTelemetry(t)
+		p, err := consumer.NewPipeline(consumer.Config{Logger: quiet(), Observer: tel.Consumer(idemqotel.ConsumerOptions{HandlerDuration: on})},
+			func(ctx context.Context, m *consumer.Message) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if out := p.Process(context.Background(), &consumer.Message{Subject: "orders", Data: []byte(`{}`), Attempt: 1}); out.Action != consumer.Ack {
+				t.Fatalf("outcome %+v", out)
+			}
+		}
+		rm := tel.metrics(t)
+		want := uint64(0)
+		if on {
+			want = 3
+		}
+		if got := count(rm, idemqotel.MetricHandlerDuration, attribute.String("idemq.component", "consumer")); got != want {
+			t.Errorf("HandlerDuration %v: %d handler durations, want %d", on, got, want)
+		}
+		if got := count(rm, idemqotel.MetricProcessDuration); got != 3 {
+			t.Errorf("HandlerDuration %v: %d process durations, want 3", on, got)
+		}
+	}
+}
+
 // Each dependency a transport pauses for is its own series of the paused
 // gauge, back to 0 on resumption.
 func TestPausedByDependency(t *testing.T) {
