@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +41,7 @@ func BenchmarkRelayVsRawPublish(b *testing.B) {
 func benchRelayVsRaw(b *testing.B, opts outbox.RelayConfig) {
 	const n = 20000
 	var relayRate, rawRate float64
+	var relayCPU, rawCPU cpuSample
 	for i := 0; i < b.N; i++ {
 		pg := harness.Postgres(b)
 		env := harness.NATS(b)
@@ -75,13 +77,26 @@ func benchRelayVsRaw(b *testing.B, opts outbox.RelayConfig) {
 				msgs = msgs[:0]
 			}
 		}
-		o := opts
-		o.Logger = quiet
-		r, err := outbox.NewRelay(pg.DB, outbox.JetStream(env.JS), o)
+		// The relay's own pool, named, so that its backends' CPU can be
+		// told from other sessions'.
+		app := fmt.Sprint("idemq_relay_bench_", os.Getpid(), "_", i)
+		rdb, err := sql.Open("pgx", pg.URL+"&application_name="+app)
 		if err != nil {
 			b.Fatal(err)
 		}
+		o := opts
+		o.Logger = quiet
+		r, err := outbox.NewRelay(rdb, outbox.JetStream(env.JS), o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, aux, err := pgPIDs(ctx, pg.DB, app)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c0 := sampleCPU(nil, aux)
 		before := raw(0)
+		c1 := sampleCPU(nil, aux)
 		start := time.Now()
 		rctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -90,16 +105,40 @@ func benchRelayVsRaw(b *testing.B, opts outbox.RelayConfig) {
 			time.Sleep(time.Millisecond)
 		}
 		relayRate += n / time.Since(start).Seconds()
+		// The relay's backends started with it: their whole CPU time is
+		// the relay phase's.
+		backends, _, err := pgPIDs(ctx, pg.DB, app)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c2 := sampleCPU(backends, aux)
 		stop()
 		if err := <-done; err != nil {
 			b.Fatal(err)
 		}
-		rawRate += (before + raw(1)) / 2
+		_ = rdb.Close()
+		c3 := sampleCPU(nil, aux)
+		after := raw(1)
+		c4 := sampleCPU(nil, aux)
+		rawRate += (before + after) / 2
+		relayCPU = relayCPU.add(c2.sub(c1))
+		rawCPU = rawCPU.add(c1.sub(c0).add(c4.sub(c3)))
 		cancel()
 	}
 	b.ReportMetric(relayRate/float64(b.N), "relay_msg/s")
 	b.ReportMetric(rawRate/float64(b.N), "raw_async_msg/s")
 	b.ReportMetric(relayRate/rawRate, "relay/raw")
+	if relayCPU.ok && rawCPU.ok {
+		// CPU per message in each phase, in microseconds (raw: the mean of
+		// its two passes), at /proc's 10ms resolution.
+		per := func(d time.Duration, msgs int) float64 { return float64(d.Microseconds()) / float64(msgs) }
+		b.ReportMetric(per(relayCPU.pg, n*b.N), "relay_pg_us/msg")
+		b.ReportMetric(per(relayCPU.pgAux, n*b.N), "relay_pgaux_us/msg")
+		b.ReportMetric(per(relayCPU.nats, n*b.N), "relay_nats_us/msg")
+		b.ReportMetric(per(relayCPU.self, n*b.N), "relay_self_us/msg")
+		b.ReportMetric(per(rawCPU.nats, 2*n*b.N), "raw_nats_us/msg")
+		b.ReportMetric(per(rawCPU.self, 2*n*b.N), "raw_self_us/msg")
+	}
 }
 
 // Shape of BenchmarkCommitToPublishLatency's load.
