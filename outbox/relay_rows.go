@@ -24,6 +24,16 @@ func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
 		if err != nil {
 			return nil, fmt.Errorf("outbox: begin: %w", err)
 		}
+		// The claim must walk the pending index in seq order and stop
+		// after BatchSize rows. Without statistics (a new table), or with
+		// statistics from when nothing was pending, the planner expects a
+		// handful of pending rows and prefers a bitmap scan, which reads
+		// and sorts every pending row: during a backlog, each claim would
+		// cost the backlog's size.
+		if _, err := tx.ExecContext(ctx, "SET LOCAL enable_bitmapscan TO off"); err != nil {
+			_ = tx.Rollback()
+			return nil, fmt.Errorf("outbox: begin: %w", err)
+		}
 		return &relayTx{q: tx, commit: tx.Commit, rollback: func() { _ = tx.Rollback() }}, nil
 	}
 	conn, err := r.db.Conn(ctx)
