@@ -31,7 +31,12 @@ import (
 // after the relay and averaged, so that a change in the machine's load
 // during the run weighs on both sides alike. The sub-benchmarks run the
 // relay with default options (2 workers, rows marked sent), with 4 workers,
-// and with 4 workers and DeleteSent.
+// and with 4 workers and DeleteSent. Where the services run on this host,
+// each also reports the CPU time per message, from /proc, of the relay's
+// Postgres backends (relay_pg_us/msg), of Postgres's own processes
+// (relay_pgaux_us/msg), of nats-server and of the benchmark process, in
+// the relay phase and in the raw phases: on a machine without spare cores
+// the ratio follows the CPU each side needs.
 func BenchmarkRelayVsRawPublish(b *testing.B) {
 	b.Run("default", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayConfig{}) })
 	b.Run("workers4", func(b *testing.B) { benchRelayVsRaw(b, outbox.RelayConfig{Workers: 4}) })
