@@ -2,6 +2,8 @@ package outbox
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -87,9 +89,11 @@ func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64
 	var rows []row
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.Seq, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, &x.Attempts, &x.CreatedAt, &x.LastError); err != nil {
+		var attempts int64
+		if err := rs.Scan(intCol{&x.Seq}, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, intCol{&attempts}, &x.CreatedAt, &x.LastError); err != nil {
 			return nil, fmt.Errorf("outbox: claim: %w", err)
 		}
+		x.Attempts = int(attempts)
 		if x.Data == nil {
 			x.Data = []byte{}
 		}
@@ -99,6 +103,28 @@ func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
 	return rows, nil
+}
+
+// intCol scans a NOT NULL integer column: the driver's int64 directly,
+// where database/sql would convert it through reflection (into *int64) or
+// a string (into *int).
+type intCol struct{ v *int64 }
+
+// Scan implements sql.Scanner.
+func (c intCol) Scan(src any) error {
+	if i, ok := src.(int64); ok {
+		*c.v = i
+		return nil
+	}
+	var n sql.NullInt64
+	if err := n.Scan(src); err != nil {
+		return err
+	}
+	if !n.Valid {
+		return errors.New("outbox: NULL in an integer column")
+	}
+	*c.v = n.Int64
+	return nil
 }
 
 // keepOrder drops the claimed rows that may not be published yet because an
