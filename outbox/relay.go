@@ -192,6 +192,12 @@ type Relay struct {
 	// lastFull is the time of the last claim without a floor, in Unix
 	// nanoseconds of RelayConfig.Now.
 	lastFull atomic.Int64
+	// backlog is set by a claim that found BatchSize rows and cleared by
+	// one that found fewer: while it is set, claims on Postgres are
+	// planned without bitmap scans (see begin). Set at first, for the
+	// backlog a restarted relay finds; the first claim of a backlog that
+	// builds up later may still read and sort every pending row once.
+	backlog atomic.Bool
 
 	// afterPublish, set only by tests, runs after the PubAcks of a round and
 	// before the rows are marked; an error aborts the round like a crash.
@@ -254,6 +260,7 @@ func NewRelay(db *sql.DB, pub Publisher, cfg RelayConfig) (*Relay, error) {
 	if d.kind == sqlstore.Postgres && !o.NoListen {
 		r.wake = newWakeState()
 	}
+	r.backlog.Store(true) // a relay (re)started may find one
 	return r, nil
 }
 
@@ -463,6 +470,7 @@ func (r *Relay) roundFrom(ctx context.Context, useFloor bool) (claimed, done int
 	if floor == 0 {
 		r.lastFull.Store(now.UnixNano())
 	}
+	r.backlog.Store(len(rows) == r.o.BatchSize)
 	if len(rows) == r.o.BatchSize {
 		r.raiseFloor(rows[len(rows)-1].Seq + 1)
 	} else {
