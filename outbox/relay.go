@@ -200,7 +200,8 @@ type Relay struct {
 	backlog atomic.Bool
 
 	// afterPublish, set only by tests, runs after the PubAcks of a round and
-	// before the rows are marked; an error aborts the round like a crash.
+	// before its marks are committed; an error aborts the round like a
+	// crash.
 	afterPublish func(ids []string) error
 }
 
