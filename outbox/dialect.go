@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strconv"
 	"strings"
@@ -174,6 +175,9 @@ type row struct {
 	OrderingKey string
 	Attempts    int
 	CreatedAt   nullTime // read by the relay's claim, for RelayObserver's lag
+	// LastError is read by the relay's claim, to be put back when the
+	// round undoes its early mark of a row it did not publish.
+	LastError sql.NullString
 }
 
 const insertCols = 6

@@ -76,8 +76,11 @@
 // Postgres: a round claims up to BatchSize due pending rows in sequence
 // order with SELECT ... FOR UPDATE SKIP LOCKED in a transaction held for
 // the round, so relays (and a relay's Workers) take disjoint rows; the rows
-// are published asynchronously and the transaction marks them sent after
-// their PubAcks. AddTx signals pg_notify, delivered at commit; relays LISTEN
+// are published asynchronously and, while their PubAcks are awaited, the
+// transaction marks them all sent (unless DeleteSent), puts back the rows
+// whose publish did not succeed once the answers are in, and commits: the
+// marks become visible only with the PubAcks in hand. AddTx signals
+// pg_notify, delivered at commit; relays LISTEN
 // (reconnecting on failure) and also poll every PollInterval (1s). SQLite:
 // one round at a time under BEGIN IMMEDIATE, polling every 100ms.
 //

@@ -6,7 +6,8 @@ import (
 )
 
 // SetAfterPublish installs a failpoint that runs after a round's PubAcks and
-// before its rows are marked sent; an error aborts the round as a crash
+// before its marks are committed (on Postgres the rows are already marked
+// sent in the claim transaction); an error aborts the round as a crash
 // would (the claim transaction rolls back) and ends Run with that error.
 func SetAfterPublish(r *Relay, f func(ids []string) error) { r.afterPublish = f }
 

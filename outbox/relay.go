@@ -90,8 +90,10 @@ type RelayConfig struct {
 	// inspection, Retention applies only to rows marked sent before, and an
 	// id added again after its row was deleted is inserted and published
 	// again, so the stream's Duplicates window becomes the only guard against
-	// such a re-add. Default false: rows are marked sent and kept for
-	// Retention.
+	// such a re-add. Its rounds delete the rows after the PubAcks are in,
+	// where the default marks them while the PubAcks are awaited (a deleted
+	// row could not be put back if its publish failed). Default false: rows
+	// are marked sent and kept for Retention.
 	DeleteSent bool
 	// NoListen turns LISTEN/NOTIFY off on Postgres: polling only. Such a
 	// relay never takes the awake lock, so writers keep notifying for the
@@ -190,9 +192,16 @@ type Relay struct {
 	// lastFull is the time of the last claim without a floor, in Unix
 	// nanoseconds of RelayConfig.Now.
 	lastFull atomic.Int64
+	// backlog is set by a claim that found BatchSize rows and cleared by
+	// one that found fewer: while it is set, claims on Postgres are
+	// planned without bitmap scans (see begin). Set at first, for the
+	// backlog a restarted relay finds; the first claim of a backlog that
+	// builds up later may still read and sort every pending row once.
+	backlog atomic.Bool
 
 	// afterPublish, set only by tests, runs after the PubAcks of a round and
-	// before the rows are marked; an error aborts the round like a crash.
+	// before its marks are committed; an error aborts the round like a
+	// crash.
 	afterPublish func(ids []string) error
 }
 
@@ -252,6 +261,7 @@ func NewRelay(db *sql.DB, pub Publisher, cfg RelayConfig) (*Relay, error) {
 	if d.kind == sqlstore.Postgres && !o.NoListen {
 		r.wake = newWakeState()
 	}
+	r.backlog.Store(true) // a relay (re)started may find one
 	return r, nil
 }
 
@@ -461,6 +471,7 @@ func (r *Relay) roundFrom(ctx context.Context, useFloor bool) (claimed, done int
 	if floor == 0 {
 		r.lastFull.Store(now.UnixNano())
 	}
+	r.backlog.Store(len(rows) == r.o.BatchSize)
 	if len(rows) == r.o.BatchSize {
 		r.raiseFloor(rows[len(rows)-1].Seq + 1)
 	} else {
@@ -499,7 +510,17 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row, st *Re
 		return claimed, 0, tx.commit()
 	}
 	r.rounds.Add(1)
-	outs, err := r.publish(ctx, rows)
+	early := r.markEarly()
+	var outs []*outcome
+	if early {
+		var markErr error
+		outs, markErr, err = r.publishMarking(ctx, tx.q, rows)
+		if markErr != nil {
+			return claimed, 0, markErr
+		}
+	} else {
+		outs, err = r.publish(ctx, rows)
+	}
 	if err != nil {
 		return claimed, 0, err
 	}
@@ -514,10 +535,14 @@ func (r *Relay) finishRound(ctx context.Context, tx *relayTx, rows []row, st *Re
 			return claimed, 0, fmt.Errorf("%w: %w", errHook, err)
 		}
 	}
-	if err := r.asyncCommit(ctx, tx.q); err != nil {
-		return claimed, 0, err
+	if early {
+		done, err = r.unmark(ctx, tx.q, rows, outs, r.o.Now())
+	} else {
+		if err := r.asyncCommit(ctx, tx.q); err != nil {
+			return claimed, 0, err
+		}
+		done, err = r.mark(ctx, tx.q, rows, outs, r.o.Now())
 	}
-	done, err = r.mark(ctx, tx.q, rows, outs, r.o.Now())
 	if err != nil {
 		return claimed, 0, err
 	}
@@ -575,8 +600,9 @@ const (
 // asyncCommit lets the claim transaction on Postgres commit without waiting
 // for the WAL flush. Losing a mark in a crash only republishes rows the
 // broker then drops as duplicates, so rounds need not wait for the disk. It
-// is sent after the claim and the publishes, not at BEGIN, so that it costs
-// nothing on the path from commit to publish and nothing in an empty round.
+// is sent after the claim, while or after the rows are published, not at
+// BEGIN, so that it costs nothing on the path from commit to publish and
+// nothing in an empty round.
 func (r *Relay) asyncCommit(ctx context.Context, q Querier) error {
 	if r.d.kind != sqlstore.Postgres {
 		return nil

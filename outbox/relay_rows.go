@@ -2,6 +2,8 @@ package outbox
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -23,6 +25,20 @@ func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
 		tx, err := r.db.BeginTx(ctx, nil)
 		if err != nil {
 			return nil, fmt.Errorf("outbox: begin: %w", err)
+		}
+		// The claim must walk the pending index in seq order and stop
+		// after BatchSize rows. Without statistics (a new table), or with
+		// statistics from when nothing was pending, the planner expects a
+		// handful of pending rows and prefers a bitmap scan, which reads
+		// and sorts every pending row: during a backlog, each claim would
+		// cost the backlog's size. Only while the claims come back full
+		// (see Relay.backlog), so that light traffic does not pay a round
+		// trip on its way from commit to publish.
+		if r.backlog.Load() {
+			if _, err := tx.ExecContext(ctx, "SET LOCAL enable_bitmapscan TO off"); err != nil {
+				_ = tx.Rollback()
+				return nil, fmt.Errorf("outbox: begin: %w", err)
+			}
 		}
 		return &relayTx{q: tx, commit: tx.Commit, rollback: func() { _ = tx.Rollback() }}, nil
 	}
@@ -63,7 +79,7 @@ func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
 // sequence order; on Postgres they are locked (FOR UPDATE SKIP LOCKED), so
 // concurrent relays take disjoint batches.
 func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64) ([]row, error) {
-	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts, created_at FROM ` + r.o.Table +
+	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts, created_at, last_error FROM ` + r.o.Table +
 		` WHERE state = 'pending' AND seq >= ` + r.d.ph(1) + ` AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(2) +
 		`) ORDER BY seq LIMIT ` + r.d.ph(3)
 	if r.d.kind == sqlstore.Postgres {
@@ -77,9 +93,11 @@ func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64
 	var rows []row
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.Seq, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, &x.Attempts, &x.CreatedAt); err != nil {
+		var attempts int64
+		if err := rs.Scan(intCol{&x.Seq}, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, intCol{&attempts}, &x.CreatedAt, &x.LastError); err != nil {
 			return nil, fmt.Errorf("outbox: claim: %w", err)
 		}
+		x.Attempts = int(attempts)
 		if x.Data == nil {
 			x.Data = []byte{}
 		}
@@ -89,6 +107,28 @@ func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
 	return rows, nil
+}
+
+// intCol scans a NOT NULL integer column: the driver's int64 directly,
+// where database/sql would convert it through reflection (into *int64) or
+// a string (into *int).
+type intCol struct{ v *int64 }
+
+// Scan implements sql.Scanner.
+func (c intCol) Scan(src any) error {
+	if i, ok := src.(int64); ok {
+		*c.v = i
+		return nil
+	}
+	var n sql.NullInt64
+	if err := n.Scan(src); err != nil {
+		return err
+	}
+	if !n.Valid {
+		return errors.New("outbox: NULL in an integer column")
+	}
+	*c.v = n.Int64
+	return nil
 }
 
 // keepOrder drops the claimed rows that may not be published yet because an
@@ -192,7 +232,19 @@ func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome
 			}
 		}
 	}
-	if r.d.kind == sqlstore.Postgres && len(sent) > 0 {
+	if err := r.markSent(ctx, q, sent, now); err != nil {
+		return 0, err
+	}
+	return done + len(sent), nil
+}
+
+// markSent marks the rows with the given seqs (int64) sent, or deletes
+// them with DeleteSent.
+func (r *Relay) markSent(ctx context.Context, q Querier, sent []any, now time.Time) error {
+	if len(sent) == 0 {
+		return nil
+	}
+	if r.d.kind == sqlstore.Postgres {
 		seqs := make([]int64, len(sent))
 		for i, v := range sent {
 			seqs[i] = v.(int64)
@@ -205,9 +257,9 @@ func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome
 				r.d.ts(now), seqs)
 		}
 		if err != nil {
-			return 0, fmt.Errorf("outbox: mark sent: %w", err)
+			return fmt.Errorf("outbox: mark sent: %w", err)
 		}
-		return done + len(sent), nil
+		return nil
 	}
 	for start := 0; start < len(sent); start += insertChunk {
 		chunk := sent[start:min(start+insertChunk, len(sent))]
@@ -220,10 +272,87 @@ func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome
 				`, attempts = attempts + 1, last_error = NULL WHERE seq IN (`+r.d.list(2, len(chunk))+`)`, args...)
 		}
 		if err != nil {
-			return 0, fmt.Errorf("outbox: mark sent: %w", err)
+			return fmt.Errorf("outbox: mark sent: %w", err)
 		}
 	}
-	return done + len(sent), nil
+	return nil
+}
+
+// markEarly reports whether rounds mark their rows sent while the PubAcks
+// are awaited (see publishMarking): on Postgres, unless DeleteSent (a
+// deleted row cannot be put back when its publish fails).
+func (r *Relay) markEarly() bool {
+	return r.d.kind == sqlstore.Postgres && !r.o.DeleteSent
+}
+
+// publishMarking publishes rows and, while the PubAcks are awaited, marks
+// every row sent in the claim transaction q (uncommitted, so other
+// transactions still see the rows pending and locked): the database's part
+// of the round overlaps the broker's instead of following it. The caller
+// corrects the rows whose outcome is not an acknowledgement with unmark
+// before committing. markErr is the marking's error; err is publish's.
+func (r *Relay) publishMarking(ctx context.Context, q Querier, rows []row) (outs []*outcome, markErr, err error) {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type published struct {
+		outs []*outcome
+		err  error
+	}
+	ch := make(chan published, 1)
+	go func() {
+		outs, err := r.publish(pctx, rows)
+		ch <- published{outs, err}
+	}()
+	markErr = r.asyncCommit(ctx, q)
+	if markErr == nil {
+		seqs := make([]any, len(rows))
+		for i := range rows {
+			seqs[i] = rows[i].Seq
+		}
+		markErr = r.markSent(ctx, q, seqs, r.o.Now())
+	}
+	if markErr != nil {
+		cancel() // the round fails: stop waiting for PubAcks
+	}
+	p := <-ch
+	if markErr != nil {
+		return nil, markErr, nil
+	}
+	return p.outs, nil, p.err
+}
+
+// unmark corrects, after publishMarking, the rows whose outcome is not an
+// acknowledgement: a transient failure back to pending with its backoff, a
+// rejection to failed, a row not attempted back to as it was claimed. It
+// returns the number of rows sent or failed, as mark does.
+func (r *Relay) unmark(ctx context.Context, q Querier, rows []row, outs []*outcome, now time.Time) (int, error) {
+	done := 0
+	for i, o := range outs {
+		x := rows[i]
+		switch {
+		case o == nil:
+			if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'pending', sent_at = NULL, attempts = attempts - 1, last_error = `+
+				r.d.ph(1)+` WHERE seq = `+r.d.ph(2), x.LastError, x.Seq); err != nil {
+				return 0, fmt.Errorf("outbox: unmark: %w", err)
+			}
+		case o.err == nil:
+			done++
+		case o.permanent:
+			done++
+			r.log.Warn("broker rejected outbox message; marked failed", "id", x.ID, "subject", x.Subject, "err", o.err)
+			if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'failed', sent_at = NULL, last_error = `+
+				r.d.ph(1)+` WHERE seq = `+r.d.ph(2), truncate(o.err.Error(), 1024), x.Seq); err != nil {
+				return 0, fmt.Errorf("outbox: mark failed: %w", err)
+			}
+		default:
+			next := now.Add(r.o.Backoff.Delay(x.Attempts + 1))
+			if _, err := q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'pending', sent_at = NULL, last_error = `+r.d.ph(1)+
+				`, next_attempt_at = `+r.d.ph(2)+` WHERE seq = `+r.d.ph(3), truncate(o.err.Error(), 1024), r.d.ts(next), x.Seq); err != nil {
+				return 0, fmt.Errorf("outbox: mark retry: %w", err)
+			}
+		}
+	}
+	return done, nil
 }
 
 func truncate(s string, n int) string {

@@ -43,7 +43,9 @@ type Row struct {
 	// failure; zero for a row that is due at once. It is set from the
 	// relay's clock, so producers' clocks never delay publishing.
 	NextAttemptAt time.Time
-	// SentAt is when the PubAck was recorded; zero unless sent.
+	// SentAt is when the relay marked the row sent, in the round that
+	// received its PubAck (on Postgres while that round awaited the
+	// PubAcks); zero unless sent.
 	SentAt time.Time
 }
 

@@ -361,6 +361,73 @@ func TestStoreTransientFailureKeepsKeyOrder(t *testing.T) {
 	})
 }
 
+// TestStoreUnattemptedRowKeepsItsState: a row left unattempted in a round
+// (an older row of its key failed transiently) stays exactly as it was
+// claimed, its earlier error, attempts and due time included, although on
+// Postgres the round marks its rows sent while the PubAcks are awaited and
+// undoes that for the rows not acknowledged.
+func TestStoreUnattemptedRowKeepsItsState(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, db *sql.DB) {
+		ctx := ctxT(t)
+		e := newRelayEnv(t, db, harness.EmbeddedNATS(t))
+		add(t, ctx, db, e.ob,
+			outbox.Message{ID: "x", Subject: e.nats.Subject("nowhere.x"), Data: []byte("x"), OrderingKey: "k"},
+			outbox.Message{ID: "y", Subject: e.subj("y"), Data: []byte("y"), OrderingKey: "k"},
+		)
+		js := &flakyJS{JetStream: e.nats.JS, fail: map[string]bool{"y": true}}
+		now := time.Now()
+		clock := func() time.Time { return now }
+		r := e.relay(t, js, &outbox.RelayConfig{Now: clock, Backoff: retry.Constant(time.Minute)})
+		// x has no stream: failed; y fails transiently.
+		if _, _, err := outbox.Round(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		state := func() map[string]outbox.Row {
+			rows, err := e.ob.List(ctx, db, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := map[string]outbox.Row{}
+			for _, x := range rows {
+				m[x.ID] = x
+			}
+			return m
+		}
+		before := state()["y"]
+		if before.State != outbox.StatePending || before.Attempts != 1 || before.LastError == "" || before.NextAttemptAt.IsZero() {
+			t.Fatalf("y after its transient failure: %+v", before)
+		}
+		// x requeued and failing transiently now, y due and healthy: y is
+		// not attempted, since x comes first in key k.
+		createStream(t, e.nats.JS, jetstream.StreamConfig{Name: e.nats.Name("LATE"), Subjects: []string{e.nats.Subject("nowhere.>")}})
+		if n, err := e.ob.Requeue(ctx, db, "x"); err != nil || n != 1 {
+			t.Fatalf("Requeue = %d, %v; want 1", n, err)
+		}
+		js.fail = map[string]bool{"x": true}
+		now = now.Add(2 * time.Minute)
+		claimed, done, err := outbox.Round(ctx, r)
+		if err != nil || claimed != 2 || done != 0 {
+			t.Fatalf("Round = %d claimed, %d done, %v; want 2, 0, nil", claimed, done, err)
+		}
+		s := state()
+		if x := s["x"]; x.State != outbox.StatePending || x.Attempts != 2 || !x.SentAt.IsZero() || !x.NextAttemptAt.After(now) {
+			t.Fatalf("x after its transient failure: %+v", x)
+		}
+		after := s["y"]
+		if after.State != before.State || after.Attempts != before.Attempts || after.LastError != before.LastError ||
+			!after.NextAttemptAt.Equal(before.NextAttemptAt) || !after.SentAt.IsZero() {
+			t.Fatalf("unattempted y changed:\n before %+v\n after  %+v", before, after)
+		}
+		if got := len(streamMsgs(t, ctx, e.stream)); got != 0 {
+			t.Fatalf("stream holds %d messages, want none", got)
+		}
+		st := r.Stats()
+		if st.Published != 0 || st.Failed != 1 || st.Retried != 2 {
+			t.Fatalf("stats = %+v", st)
+		}
+	})
+}
+
 func TestStoreCleanup(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, db *sql.DB) {
 		ctx := ctxT(t)
