@@ -60,22 +60,29 @@ type shard struct {
 // the hash match. The table is at most three quarters full, so the number
 // never reaches the high bits.
 func (sh *shard) find(key string, h uint32) int {
+	i, _ := sh.lookup(key, h)
+	return i
+}
+
+// lookup is find, also returning, when key is absent from a non-empty
+// index, the free slot that ended the probe: where place would put it.
+func (sh *shard) lookup(key string, h uint32) (int, uint32) {
 	if len(sh.idx) == 0 {
-		return -1
+		return -1, noSlot
 	}
 	m := uint32(len(sh.idx) - 1)
 	tag := h &^ m
 	for p := h & m; ; p = (p + 1) & m {
 		v := sh.idx[p]
 		if v == 0 {
-			return -1
+			return -1, p
 		}
 		if v&^m == tag {
 			i := int(v&m) - 1
 			r := sh.recs.at(i)
 			if r.hash == h {
 				if k, _, _ := sh.arena.key(r.off); string(k) == key {
-					return i
+					return i, noSlot
 				}
 			}
 		}
@@ -111,13 +118,23 @@ func (sh *shard) reindex(n int) {
 	}
 }
 
-// add appends r, whose key is absent, and returns its number.
-func (sh *shard) add(r rec) int {
+// noSlot is lookup's slot when there is none.
+const noSlot = ^uint32(0)
+
+// add appends r, whose key is absent, and returns its number. p is the
+// free slot lookup found for it, if the index has not changed since, else
+// noSlot.
+func (sh *shard) add(r rec, p uint32) int {
 	if n := sh.recs.len() + 1; n*4 > len(sh.idx)*3 {
 		sh.reindex(max(8, 2*len(sh.idx)))
+		p = noSlot
 	}
 	i := sh.recs.push(r)
-	sh.place(i, r.hash)
+	if p == noSlot {
+		sh.place(i, r.hash)
+	} else {
+		sh.idx[p] = r.hash&^uint32(len(sh.idx)-1) | uint32(i+1)
+	}
 	return i
 }
 
