@@ -260,7 +260,7 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 	sh, h := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	i, slot := sh.lookup(key, h)
+	i := sh.find(key, h)
 	if i >= 0 {
 		r := sh.recs.at(i)
 		if t < r.exp {
@@ -318,7 +318,6 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 	sh.inserts++
 	if sh.inserts >= s.perShard || s.count.Load() >= s.maxKeys {
 		s.sweep(sh, t)
-		slot = noSlot // the sweep may have moved or rebuilt the index
 	}
 	for {
 		n := s.count.Load()
@@ -335,7 +334,7 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 		return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
 	}
 	li := sh.newLease(lease{})
-	i = sh.add(rec{off: off, res: li, hash: h, meta: uint32(dedupe.StateInProgress)}, slot)
+	i = sh.add(rec{off: off, res: li, hash: h, meta: uint32(dedupe.StateInProgress)})
 	return s.grant(sh, sh.recs.at(i), &sh.leases[li], t, leaseFor, retention, false), nil
 }
 

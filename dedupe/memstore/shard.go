@@ -40,6 +40,10 @@ type lease struct {
 type shard struct {
 	mu      sync.Mutex
 	idx     []uint32 // 0 for an empty slot, else a record number + 1 and a hash tag (see find)
+	ctrl    []uint8  // per slot of idx: 0 for an empty one, else ctrlTag of its record's hash
+	indexed int      // records 0 to indexed-1 are in idx; the later ones are pending (see add)
+	pend    uint64   // pendBit of every pending record's hash
+	touched uint32   // the sum of what flush read ahead, kept so that the reads are not elided
 	recs    recs
 	leases  []lease
 	freeL   []uint32 // numbers of unused leases
@@ -59,48 +63,77 @@ type shard struct {
 // not choose the slot), so that a probe reads a record only when 32 bits of
 // the hash match. The table is at most three quarters full, so the number
 // never reaches the high bits.
+//
+// A probe reads the control bytes, one per slot, and the slot itself only
+// when its control byte holds the key's 7-bit ctrlTag. The control bytes are
+// a quarter of the index's size, so that the lookup of a new key, which
+// reads memory at a random place, more often finds it in a cache and within
+// the reach of the TLB; and a new key does not go into the index at once
+// (see add), so that its slot, another random place, is not written while
+// the shard is locked for the claim.
 func (sh *shard) find(key string, h uint32) int {
-	i, _ := sh.lookup(key, h)
-	return i
-}
-
-// lookup is find, also returning, when key is absent from a non-empty
-// index, the free slot that ended the probe: where place would put it.
-func (sh *shard) lookup(key string, h uint32) (int, uint32) {
+	if sh.pend&pendBit(h) != 0 {
+		// Newest first: a Complete follows its Claim soon.
+		for i := sh.recs.len() - 1; i >= sh.indexed; i-- {
+			if r := sh.recs.at(i); r.hash == h {
+				if k, _, _ := sh.arena.key(r.off); string(k) == key {
+					return i
+				}
+			}
+		}
+	}
 	if len(sh.idx) == 0 {
-		return -1, noSlot
+		return -1
 	}
 	m := uint32(len(sh.idx) - 1)
 	tag := h &^ m
+	ct := ctrlTag(h)
+	ctrl := sh.ctrl[:m+1]
 	for p := h & m; ; p = (p + 1) & m {
-		v := sh.idx[p]
-		if v == 0 {
-			return -1, p
+		c := ctrl[p]
+		if c == 0 {
+			return -1
 		}
-		if v&^m == tag {
+		if c != ct {
+			continue
+		}
+		if v := sh.idx[p]; v&^m == tag {
 			i := int(v&m) - 1
 			r := sh.recs.at(i)
 			if r.hash == h {
 				if k, _, _ := sh.arena.key(r.off); string(k) == key {
-					return i, noSlot
+					return i
 				}
 			}
 		}
 	}
 }
 
+// ctrlTag is the control byte of a slot holding a key of hash h: its top 7
+// bits, and the top bit set so that it is never 0.
+func ctrlTag(h uint32) uint8 { return uint8(0x80 | h>>25) }
+
+// pendBit is the bit of shard.pend of a pending record of hash h.
+func pendBit(h uint32) uint64 { return 1 << (h >> 26) }
+
+// pendBatch is the number of pending records add lets accumulate before it
+// indexes them.
+const pendBatch = 32
+
 // place puts record number i, of hash h, in the first free slot of its
 // probe sequence.
 func (sh *shard) place(i int, h uint32) {
 	m := uint32(len(sh.idx) - 1)
 	p := h & m
-	for sh.idx[p] != 0 {
+	for sh.ctrl[p] != 0 {
 		p = (p + 1) & m
 	}
 	sh.idx[p] = h&^m | uint32(i+1)
+	sh.ctrl[p] = ctrlTag(h)
 }
 
-// slot returns the index slot that holds record number i, of hash h.
+// slot returns the index slot that holds record number i, of hash h, which
+// is indexed.
 func (sh *shard) slot(i int, h uint32) uint32 {
 	m := uint32(len(sh.idx) - 1)
 	p := h & m
@@ -110,32 +143,54 @@ func (sh *shard) slot(i int, h uint32) uint32 {
 	return p
 }
 
-// reindex rebuilds the index with n slots, a power of two.
+// reindex rebuilds the index with n slots, a power of two, every record in
+// it.
 func (sh *shard) reindex(n int) {
 	sh.idx = make([]uint32, n)
+	sh.ctrl = make([]uint8, n)
 	for i := range sh.recs.len() {
 		sh.place(i, sh.recs.at(i).hash)
 	}
+	sh.indexed = sh.recs.len()
+	sh.pend = 0
 }
 
-// noSlot is lookup's slot when there is none.
-const noSlot = ^uint32(0)
-
-// add appends r, whose key is absent, and returns its number. p is the
-// free slot lookup found for it, if the index has not changed since, else
-// noSlot.
-func (sh *shard) add(r rec, p uint32) int {
+// add appends r, whose key is absent, and returns its number. The record
+// is pending: find looks for it among the records after the indexed ones
+// until pendBatch of them have accumulated and flush indexes them at once.
+// The index has room for every record, pending ones included.
+func (sh *shard) add(r rec) int {
 	if n := sh.recs.len() + 1; n*4 > len(sh.idx)*3 {
 		sh.reindex(max(8, 2*len(sh.idx)))
-		p = noSlot
 	}
 	i := sh.recs.push(r)
-	if p == noSlot {
-		sh.place(i, r.hash)
-	} else {
-		sh.idx[p] = r.hash&^uint32(len(sh.idx)-1) | uint32(i+1)
+	sh.pend |= pendBit(r.hash)
+	if i+1-sh.indexed >= pendBatch {
+		sh.flush()
 	}
 	return i
+}
+
+// flush indexes the pending records. It first reads the slot each will
+// probe first, in a loop of independent loads, so that the processor waits
+// for their cache misses together rather than one after the other.
+func (sh *shard) flush() {
+	n := sh.recs.len()
+	if sh.indexed == n {
+		return
+	}
+	m := uint32(len(sh.idx) - 1)
+	var touch uint32
+	for i := sh.indexed; i < n; i++ {
+		p := sh.recs.at(i).hash & m
+		touch += uint32(sh.ctrl[p]) + sh.idx[p]
+	}
+	sh.touched = touch
+	for i := sh.indexed; i < n; i++ {
+		sh.place(i, sh.recs.at(i).hash)
+	}
+	sh.indexed = n
+	sh.pend = 0
 }
 
 // newLease returns the number of an unused lease, set to l.
@@ -170,6 +225,7 @@ func (sh *shard) clear(r *rec) {
 
 // remove deletes record number i: the last record takes its number.
 func (sh *shard) remove(i int) {
+	sh.flush()
 	r := sh.recs.at(i)
 	sh.clear(r)
 	_, _, n := sh.arena.key(r.off)
@@ -179,14 +235,16 @@ func (sh *shard) remove(i int) {
 	// the hole when the hole lies between their home slot and them.
 	m := uint32(len(sh.idx) - 1)
 	hole := sh.slot(i, r.hash)
-	for q := (hole + 1) & m; sh.idx[q] != 0; q = (q + 1) & m {
+	for q := (hole + 1) & m; sh.ctrl[q] != 0; q = (q + 1) & m {
 		home := sh.recs.at(int(sh.idx[q]&m)-1).hash & m
 		if (q-home)&m >= (q-hole)&m {
 			sh.idx[hole] = sh.idx[q]
+			sh.ctrl[hole] = sh.ctrl[q]
 			hole = q
 		}
 	}
 	sh.idx[hole] = 0
+	sh.ctrl[hole] = 0
 
 	last := sh.recs.len() - 1
 	if i != last {
@@ -196,6 +254,7 @@ func (sh *shard) remove(i int) {
 		*r = *moved
 	}
 	sh.recs.pop()
+	sh.indexed--
 }
 
 // setKey makes r's key entry hold key and fp, writing a new entry when fp
