@@ -246,17 +246,33 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 		return dedupe.Claim{}, err
 	}
 	t := s.clock()
-	c, err := s.claim(key, fingerprint, t, lease, retention)
+	var c dedupe.Claim
+	g, err := s.claim(&c, key, fingerprint, t, lease, retention)
 	if err != nil && errors.Is(err, ErrFull) {
 		// The bound counts records not yet evicted: sweep the whole store
 		// once and try again before refusing the key.
 		s.sweepEvery(t)
-		c, err = s.claim(key, fingerprint, t, lease, retention)
+		g, err = s.claim(&c, key, fingerprint, t, lease, retention)
 	}
-	return c, err
+	if g.token == "" {
+		return c, err
+	}
+	return dedupe.Claim{Status: dedupe.Acquired, Token: g.token, Fence: g.fence, Takeover: g.takeover, Attempt: g.attempt}, nil
 }
 
-func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration) (dedupe.Claim, error) {
+// granted is what an Acquired claim returns: few enough words to come back
+// in registers, so that the answer is written once, by Claim, rather than
+// copied from one call's results to the next.
+type granted struct {
+	token    string
+	fence    uint64
+	attempt  int
+	takeover bool
+}
+
+// claim applies Claim under the shard's lock. An Acquired answer is its
+// granted result (with a token); any other answer it writes to out.
+func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, retention time.Duration) (granted, error) {
 	sh, h := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -268,32 +284,34 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 				l := &sh.leases[r.res]
 				released := l.tok == 0
 				if !released && t < l.until {
-					return dedupe.Claim{Status: dedupe.Busy, RetryAfter: time.Duration(l.until - t), Fingerprint: sh.fingerprint(r, fp)}, nil
+					*out = dedupe.Claim{Status: dedupe.Busy, RetryAfter: time.Duration(l.until - t), Fingerprint: sh.fingerprint(r, fp)}
+					return granted{}, nil
 				}
 				if !sh.setKey(r, key, fp) {
-					return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+					return granted{}, fmt.Errorf("%w (claim of %q)", errArena, key)
 				}
-				c := s.grant(sh, r, l, t, leaseFor, retention, !released)
+				g := s.grant(sh, r, l, t, leaseFor, retention, !released)
 				sh.maybeCompact() // setKey may have let the old entry die
-				return c, nil
+				return g, nil
 			}
 			if _, stored, _ := sh.arena.key(r.off); fp != "" && len(stored) > 0 && string(stored) != fp {
-				return dedupe.Claim{Status: dedupe.Conflict, Fingerprint: string(stored)}, nil
+				*out = dedupe.Claim{Status: dedupe.Conflict, Fingerprint: string(stored)}
+				return granted{}, nil
 			}
-			c := dedupe.Claim{Status: dedupe.Duplicate, Fingerprint: sh.fingerprint(r, fp)}
-			c.Result.Failed = r.state() == dedupe.StateFailed
+			*out = dedupe.Claim{Status: dedupe.Duplicate, Fingerprint: sh.fingerprint(r, fp)}
+			out.Result.Failed = r.state() == dedupe.StateFailed
 			if r.meta&hasResult != 0 {
 				data, _ := sh.arena.result(r.res)
 				// Replay a copy: a caller that modifies the replayed bytes
 				// must not change what later duplicates see.
-				c.Result.Data = append([]byte(nil), data...)
+				out.Result.Data = append([]byte(nil), data...)
 			}
-			return c, nil
+			return granted{}, nil
 		}
 		// Retention is over: the record counts as absent, but an
 		// in-progress one's fence still orders the new lease.
 		if !sh.setKey(r, key, fp) {
-			return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+			return granted{}, fmt.Errorf("%w (claim of %q)", errArena, key)
 		}
 		var prev uint64
 		if r.state() == dedupe.StateInProgress {
@@ -305,9 +323,9 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 		}
 		l := &sh.leases[r.res]
 		*l = lease{fence: prev}
-		c := s.grant(sh, r, l, t, leaseFor, retention, false)
+		g := s.grant(sh, r, l, t, leaseFor, retention, false)
 		sh.maybeCompact() // the old result and key entry may have died
-		return c, nil
+		return g, nil
 	}
 
 	// Amortised eviction: a sweep of the shard after as many inserts as its
@@ -322,7 +340,7 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 	for {
 		n := s.count.Load()
 		if n >= s.maxKeys {
-			return dedupe.Claim{}, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
+			return granted{}, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
 		}
 		if s.count.CompareAndSwap(n, n+1) {
 			break
@@ -331,7 +349,7 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 	off, ok := sh.arena.putKey(key, fp)
 	if !ok {
 		s.count.Add(-1)
-		return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+		return granted{}, fmt.Errorf("%w (claim of %q)", errArena, key)
 	}
 	li := sh.newLease(lease{})
 	i = sh.add(rec{off: off, res: li, hash: h, meta: uint32(dedupe.StateInProgress)})
@@ -339,14 +357,14 @@ func (s *Store) claim(key, fp string, t int64, leaseFor, retention time.Duration
 }
 
 // grant gives in-progress record r, whose lease is l, a new lease.
-func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, leaseFor, retention time.Duration, takeover bool) dedupe.Claim {
+func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, leaseFor, retention time.Duration, takeover bool) granted {
 	text, num := s.token(sh)
 	l.tok = num
 	l.attempts = max(l.attempts, 0) + 1
 	l.fence = nextFence(l.fence, t)
 	l.until = after(t, leaseFor)
 	r.exp = max(after(t, retention), l.until)
-	return dedupe.Claim{Status: dedupe.Acquired, Token: text, Fence: l.fence, Takeover: takeover, Attempt: l.attempts}
+	return granted{token: text, fence: l.fence, attempt: l.attempts, takeover: takeover}
 }
 
 // nextFence is storekit.NextFence of prev at Unix nanosecond t (a test holds
