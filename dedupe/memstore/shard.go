@@ -35,15 +35,16 @@ type lease struct {
 }
 
 // shard is one independently locked part of a Store: records numbered
-// densely (in pages), found through an open-addressing index of record numbers (linear
-// probing, at most three quarters full), their bytes in an arena.
+// densely (in pages), found through an open-addressing index of record
+// numbers (linear probing, at most three quarters full, with a control byte
+// per slot) or, for the fewer than pendBatch newest, among the pending
+// records; their bytes in an arena.
 type shard struct {
 	mu      sync.Mutex
 	idx     []uint32 // 0 for an empty slot, else a record number + 1 and a hash tag (see find)
 	ctrl    []uint8  // per slot of idx: 0 for an empty one, else ctrlTag of its record's hash
 	indexed int      // records 0 to indexed-1 are in idx; the later ones are pending (see add)
 	pend    uint64   // pendBit of every pending record's hash
-	touched uint32   // the sum of what flush read ahead, kept so that the reads are not elided
 	recs    recs
 	leases  []lease
 	freeL   []uint32 // numbers of unused leases
@@ -171,21 +172,14 @@ func (sh *shard) add(r rec) int {
 	return i
 }
 
-// flush indexes the pending records. It first reads the slot each will
-// probe first, in a loop of independent loads, so that the processor waits
-// for their cache misses together rather than one after the other.
+// flush indexes the pending records. Their slots' cache misses are
+// independent of one another, so the processor waits for them together
+// (a loop that read every slot ahead first measured no faster).
 func (sh *shard) flush() {
 	n := sh.recs.len()
 	if sh.indexed == n {
 		return
 	}
-	m := uint32(len(sh.idx) - 1)
-	var touch uint32
-	for i := sh.indexed; i < n; i++ {
-		p := sh.recs.at(i).hash & m
-		touch += uint32(sh.ctrl[p]) + sh.idx[p]
-	}
-	sh.touched = touch
 	for i := sh.indexed; i < n; i++ {
 		sh.place(i, sh.recs.at(i).hash)
 	}
