@@ -247,32 +247,25 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	}
 	t := s.clock()
 	var c dedupe.Claim
-	g, err := s.claim(&c, key, fingerprint, t, lease, retention)
+	tok, fence, attempt, takeover, err := s.claim(&c, key, fingerprint, t, lease, retention)
 	if err != nil && errors.Is(err, ErrFull) {
 		// The bound counts records not yet evicted: sweep the whole store
 		// once and try again before refusing the key.
 		s.sweepEvery(t)
-		g, err = s.claim(&c, key, fingerprint, t, lease, retention)
+		tok, fence, attempt, takeover, err = s.claim(&c, key, fingerprint, t, lease, retention)
 	}
-	if g.token == "" {
+	if tok == "" {
 		return c, err
 	}
-	return dedupe.Claim{Status: dedupe.Acquired, Token: g.token, Fence: g.fence, Takeover: g.takeover, Attempt: g.attempt}, nil
+	return dedupe.Claim{Status: dedupe.Acquired, Token: tok, Fence: fence, Takeover: takeover, Attempt: attempt}, nil
 }
 
-// granted is what an Acquired claim returns: few enough words to come back
-// in registers, so that the answer is written once, by Claim, rather than
-// copied from one call's results to the next.
-type granted struct {
-	token    string
-	fence    uint64
-	attempt  int
-	takeover bool
-}
-
-// claim applies Claim under the shard's lock. An Acquired answer is its
-// granted result (with a token); any other answer it writes to out.
-func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, retention time.Duration) (granted, error) {
+// claim applies Claim under the shard's lock. An Acquired answer comes back
+// as its token (never empty), fence, attempt and takeover, in registers, so
+// that Claim writes the answer once instead of copying it from one call's
+// results to the next (copies that stalled on store forwarding); any other
+// answer claim writes to out, with an empty token.
+func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, retention time.Duration) (string, uint64, int, bool, error) {
 	sh, h := s.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -285,18 +278,18 @@ func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, rete
 				released := l.tok == 0
 				if !released && t < l.until {
 					*out = dedupe.Claim{Status: dedupe.Busy, RetryAfter: time.Duration(l.until - t), Fingerprint: sh.fingerprint(r, fp)}
-					return granted{}, nil
+					return "", 0, 0, false, nil
 				}
 				if !sh.setKey(r, key, fp) {
-					return granted{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+					return "", 0, 0, false, fmt.Errorf("%w (claim of %q)", errArena, key)
 				}
-				g := s.grant(sh, r, l, t, leaseFor, retention, !released)
+				tok := s.grant(sh, r, l, t, leaseFor, retention)
 				sh.maybeCompact() // setKey may have let the old entry die
-				return g, nil
+				return tok, l.fence, l.attempts, !released, nil
 			}
 			if _, stored, _ := sh.arena.key(r.off); fp != "" && len(stored) > 0 && string(stored) != fp {
 				*out = dedupe.Claim{Status: dedupe.Conflict, Fingerprint: string(stored)}
-				return granted{}, nil
+				return "", 0, 0, false, nil
 			}
 			*out = dedupe.Claim{Status: dedupe.Duplicate, Fingerprint: sh.fingerprint(r, fp)}
 			out.Result.Failed = r.state() == dedupe.StateFailed
@@ -306,12 +299,12 @@ func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, rete
 				// must not change what later duplicates see.
 				out.Result.Data = append([]byte(nil), data...)
 			}
-			return granted{}, nil
+			return "", 0, 0, false, nil
 		}
 		// Retention is over: the record counts as absent, but an
 		// in-progress one's fence still orders the new lease.
 		if !sh.setKey(r, key, fp) {
-			return granted{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+			return "", 0, 0, false, fmt.Errorf("%w (claim of %q)", errArena, key)
 		}
 		var prev uint64
 		if r.state() == dedupe.StateInProgress {
@@ -323,9 +316,9 @@ func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, rete
 		}
 		l := &sh.leases[r.res]
 		*l = lease{fence: prev}
-		g := s.grant(sh, r, l, t, leaseFor, retention, false)
+		tok := s.grant(sh, r, l, t, leaseFor, retention)
 		sh.maybeCompact() // the old result and key entry may have died
-		return g, nil
+		return tok, l.fence, l.attempts, false, nil
 	}
 
 	// Amortised eviction: a sweep of the shard after as many inserts as its
@@ -340,7 +333,7 @@ func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, rete
 	for {
 		n := s.count.Load()
 		if n >= s.maxKeys {
-			return granted{}, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
+			return "", 0, 0, false, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
 		}
 		if s.count.CompareAndSwap(n, n+1) {
 			break
@@ -349,22 +342,25 @@ func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, rete
 	off, ok := sh.arena.putKey(key, fp)
 	if !ok {
 		s.count.Add(-1)
-		return granted{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+		return "", 0, 0, false, fmt.Errorf("%w (claim of %q)", errArena, key)
 	}
 	li := sh.newLease(lease{})
 	i = sh.add(rec{off: off, res: li, hash: h, meta: uint32(dedupe.StateInProgress)})
-	return s.grant(sh, sh.recs.at(i), &sh.leases[li], t, leaseFor, retention, false), nil
+	l := &sh.leases[li]
+	tok := s.grant(sh, sh.recs.at(i), l, t, leaseFor, retention)
+	return tok, l.fence, l.attempts, false, nil
 }
 
-// grant gives in-progress record r, whose lease is l, a new lease.
-func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, leaseFor, retention time.Duration, takeover bool) granted {
+// grant gives in-progress record r, whose lease is l, a new lease, and
+// returns its token.
+func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, leaseFor, retention time.Duration) string {
 	text, num := s.token(sh)
 	l.tok = num
 	l.attempts = max(l.attempts, 0) + 1
 	l.fence = nextFence(l.fence, t)
 	l.until = after(t, leaseFor)
 	r.exp = max(after(t, retention), l.until)
-	return granted{token: text, fence: l.fence, attempt: l.attempts, takeover: takeover}
+	return text
 }
 
 // nextFence is storekit.NextFence of prev at Unix nanosecond t (a test holds
