@@ -210,8 +210,13 @@ func checkInvariants(t *testing.T, s *Store, step int) {
 		total += sh.recs.len()
 		used := 0
 		m := uint32(len(sh.idx) - 1)
-		if len(sh.ctrl) != len(sh.idx) {
+		if len(sh.idx) > 0 && len(sh.ctrl) != len(sh.idx)+ctrlGroup {
 			t.Fatalf("step %d: shard %d: %d control bytes for %d slots", step, si, len(sh.ctrl), len(sh.idx))
+		}
+		for q := range min(len(sh.idx), ctrlGroup) {
+			if sh.ctrl[len(sh.idx)+q] != sh.ctrl[q] {
+				t.Fatalf("step %d: shard %d: control byte %d is %#x, its clone %#x", step, si, q, sh.ctrl[q], sh.ctrl[len(sh.idx)+q])
+			}
 		}
 		for p, v := range sh.idx {
 			if (v == 0) != (sh.ctrl[p] == 0) {

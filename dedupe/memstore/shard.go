@@ -1,6 +1,8 @@
 package memstore
 
 import (
+	"encoding/binary"
+	"math/bits"
 	"sync"
 
 	"github.com/idemq/idemq/dedupe"
@@ -88,25 +90,53 @@ func (sh *shard) find(key string, h uint32) int {
 	}
 	m := uint32(len(sh.idx) - 1)
 	tag := h &^ m
-	ct := ctrlTag(h)
-	ctrl := sh.ctrl[:m+1]
-	for p := h & m; ; p = (p + 1) & m {
-		c := ctrl[p]
-		if c == 0 {
-			return -1
+	tags := uint64(ctrlTag(h)) * ones
+	ctrl := sh.ctrl[:m+1+ctrlGroup]
+	// Eight control bytes at a time (the slots from p on, the clones at
+	// the end standing for the first slots), with no branch per slot:
+	// the slots before the group's first free one whose byte is the key's
+	// tag.
+	for p := h & m; ; p = (p + ctrlGroup) & m {
+		g := binary.LittleEndian.Uint64(ctrl[p : p+ctrlGroup])
+		x := g ^ tags
+		match := ^((x&lows + lows) | x) & highs // the bytes of g equal to the tag
+		free := ^g & highs
+		if free != 0 {
+			match &= free&-free - 1
 		}
-		if c != ct {
-			continue
-		}
-		if v := sh.idx[p]; v&^m == tag {
-			i := int(v&m) - 1
-			r := sh.recs.at(i)
-			if r.hash == h {
-				if k, _, _ := sh.arena.key(r.off); string(k) == key {
-					return i
+		for ; match != 0; match &= match - 1 {
+			q := (p + uint32(bits.TrailingZeros64(match)/8)) & m
+			if v := sh.idx[q]; v&^m == tag {
+				i := int(v&m) - 1
+				r := sh.recs.at(i)
+				if r.hash == h {
+					if k, _, _ := sh.arena.key(r.off); string(k) == key {
+						return i
+					}
 				}
 			}
 		}
+		if free != 0 {
+			return -1
+		}
+	}
+}
+
+// Control bytes are read ctrlGroup at a time; the ctrlGroup bytes after the
+// last slot's are clones of the first slots', so that a group starting near
+// the end reads on past it.
+const (
+	ctrlGroup = 8
+	ones      = 0x0101010101010101
+	highs     = 0x8080808080808080
+	lows      = 0x7f7f7f7f7f7f7f7f
+)
+
+// setCtrl sets slot p's control byte to c, and its clone.
+func (sh *shard) setCtrl(p uint32, c uint8) {
+	sh.ctrl[p] = c
+	if p < ctrlGroup {
+		sh.ctrl[uint32(len(sh.idx))+p] = c
 	}
 }
 
@@ -130,7 +160,7 @@ func (sh *shard) place(i int, h uint32) {
 		p = (p + 1) & m
 	}
 	sh.idx[p] = h&^m | uint32(i+1)
-	sh.ctrl[p] = ctrlTag(h)
+	sh.setCtrl(p, ctrlTag(h))
 }
 
 // slot returns the index slot that holds record number i, of hash h, which
@@ -148,7 +178,7 @@ func (sh *shard) slot(i int, h uint32) uint32 {
 // it.
 func (sh *shard) reindex(n int) {
 	sh.idx = make([]uint32, n)
-	sh.ctrl = make([]uint8, n)
+	sh.ctrl = make([]uint8, n+ctrlGroup)
 	for i := range sh.recs.len() {
 		sh.place(i, sh.recs.at(i).hash)
 	}
@@ -233,12 +263,12 @@ func (sh *shard) remove(i int) {
 		home := sh.recs.at(int(sh.idx[q]&m)-1).hash & m
 		if (q-home)&m >= (q-hole)&m {
 			sh.idx[hole] = sh.idx[q]
-			sh.ctrl[hole] = sh.ctrl[q]
+			sh.setCtrl(hole, sh.ctrl[q])
 			hole = q
 		}
 	}
 	sh.idx[hole] = 0
-	sh.ctrl[hole] = 0
+	sh.setCtrl(hole, 0)
 
 	last := sh.recs.len() - 1
 	if i != last {
