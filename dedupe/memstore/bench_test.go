@@ -58,7 +58,7 @@ type keyList struct {
 }
 
 func newKeys(n int) keyList {
-	var buf []byte
+	buf := make([]byte, 0, n*12)
 	ends := make([]uint32, n)
 	for i := range ends {
 		buf = append(buf, "msg-"...)

@@ -155,12 +155,14 @@ const pendBatch = 32
 // probe sequence.
 func (sh *shard) place(i int, h uint32) {
 	m := uint32(len(sh.idx) - 1)
-	p := h & m
-	for sh.ctrl[p] != 0 {
-		p = (p + 1) & m
+	for p := h & m; ; p = (p + ctrlGroup) & m {
+		if free := ^binary.LittleEndian.Uint64(sh.ctrl[p:p+ctrlGroup]) & highs; free != 0 {
+			p = (p + uint32(bits.TrailingZeros64(free)/8)) & m
+			sh.idx[p] = h&^m | uint32(i+1)
+			sh.setCtrl(p, ctrlTag(h))
+			return
+		}
 	}
-	sh.idx[p] = h&^m | uint32(i+1)
-	sh.setCtrl(p, ctrlTag(h))
 }
 
 // slot returns the index slot that holds record number i, of hash h, which
