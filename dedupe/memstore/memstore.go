@@ -39,7 +39,8 @@ type Config struct {
 	// cost of time.Now). Times, lease expiry and fences then follow the
 	// monotonic clock: they never go back, and a step of the wall clock
 	// after New (a manual setting, an NTP step) does not move them, while
-	// NTP's gradual slewing does.
+	// NTP's gradual slewing does; like Go's timers, they do not count time
+	// the machine spent suspended.
 	Now func() time.Time
 }
 
