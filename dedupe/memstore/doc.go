@@ -8,10 +8,12 @@
 //
 // Records are compact and hold no pointers, so the garbage collector never
 // scans them: a 24-byte record per key in pages, an open-addressing index of
-// 4 bytes per slot, the key, fingerprint and result bytes copied into 64 KiB
+// 4 bytes per slot and a control byte per slot beside it (the part of the
+// index a new key's lookup reads: a new key is indexed later, with a batch
+// of others), the key, fingerprint and result bytes copied into 64 KiB
 // chunks (an entry over 16 KiB gets a chunk of its own), and lease state
 // only while a record is in progress. A completed record with a 64-byte
-// fingerprint and an 11-byte key holds about 115 bytes in all. Chunks are
+// fingerprint and an 11-byte key holds about 117 bytes in all. Chunks are
 // compacted once most of their bytes belong to records that are gone, so
 // memory follows the live records. A shard addresses at most 65,536 chunks
 // (4 GiB); past that, Claim and Complete of what it cannot hold return an

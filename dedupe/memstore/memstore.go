@@ -2,6 +2,7 @@ package memstore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -33,7 +34,13 @@ type Config struct {
 	// Shards is the number of independently locked shards, rounded up to a
 	// power of two. Default 64.
 	Shards int
-	// Now is the clock. Default time.Now.
+	// Now is the clock. Default: the wall clock read once by New, advanced
+	// by the monotonic clock (one clock read per operation, about half the
+	// cost of time.Now). Times, lease expiry and fences then follow the
+	// monotonic clock: they never go back, and a step of the wall clock
+	// after New (a manual setting, an NTP step) does not move them, while
+	// NTP's gradual slewing does; like Go's timers, they do not count time
+	// the machine spent suspended.
 	Now func() time.Time
 }
 
@@ -48,9 +55,11 @@ type Store struct {
 	bits     uint // log2 of the number of shards
 	perShard int  // inserts into a shard between two sweeps of it
 	maxKeys  int64
-	count    atomic.Int64 // records held across all shards
-	sweepAll sync.Mutex   // one whole-store sweep at a time
-	now      func() time.Time
+	count    atomic.Int64     // records held across all shards
+	sweepAll sync.Mutex       // one whole-store sweep at a time
+	now      func() time.Time // Config.Now; nil for the default clock
+	base     time.Time        // the default clock: the wall and monotonic clocks read by New
+	baseNs   int64            // base in Unix nanoseconds
 }
 
 // New returns an empty Store.
@@ -66,9 +75,6 @@ func newStore(cfg Config, chunk int) *Store {
 	if o.Shards <= 0 {
 		o.Shards = 64
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
 	n := 1
 	for n < o.Shards {
 		n <<= 1
@@ -82,6 +88,10 @@ func newStore(cfg Config, chunk int) *Store {
 		perShard: per,
 		maxKeys:  int64(o.MaxKeys),
 		now:      o.Now,
+	}
+	if s.now == nil {
+		s.base = time.Now()
+		s.baseNs = s.base.UnixNano()
 	}
 	for i := range s.shards {
 		s.shards[i].num = uint64(i)
@@ -105,6 +115,16 @@ func (s *Store) Len() int {
 	return total
 }
 
+// clock returns the time in Unix nanoseconds: Config.Now's, else the wall
+// clock of New plus the monotonic time since (time.Since reads only the
+// monotonic clock).
+func (s *Store) clock() int64 {
+	if s.now == nil {
+		return s.baseNs + int64(time.Since(s.base))
+	}
+	return s.now().UnixNano()
+}
+
 // shard returns key's shard and the key's hash within it.
 func (s *Store) shard(key string) (*shard, uint32) {
 	h := maphash.String(s.seed, key)
@@ -122,7 +142,6 @@ func (s *Store) shard(key string) (*shard, uint32) {
 const (
 	tokenLen   = 16
 	tokenBatch = 64
-	hexDigits  = "0123456789abcdef"
 )
 
 // token returns the text and the number of a new token of sh.
@@ -131,11 +150,7 @@ func (s *Store) token(sh *shard) (string, uint64) {
 	if sh.toks == "" || j >= tokenBatch {
 		var buf [tokenBatch * tokenLen]byte
 		for k := range uint64(tokenBatch) {
-			v := (sh.tokSeq+k)<<s.bits | sh.num
-			for d := tokenLen - 1; d >= 0; d-- {
-				buf[int(k)*tokenLen+d] = hexDigits[v&15]
-				v >>= 4
-			}
+			putToken(buf[k*tokenLen:], (sh.tokSeq+k)<<s.bits|sh.num)
 		}
 		sh.toks = string(buf[:])
 		sh.tokBase = sh.tokSeq
@@ -146,35 +161,35 @@ func (s *Store) token(sh *shard) (string, uint64) {
 	return sh.toks[j*tokenLen : (j+1)*tokenLen], v
 }
 
-// tokenNumber is the inverse of token's text; 0 (no lease's) for anything
-// else.
-func tokenNumber(t string) uint64 {
-	if len(t) != tokenLen {
-		return 0
-	}
-	var v uint64
-	var bad uint8
-	for i := range tokenLen {
-		d := hexValue[t[i]]
-		bad |= d
-		v = v<<4 | uint64(d&15)
-	}
-	if bad > 15 {
-		return 0
-	}
-	return v
+// putToken writes the text of token number v, its 16 hex digits, into b.
+func putToken(b []byte, v uint64) {
+	binary.BigEndian.PutUint64(b[:8], hex8(uint32(v>>32)))
+	binary.BigEndian.PutUint64(b[8:tokenLen], hex8(uint32(v)))
 }
 
-// hexValue is the value of a lower-case hex digit, 0xff for other bytes.
-var hexValue = func() (t [256]uint8) {
-	for i := range t {
-		t[i] = 0xff
+// isToken reports whether t is the text of token number v.
+func isToken(t string, v uint64) bool {
+	if len(t) != tokenLen {
+		return false
 	}
-	for i := range len(hexDigits) {
-		t[hexDigits[i]] = uint8(i)
-	}
-	return t
-}()
+	var b [tokenLen]byte
+	putToken(b[:], v)
+	return string(b[:]) == t
+}
+
+// hex8 returns the 8 lower-case hex digits of v as the bytes of a uint64,
+// the last digit in the lowest byte. It spreads v's nibbles into one byte
+// each, then adds '0' to each, and 'a'-'0'-10 more to those over 9: no
+// byte overflows into the next.
+func hex8(v uint32) uint64 {
+	const ones = 0x0101010101010101
+	x := uint64(v)
+	x = (x | x<<16) & 0x0000ffff0000ffff
+	x = (x | x<<8) & 0x00ff00ff00ff00ff
+	x = (x | x<<4) & 0x0f0f0f0f0f0f0f0f
+	over9 := (x + 6*ones) >> 4 & ones
+	return x + '0'*ones + over9*('a'-'0'-10)
+}
 
 // after returns t+d in Unix nanoseconds, saturating instead of overflowing.
 func after(t int64, d time.Duration) int64 {
@@ -231,20 +246,28 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	if err := storekit.ValidateLease(lease, retention); err != nil {
 		return dedupe.Claim{}, err
 	}
-	now := s.now()
-	c, err := s.claim(key, fingerprint, now, lease, retention)
-	if errors.Is(err, ErrFull) {
+	t := s.clock()
+	var c dedupe.Claim
+	tok, fence, attempt, takeover, err := s.claim(&c, key, fingerprint, t, lease, retention)
+	if err != nil && errors.Is(err, ErrFull) {
 		// The bound counts records not yet evicted: sweep the whole store
 		// once and try again before refusing the key.
-		s.sweepEvery(now.UnixNano())
-		c, err = s.claim(key, fingerprint, now, lease, retention)
+		s.sweepEvery(t)
+		tok, fence, attempt, takeover, err = s.claim(&c, key, fingerprint, t, lease, retention)
 	}
-	return c, err
+	if tok == "" {
+		return c, err
+	}
+	return dedupe.Claim{Status: dedupe.Acquired, Token: tok, Fence: fence, Takeover: takeover, Attempt: attempt}, nil
 }
 
-func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Duration) (dedupe.Claim, error) {
+// claim applies Claim under the shard's lock. An Acquired answer comes back
+// as its token (never empty), fence, attempt and takeover, in registers, so
+// that Claim writes the answer once instead of copying it from one call's
+// results to the next (copies that stalled on store forwarding); any other
+// answer claim writes to out, with an empty token.
+func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, retention time.Duration) (string, uint64, int, bool, error) {
 	sh, h := s.shard(key)
-	t := now.UnixNano()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	i := sh.find(key, h)
@@ -255,32 +278,34 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 				l := &sh.leases[r.res]
 				released := l.tok == 0
 				if !released && t < l.until {
-					return dedupe.Claim{Status: dedupe.Busy, RetryAfter: time.Duration(l.until - t), Fingerprint: sh.fingerprint(r, fp)}, nil
+					*out = dedupe.Claim{Status: dedupe.Busy, RetryAfter: time.Duration(l.until - t), Fingerprint: sh.fingerprint(r, fp)}
+					return "", 0, 0, false, nil
 				}
 				if !sh.setKey(r, key, fp) {
-					return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+					return "", 0, 0, false, fmt.Errorf("%w (claim of %q)", errArena, key)
 				}
-				c := s.grant(sh, r, l, t, now, leaseFor, retention, !released)
+				tok := s.grant(sh, r, l, t, leaseFor, retention)
 				sh.maybeCompact() // setKey may have let the old entry die
-				return c, nil
+				return tok, l.fence, l.attempts, !released, nil
 			}
 			if _, stored, _ := sh.arena.key(r.off); fp != "" && len(stored) > 0 && string(stored) != fp {
-				return dedupe.Claim{Status: dedupe.Conflict, Fingerprint: string(stored)}, nil
+				*out = dedupe.Claim{Status: dedupe.Conflict, Fingerprint: string(stored)}
+				return "", 0, 0, false, nil
 			}
-			c := dedupe.Claim{Status: dedupe.Duplicate, Fingerprint: sh.fingerprint(r, fp)}
-			c.Result.Failed = r.state() == dedupe.StateFailed
+			*out = dedupe.Claim{Status: dedupe.Duplicate, Fingerprint: sh.fingerprint(r, fp)}
+			out.Result.Failed = r.state() == dedupe.StateFailed
 			if r.meta&hasResult != 0 {
 				data, _ := sh.arena.result(r.res)
 				// Replay a copy: a caller that modifies the replayed bytes
 				// must not change what later duplicates see.
-				c.Result.Data = append([]byte(nil), data...)
+				out.Result.Data = append([]byte(nil), data...)
 			}
-			return c, nil
+			return "", 0, 0, false, nil
 		}
 		// Retention is over: the record counts as absent, but an
 		// in-progress one's fence still orders the new lease.
 		if !sh.setKey(r, key, fp) {
-			return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+			return "", 0, 0, false, fmt.Errorf("%w (claim of %q)", errArena, key)
 		}
 		var prev uint64
 		if r.state() == dedupe.StateInProgress {
@@ -292,9 +317,9 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 		}
 		l := &sh.leases[r.res]
 		*l = lease{fence: prev}
-		c := s.grant(sh, r, l, t, now, leaseFor, retention, false)
+		tok := s.grant(sh, r, l, t, leaseFor, retention)
 		sh.maybeCompact() // the old result and key entry may have died
-		return c, nil
+		return tok, l.fence, l.attempts, false, nil
 	}
 
 	// Amortised eviction: a sweep of the shard after as many inserts as its
@@ -309,7 +334,7 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 	for {
 		n := s.count.Load()
 		if n >= s.maxKeys {
-			return dedupe.Claim{}, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
+			return "", 0, 0, false, fmt.Errorf("%w: %d records, MaxKeys %d (claim of %q)", ErrFull, n, s.maxKeys, key)
 		}
 		if s.count.CompareAndSwap(n, n+1) {
 			break
@@ -318,22 +343,35 @@ func (s *Store) claim(key, fp string, now time.Time, leaseFor, retention time.Du
 	off, ok := sh.arena.putKey(key, fp)
 	if !ok {
 		s.count.Add(-1)
-		return dedupe.Claim{}, fmt.Errorf("%w (claim of %q)", errArena, key)
+		return "", 0, 0, false, fmt.Errorf("%w (claim of %q)", errArena, key)
 	}
 	li := sh.newLease(lease{})
 	i = sh.add(rec{off: off, res: li, hash: h, meta: uint32(dedupe.StateInProgress)})
-	return s.grant(sh, sh.recs.at(i), &sh.leases[li], t, now, leaseFor, retention, false), nil
+	l := &sh.leases[li]
+	tok := s.grant(sh, sh.recs.at(i), l, t, leaseFor, retention)
+	return tok, l.fence, l.attempts, false, nil
 }
 
-// grant gives in-progress record r, whose lease is l, a new lease.
-func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, now time.Time, leaseFor, retention time.Duration, takeover bool) dedupe.Claim {
+// grant gives in-progress record r, whose lease is l, a new lease, and
+// returns its token.
+func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, leaseFor, retention time.Duration) string {
 	text, num := s.token(sh)
 	l.tok = num
 	l.attempts = max(l.attempts, 0) + 1
-	l.fence = storekit.NextFence(l.fence, now)
+	l.fence = nextFence(l.fence, t)
 	l.until = after(t, leaseFor)
 	r.exp = max(after(t, retention), l.until)
-	return dedupe.Claim{Status: dedupe.Acquired, Token: text, Fence: l.fence, Takeover: takeover, Attempt: l.attempts}
+	return text
+}
+
+// nextFence is storekit.NextFence of prev at Unix nanosecond t (a test holds
+// them equal), without building a time.Time.
+func nextFence(prev uint64, t int64) uint64 {
+	var clock uint64
+	if t >= 1000 {
+		clock = uint64(t / 1000)
+	}
+	return max(prev+1, clock)
 }
 
 // owned returns key's shard, locked, and the number of its record when
@@ -341,16 +379,19 @@ func (s *Store) grant(sh *shard, r *rec, l *lease, t int64, now time.Time, lease
 // and returns dedupe.ErrLeaseLost. An expired lease that nobody took over is
 // still owned: the token, not the clock, is the authority.
 func (s *Store) owned(key, token string, t int64) (*shard, int, error) {
-	num := tokenNumber(token)
 	sh, h := s.shard(key)
 	sh.mu.Lock()
 	i := sh.find(key, h)
-	if i < 0 || num == 0 {
+	if i < 0 {
 		sh.mu.Unlock()
 		return nil, 0, dedupe.ErrLeaseLost
 	}
 	r := sh.recs.at(i)
-	if t >= r.exp || r.state() != dedupe.StateInProgress || sh.leases[r.res].tok != num {
+	if t >= r.exp || r.state() != dedupe.StateInProgress {
+		sh.mu.Unlock()
+		return nil, 0, dedupe.ErrLeaseLost
+	}
+	if num := sh.leases[r.res].tok; num == 0 || !isToken(token, num) {
 		sh.mu.Unlock()
 		return nil, 0, dedupe.ErrLeaseLost
 	}
@@ -365,7 +406,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 	if retention <= 0 {
 		return fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
 	}
-	t := s.now().UnixNano()
+	t := s.clock()
 	sh, i, err := s.owned(key, token, t)
 	if err != nil {
 		return err
@@ -408,7 +449,7 @@ func (s *Store) release(ctx context.Context, key, token string, snooze bool) err
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	sh, i, err := s.owned(key, token, s.now().UnixNano())
+	sh, i, err := s.owned(key, token, s.clock())
 	if err != nil {
 		return err
 	}
@@ -427,7 +468,7 @@ func (s *Store) Delete(ctx context.Context, key, token string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	sh, i, err := s.owned(key, token, s.now().UnixNano())
+	sh, i, err := s.owned(key, token, s.clock())
 	if err != nil {
 		return err
 	}
@@ -449,7 +490,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 	if lease <= 0 {
 		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
 	}
-	t := s.now().UnixNano()
+	t := s.clock()
 	sh, i, err := s.owned(key, token, t)
 	if err != nil {
 		return err

@@ -210,16 +210,35 @@ func checkInvariants(t *testing.T, s *Store, step int) {
 		total += sh.recs.len()
 		used := 0
 		m := uint32(len(sh.idx) - 1)
-		for _, v := range sh.idx {
+		if len(sh.idx) > 0 && len(sh.ctrl) != len(sh.idx)+ctrlGroup {
+			t.Fatalf("step %d: shard %d: %d control bytes for %d slots", step, si, len(sh.ctrl), len(sh.idx))
+		}
+		for q := range min(len(sh.idx), ctrlGroup) {
+			if sh.ctrl[len(sh.idx)+q] != sh.ctrl[q] {
+				t.Fatalf("step %d: shard %d: control byte %d is %#x, its clone %#x", step, si, q, sh.ctrl[q], sh.ctrl[len(sh.idx)+q])
+			}
+		}
+		for p, v := range sh.idx {
+			if (v == 0) != (sh.ctrl[p] == 0) {
+				t.Fatalf("step %d: shard %d: index slot %#x has control byte %#x", step, si, v, sh.ctrl[p])
+			}
 			if v != 0 {
 				used++
 				if int(v&m) > sh.recs.len() || v&m == 0 || v&^m != sh.recs.at(int(v&m)-1).hash&^m {
 					t.Fatalf("step %d: shard %d: index slot %#x: record %d of %d, or the wrong tag", step, si, v, int(v&m)-1, sh.recs.len())
 				}
+				if c := ctrlTag(sh.recs.at(int(v&m) - 1).hash); sh.ctrl[p] != c {
+					t.Fatalf("step %d: shard %d: index slot %#x has control byte %#x, want %#x", step, si, v, sh.ctrl[p], c)
+				}
 			}
 		}
-		if used != sh.recs.len() || (sh.recs.len() > 0 && used*4 > len(sh.idx)*3) {
-			t.Fatalf("step %d: shard %d: %d index entries in %d slots for %d records", step, si, used, len(sh.idx), sh.recs.len())
+		if used != sh.indexed || sh.indexed > sh.recs.len() || sh.recs.len()-sh.indexed >= pendBatch || (sh.recs.len() > 0 && sh.recs.len()*4 > len(sh.idx)*3) {
+			t.Fatalf("step %d: shard %d: %d index entries in %d slots for %d records, %d indexed", step, si, used, len(sh.idx), sh.recs.len(), sh.indexed)
+		}
+		for i := sh.indexed; i < sh.recs.len(); i++ {
+			if sh.pend&pendBit(sh.recs.at(i).hash) == 0 {
+				t.Fatalf("step %d: shard %d: pending record %d not in the pending mask", step, si, i)
+			}
 		}
 		live, private, inProgress := 0, 0, 0
 		leaseUsed := map[uint32]bool{}
