@@ -71,9 +71,10 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 // changing load falls on every mode alike, and reports each mode's CPU per
 // message, its ratio to none (<mode>/none, the figure the ≤ 5 % goal is
 // judged by) and the difference (<mode>-overhead-µs/msg, what the observer
-// adds per message):
+// adds per message) and <mode>-ctxsw/msg (the context switches per
+// message):
 //
-//	go test -run '^$' -bench ConsumeOverhead -benchtime 6x ./idemqotel/
+//	go test -run '^$' -bench ConsumeOverhead -benchtime 20x ./idemqotel/
 func BenchmarkConsumeOverhead(b *testing.B) {
 	env := harness.NATS(b)
 	const n = 10000
