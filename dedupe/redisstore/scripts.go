@@ -3,6 +3,7 @@ package redisstore
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -94,23 +95,46 @@ func appendFence(b []byte, f uint64) []byte {
 // encode returns the stored form of a record, in one allocation.
 func encode(state byte, expires, leaseEnd, created int64, attempts int, fence uint64, token, fp string, result []byte) string {
 	var sb strings.Builder
-	sb.Grow(headerLen + len(token) + 1 + 20 + 1 + len(fp) + len(result))
+	sb.Grow(encodedLen(token, fp, result))
 	var h [headerLen + 21]byte
-	b := append(h[:0], state)
+	sb.Write(appendHeader(h[:0], state, expires, leaseEnd, created, attempts, fence))
+	sb.WriteString(token)
+	sb.Write(appendFPLen(h[:0], fp))
+	sb.WriteString(fp)
+	sb.Write(result)
+	return sb.String()
+}
+
+// appendRecord appends the stored form of a record to b: encode's bytes.
+func appendRecord(b []byte, state byte, expires, leaseEnd, created int64, attempts int, fence uint64, token, fp string, result []byte) []byte {
+	b = slices.Grow(b, encodedLen(token, fp, result))
+	b = appendHeader(b, state, expires, leaseEnd, created, attempts, fence)
+	b = append(b, token...)
+	b = appendFPLen(b, fp)
+	b = append(b, fp...)
+	return append(b, result...)
+}
+
+// encodedLen bounds the length of a record's stored form.
+func encodedLen(token, fp string, result []byte) int {
+	return headerLen + len(token) + 1 + 20 + 1 + len(fp) + len(result)
+}
+
+// appendHeader appends a record's fixed-width header.
+func appendHeader(b []byte, state byte, expires, leaseEnd, created int64, attempts int, fence uint64) []byte {
+	b = append(b, state)
 	b = appendMillis(b, expires)
 	b = appendMillis(b, leaseEnd)
 	b = appendMillis(b, created)
 	b = appendAttempts(b, attempts)
-	b = appendFence(b, fence)
-	sb.Write(b)
-	sb.WriteString(token)
-	b = append(h[:0], ':')
-	b = strconv.AppendInt(b, int64(len(fp)), 10)
+	return appendFence(b, fence)
+}
+
+// appendFPLen appends the ":" len(fingerprint) ":" that follows the token.
+func appendFPLen(b []byte, fp string) []byte {
 	b = append(b, ':')
-	sb.Write(b)
-	sb.WriteString(fp)
-	sb.Write(result)
-	return sb.String()
+	b = strconv.AppendInt(b, int64(len(fp)), 10)
+	return append(b, ':')
 }
 
 // encodeRecord is encode for a dedupe.Record.
