@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -376,7 +377,15 @@ func (s *Store) handOff() {
 // gave up before the batch left are not sent. Only the leader runs flush,
 // so it reuses s.taken and s.batch; it is done with them before handOff
 // lets the next leader in.
+//
+// The leader yields its processor once before it takes the batch: the
+// callers the previous batch just woke, which are runnable but have not
+// run yet, then queue their next operations and leave with this batch
+// instead of the one after it (no timer: a lone caller's yield returns at
+// once). That makes the batches of a busy store about half as many again
+// as large, with as many fewer round trips.
 func (s *Store) flush() {
+	runtime.Gosched()
 	s.mu.Lock()
 	n := min(len(s.queue), s.maxBatch)
 	taken := append(s.taken[:0], s.queue[:n]...)
