@@ -378,15 +378,27 @@ func (s *Store) handOff() {
 // so it reuses s.taken and s.batch; it is done with them before handOff
 // lets the next leader in.
 //
-// The leader yields its processor once before it takes the batch: the
-// callers the previous batch just woke, which are runnable but have not
-// run yet, then queue their next operations and leave with this batch
-// instead of the one after it (no timer: a lone caller's yield returns at
-// once). That makes the batches of a busy store about half as many again
-// as large, with as many fewer round trips.
+// The leader yields its processor before it takes the batch, again while
+// the queue grew meanwhile (at most maxYields times, and not once the
+// queue holds a full batch): the callers the previous batch just woke,
+// runnable but not yet run, then queue their next operations and leave
+// with this batch instead of the one after it. There is no timer: a lone
+// caller's yield returns at once. In BenchmarkCostPerMessage this takes
+// about 15 messages per round trip to 30.
 func (s *Store) flush() {
-	runtime.Gosched()
 	s.mu.Lock()
+	for range maxYields {
+		n := len(s.queue)
+		if n >= s.maxBatch {
+			break
+		}
+		s.mu.Unlock()
+		runtime.Gosched()
+		s.mu.Lock()
+		if len(s.queue) == n {
+			break
+		}
+	}
 	n := min(len(s.queue), s.maxBatch)
 	taken := append(s.taken[:0], s.queue[:n]...)
 	rest := copy(s.queue, s.queue[n:])
@@ -423,6 +435,9 @@ func (s *Store) flush() {
 	s.handOff()
 	s.mu.Unlock()
 }
+
+// maxYields bounds how often a leader yields before it takes its batch.
+const maxYields = 3
 
 // batchContext returns the context a batch is sent under: the first
 // caller's values, cancelled only once every caller in the batch has given
