@@ -274,8 +274,9 @@ func (s *Store) ownedArgs(group []*op) []any {
 	return args
 }
 
-// ownedBytes bounds the bytes ownedArgs cuts from its buffer per op: the
-// name, now, a completion's header and its PX.
+// ownedBytes bounds the bytes ownedArgs cuts from an op's fixed buffer:
+// now, then a completion's header and its PX (or an extension's lease end
+// and GC margin).
 const ownedBytes = digits + 1 + 2*digits + 20
 
 // maxToken is the longest token the store sends; a longer one is no token
