@@ -46,7 +46,10 @@
 // flight, Claim, Complete, Release and Extend calls from other goroutines
 // queue, and the first of them, once the pipeline returns, sends everything
 // queued (up to Config.MaxBatch operations) as the next pipeline: one round
-// trip for the batch instead of one per call. There is no timer and no
+// trip for the batch instead of one per call; before it takes the batch it
+// yields the processor (runtime.Gosched, a few times at most while the
+// queue keeps growing), so that callers just woken by the previous round
+// trip join it. There is no timer and no
 // background goroutine: a lone caller sends its call at once, and a busy
 // consumer's 64 workers share a few round trips and one connection instead
 // of queueing for the client's pool. Each operation stays atomic on its own

@@ -89,7 +89,14 @@ func FuzzEncodeDecode(f *testing.F) {
 		if lease = clamp(lease); lease != 0 {
 			in.LeaseUntil = time.UnixMilli(lease)
 		}
-		r, _, err := decode("k", encodeRecord(in))
+		enc := encodeRecord(in)
+		// The claim's path appends the same bytes to a reused buffer.
+		state := []byte{stateInProgress, stateDone, stateFailed}[st%3]
+		want := encode(state, expires, lease, created, int(attempts), fence, token, fp, result)
+		if got := appendRecord([]byte("stale"), state, expires, lease, created, int(attempts), fence, token, fp, result); string(got) != "stale"+want {
+			t.Fatalf("appendRecord appended %q, encode gives %q", got, want)
+		}
+		r, _, err := decode("k", enc)
 		if err != nil {
 			t.Fatalf("decode(encodeRecord(%+v)): %v", in, err)
 		}

@@ -251,10 +251,12 @@ func (s *Store) newClaim(key, fingerprint string, lease, retention time.Duration
 	leaseEnd := p.now + p.leaseMs
 	expires := max(p.now+p.retentionMs, leaseEnd)
 	p.fence = storekit.NextFence(0, time.UnixMilli(p.now))
-	val := encode(stateInProgress, expires, leaseEnd, p.now, 1, p.fence, p.token, fingerprint, nil)
-	k := s.Key(key)
-	p.op = getOp(kindCommand, k)
-	p.op.args = append(p.op.args, "set", k, val, "px", expires-p.now+gcMargin, "nx", "get")
+	o := getOp(kindCommand, s.Key(key))
+	o.val = appendRecord(o.val[:0], stateInProgress, expires, leaseEnd, p.now, 1, p.fence, p.token, fingerprint, nil)
+	o.wire[0].b = o.val
+	o.px = expires - p.now + gcMargin
+	o.args = append(o.args, "set", &o.key, &o.wire[0], "px", &o.px, "nx", "get")
+	p.op = o
 	return p
 }
 

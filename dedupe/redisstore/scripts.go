@@ -3,6 +3,7 @@ package redisstore
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -94,23 +95,46 @@ func appendFence(b []byte, f uint64) []byte {
 // encode returns the stored form of a record, in one allocation.
 func encode(state byte, expires, leaseEnd, created int64, attempts int, fence uint64, token, fp string, result []byte) string {
 	var sb strings.Builder
-	sb.Grow(headerLen + len(token) + 1 + 20 + 1 + len(fp) + len(result))
+	sb.Grow(encodedLen(token, fp, result))
 	var h [headerLen + 21]byte
-	b := append(h[:0], state)
+	sb.Write(appendHeader(h[:0], state, expires, leaseEnd, created, attempts, fence))
+	sb.WriteString(token)
+	sb.Write(appendFPLen(h[:0], fp))
+	sb.WriteString(fp)
+	sb.Write(result)
+	return sb.String()
+}
+
+// appendRecord appends the stored form of a record to b: encode's bytes.
+func appendRecord(b []byte, state byte, expires, leaseEnd, created int64, attempts int, fence uint64, token, fp string, result []byte) []byte {
+	b = slices.Grow(b, encodedLen(token, fp, result))
+	b = appendHeader(b, state, expires, leaseEnd, created, attempts, fence)
+	b = append(b, token...)
+	b = appendFPLen(b, fp)
+	b = append(b, fp...)
+	return append(b, result...)
+}
+
+// encodedLen bounds the length of a record's stored form.
+func encodedLen(token, fp string, result []byte) int {
+	return headerLen + len(token) + 1 + 20 + 1 + len(fp) + len(result)
+}
+
+// appendHeader appends a record's fixed-width header.
+func appendHeader(b []byte, state byte, expires, leaseEnd, created int64, attempts int, fence uint64) []byte {
+	b = append(b, state)
 	b = appendMillis(b, expires)
 	b = appendMillis(b, leaseEnd)
 	b = appendMillis(b, created)
 	b = appendAttempts(b, attempts)
-	b = appendFence(b, fence)
-	sb.Write(b)
-	sb.WriteString(token)
-	b = append(h[:0], ':')
-	b = strconv.AppendInt(b, int64(len(fp)), 10)
+	return appendFence(b, fence)
+}
+
+// appendFPLen appends the ":" len(fingerprint) ":" that follows the token.
+func appendFPLen(b []byte, fp string) []byte {
 	b = append(b, ':')
-	sb.Write(b)
-	sb.WriteString(fp)
-	sb.Write(result)
-	return sb.String()
+	b = strconv.AppendInt(b, int64(len(fp)), 10)
+	return append(b, ':')
 }
 
 // encodeRecord is encode for a dedupe.Record.
@@ -260,7 +284,8 @@ return 1
 // script up front when it is out of memory, rather than fail a write in
 // the middle of it. The arguments come as they are, with no parsing in
 // Lua: the server's cost per key is the GET, the SET and a few
-// comparisons.
+// comparisons. The token is matched in place (string.find from byte 67,
+// plain), without cutting it out of the record as a new Lua string.
 const ownedLua = `#!lua
 local kinds = ARGV[1]
 local a = 2
@@ -274,8 +299,8 @@ for i = 1, #KEYS do
   local ok = false
   if type(v) == 'table' then
     out[i] = 'W'
-  elseif v and string.byte(v, 1) == 73 and now < string.sub(v, 2, 14)
-    and string.byte(v, 67 + n) == 58 and string.sub(v, 67, 66 + n) == tok then
+  elseif v and string.byte(v, 1) == 73 and string.byte(v, 67 + n) == 58
+    and string.find(v, tok, 67, true) == 67 and now < string.sub(v, 2, 14) then
     out[i] = '1'
     ok = true
   else
