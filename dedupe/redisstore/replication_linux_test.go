@@ -86,8 +86,13 @@ func TestWaitReplicas(t *testing.T) {
 	rec := &pipelines{}
 	mc.AddHook(rec)
 	var clock storetest.Clock
-	s := redisstore.New(mc, redisstore.Config{Prefix: "w:", Now: clock.Now, WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond})
+	// s waits long enough for a replica that answers, also on a loaded
+	// machine under -race; short is the same store with a short
+	// WaitTimeout, for the completions that must time out.
+	s := redisstore.New(mc, redisstore.Config{Prefix: "w:", Now: clock.Now, WaitReplicas: 1, WaitTimeout: 5 * time.Second})
+	short := redisstore.New(mc, redisstore.Config{Prefix: "w:", Now: clock.Now, WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond})
 	ctx := context.Background()
+	waitInSync(t, replica)
 	claim := func(key string) dedupe.Claim {
 		t.Helper()
 		c, err := s.Claim(ctx, key, "fp", time.Minute, time.Hour)
@@ -162,7 +167,7 @@ func TestWaitReplicas(t *testing.T) {
 		}()
 		// Claims do not wait for replicas.
 		e := claim("e")
-		err := s.Complete(ctx, "c", c.Token, dedupe.Result{Data: []byte("rc")}, time.Hour)
+		err := short.Complete(ctx, "c", c.Token, dedupe.Result{Data: []byte("rc")}, time.Hour)
 		if !errors.Is(err, redisstore.ErrNotReplicated) {
 			t.Fatalf("Complete with the replica stopped: %v, want ErrNotReplicated", err)
 		}
@@ -175,7 +180,7 @@ func TestWaitReplicas(t *testing.T) {
 			t.Errorf("claim after the unreplicated completion: %v %q %v, want duplicate", got.Status, got.Result.Data, err)
 		}
 		// A stale token is still answered as a lost lease: nothing was written.
-		if err := s.Complete(ctx, "d", "stale", dedupe.Result{}, time.Hour); !errors.Is(err, dedupe.ErrLeaseLost) {
+		if err := short.Complete(ctx, "d", "stale", dedupe.Result{}, time.Hour); !errors.Is(err, dedupe.ErrLeaseLost) {
 			t.Errorf("Complete with a stale token: %v, want ErrLeaseLost", err)
 		}
 		// Concurrent completions share the WAIT and all fail with it.
@@ -185,7 +190,7 @@ func TestWaitReplicas(t *testing.T) {
 			key string
 			c   dedupe.Claim
 		}{{"d", d}, {"e", e}} {
-			wg.Go(func() { errs[i] = s.Complete(ctx, cl.key, cl.c.Token, dedupe.Result{}, time.Hour) })
+			wg.Go(func() { errs[i] = short.Complete(ctx, cl.key, cl.c.Token, dedupe.Result{}, time.Hour) })
 		}
 		wg.Wait()
 		for i, err := range errs {
