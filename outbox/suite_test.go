@@ -307,17 +307,7 @@ func TestStoreTransientFailureKeepsKeyOrder(t *testing.T) {
 		if _, _, err := outbox.Round(ctx, r); err != nil {
 			t.Fatal(err)
 		}
-		state := func() map[string]outbox.Row {
-			rows, err := e.ob.List(ctx, db, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m := map[string]outbox.Row{}
-			for _, x := range rows {
-				m[x.ID] = x
-			}
-			return m
-		}
+		state := func() map[string]outbox.Row { return rowsByID(t, ctx, db, e.ob) }
 		s := state()
 		if s["k1"].State != outbox.StatePending || s["k1"].Attempts != 1 || s["k1"].LastError == "" ||
 			!s["k1"].NextAttemptAt.After(now.Add(59*time.Second)) {
@@ -361,6 +351,20 @@ func TestStoreTransientFailureKeepsKeyOrder(t *testing.T) {
 	})
 }
 
+// rowsByID returns the outbox's rows by id.
+func rowsByID(t *testing.T, ctx context.Context, db *sql.DB, ob *outbox.Outbox) map[string]outbox.Row {
+	t.Helper()
+	rows, err := ob.List(ctx, db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]outbox.Row{}
+	for _, x := range rows {
+		m[x.ID] = x
+	}
+	return m
+}
+
 // TestStoreUnattemptedRowKeepsItsState: a row left unattempted in a round
 // (an older row of its key failed transiently) stays exactly as it was
 // claimed, its earlier error, attempts and due time included, although on
@@ -382,17 +386,7 @@ func TestStoreUnattemptedRowKeepsItsState(t *testing.T) {
 		if _, _, err := outbox.Round(ctx, r); err != nil {
 			t.Fatal(err)
 		}
-		state := func() map[string]outbox.Row {
-			rows, err := e.ob.List(ctx, db, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m := map[string]outbox.Row{}
-			for _, x := range rows {
-				m[x.ID] = x
-			}
-			return m
-		}
+		state := func() map[string]outbox.Row { return rowsByID(t, ctx, db, e.ob) }
 		before := state()["y"]
 		if before.State != outbox.StatePending || before.Attempts != 1 || before.LastError == "" || before.NextAttemptAt.IsZero() {
 			t.Fatalf("y after its transient failure: %+v", before)
