@@ -8,7 +8,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 )
 
-// The consumer's histogram measurements — every delivery makes three or
+// The consumer's histogram measurements — every delivery makes two or
 // more — are not handed to the SDK one by one on the worker that made
 // them. They are appended to one of batchShards buffers and recorded into
 // the SDK in runs of batchSize, by whichever worker fills the buffer, and

@@ -65,7 +65,9 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 
 // BenchmarkConsumeOverhead runs the modes of BenchmarkConsumeObserved
 // and "nop" (consumer.NopObserver: what an Observer costs the pipeline
-// itself) interleaved — none, nop, metrics, traces-10pct, traces-all, then
+// itself) and "metrics-durations" (metrics with ConsumerOptions'
+// ProcessDuration and HandlerDuration) interleaved — none, nop, metrics,
+// metrics-durations, traces-10pct, traces-all, then
 // the reverse (IDEMQ_BENCH_MODES=none,metrics picks some, none first),
 // b.N rounds of 10,000 messages each, Redis dedupe — so that the machine's
 // changing load falls on every mode alike, and reports each mode's CPU per
@@ -78,7 +80,7 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 func BenchmarkConsumeOverhead(b *testing.B) {
 	env := harness.NATS(b)
 	const n = 10000
-	modes := []string{"none", "nop", "metrics", "traces-10pct", "traces-all"}
+	modes := []string{"none", "nop", "metrics", "metrics-durations", "traces-10pct", "traces-all"}
 	if m := os.Getenv("IDEMQ_BENCH_MODES"); m != "" {
 		modes = strings.Split(m, ",")
 	}
@@ -156,7 +158,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 	} else if mode != "none" {
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 		cfg := idemqotel.Config{MeterProvider: mp, TracerProvider: tracenoop.NewTracerProvider()}
-		if mode != "metrics" {
+		if tracing(mode) {
 			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(benchSampler(mode)))
 			defer func() { _ = tp.Shutdown(context.Background()) }()
 			cfg.TracerProvider = tp
@@ -166,7 +168,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 		if err != nil {
 			b.Fatal(err)
 		}
-		obs = tel.Consumer(idemqotel.ConsumerOptions{Group: "bench"})
+		obs = tel.Consumer(benchOptions(mode))
 	}
 	var done atomic.Int64
 	finished := make(chan struct{})
@@ -216,7 +218,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 // Observer costs the pipeline itself — its clock reads and calls). Compare
 // cpu-ns/op, which load from other processes does not inflate.
 func BenchmarkPipelineObserved(b *testing.B) {
-	for _, mode := range []string{"none", "nop", "metrics", "traces-10pct", "traces-all"} {
+	for _, mode := range []string{"none", "nop", "metrics", "metrics-durations", "traces-10pct", "traces-all"} {
 		b.Run(mode, func(b *testing.B) {
 			var obs consumer.Observer
 			if mode == "nop" {
@@ -225,7 +227,7 @@ func BenchmarkPipelineObserved(b *testing.B) {
 				mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 				defer func() { _ = mp.Shutdown(context.Background()) }()
 				cfg := idemqotel.Config{MeterProvider: mp, TracerProvider: tracenoop.NewTracerProvider()}
-				if mode != "metrics" {
+				if tracing(mode) {
 					tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(benchSampler(mode)))
 					defer func() { _ = tp.Shutdown(context.Background()) }()
 					cfg.TracerProvider = tp
@@ -234,7 +236,7 @@ func BenchmarkPipelineObserved(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				obs = tel.Consumer(idemqotel.ConsumerOptions{Group: "bench"})
+				obs = tel.Consumer(benchOptions(mode))
 			}
 			g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.MessageIDKey(), NoFingerprint: true}
 			p, err := consumer.NewPipeline(consumer.Config{Guard: g, Observer: obs, Logger: quiet(), HeartbeatInterval: -1},
@@ -270,6 +272,20 @@ func benchTraceparent(run int64, i int) string {
 		flags = "01"
 	}
 	return fmt.Sprintf("00-%016x%016x-b7ad6b7169203331-%s", run, i+1, flags)
+}
+
+// tracing reports whether mode records spans.
+func tracing(mode string) bool { return strings.HasPrefix(mode, "traces-") }
+
+// benchOptions is the consumer observer's options in mode: the defaults
+// (with a group), and in "metrics-durations" the opt-in duration
+// histograms too.
+func benchOptions(mode string) idemqotel.ConsumerOptions {
+	o := idemqotel.ConsumerOptions{Group: "bench"}
+	if mode == "metrics-durations" {
+		o.ProcessDuration, o.HandlerDuration = true, true
+	}
+	return o
 }
 
 // benchSampler is the consumer's sampler in mode: "traces-10pct" follows

@@ -53,7 +53,7 @@ func newConsumerFixture(t *testing.T, tel *telemetry, store *redisstore.Store) *
 		Pipeline: consumer.Config{
 			Logger:   quiet(),
 			Retry:    retry.Policy{MaxAttempts: 3, Backoff: retry.Constant(20 * time.Millisecond)},
-			Observer: tel.Consumer(idemqotel.ConsumerOptions{Group: "worker", HandlerDuration: true}),
+			Observer: tel.Consumer(idemqotel.ConsumerOptions{Group: "worker", ProcessDuration: true, HandlerDuration: true}),
 		},
 	}
 	return f

@@ -20,7 +20,8 @@
 // messaging.destination.name, messaging.consumer.group.name,
 // messaging.operation.name, error.type), plus idemq's own:
 //
-//	messaging.process.duration     s          a delivery through the pipeline, by idemq.outcome
+//	messaging.process.duration     s          a delivery through the pipeline, by idemq.outcome; with
+//	                                          ConsumerOptions.ProcessDuration (off by default)
 //	idemq.consumer.messages        {message}  deliveries by idemq.outcome: ack, retry, dead_letter, interrupted, unavailable
 //	idemq.dedupe.claims            {claim}    claims by idemq.dedupe.outcome: acquired, takeover, duplicate, busy,
 //	                                          conflict, invalid, store_error; idemq.component: consumer, http

@@ -28,7 +28,8 @@ const ScopeName = "github.com/idemq/idemq/idemqotel"
 const (
 	// MetricProcessDuration is the semantic-convention histogram of a
 	// delivery's processing through the pipeline (claim, handler, settle),
-	// in seconds, by idemq.outcome.
+	// in seconds, by idemq.outcome; recorded with
+	// ConsumerOptions.ProcessDuration.
 	MetricProcessDuration = "messaging.process.duration"
 	// MetricConsumerMessages counts deliveries by idemq.outcome (ack,
 	// retry, dead_letter, interrupted, unavailable) and

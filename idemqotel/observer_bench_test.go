@@ -21,7 +21,7 @@ func newBenchObserver(b *testing.B, mode string) *idemqotel.ConsumerObserver {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 	cfg := idemqotel.Config{MeterProvider: mp, TracerProvider: tracenoop.NewTracerProvider()}
-	if mode != "metrics" {
+	if tracing(mode) {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}), sdktrace.WithSampler(benchSampler(mode)))
 		b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 		cfg.TracerProvider = tp
@@ -30,7 +30,7 @@ func newBenchObserver(b *testing.B, mode string) *idemqotel.ConsumerObserver {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return tel.Consumer(idemqotel.ConsumerOptions{Group: "bench"})
+	return tel.Consumer(benchOptions(mode))
 }
 
 // observeOne makes the calls the pipeline makes on obs for one delivery
@@ -53,7 +53,7 @@ func observeOne(ctx context.Context, obs consumer.Observer, m *consumer.Message)
 // goroutines (which share the SDK's data points). ns/op and allocs/op are
 // the observer's cost per delivery.
 func BenchmarkObserverCalls(b *testing.B) {
-	for _, mode := range []string{"metrics", "traces-10pct", "traces-all"} {
+	for _, mode := range []string{"metrics", "metrics-durations", "traces-10pct", "traces-all"} {
 		for _, par := range []bool{false, true} {
 			name := mode
 			if par {

@@ -45,12 +45,13 @@ func TestSnoozeIsARetryCause(t *testing.T) {
 	}
 }
 
-// idemq.handler.duration is recorded for a consumer only with
-// HandlerDuration; messaging.process.duration always.
-func TestHandlerDurationOptIn(t *testing.T) {
-	for _, on := range []bool{false, true} {
+// messaging.process.duration and idemq.handler.duration are recorded for a
+// consumer only with ProcessDuration and HandlerDuration, each on its own;
+// the counts by outcome always.
+func TestDurationsOptIn(t *testing.T) {
+	for _, o := range []idemqotel.ConsumerOptions{{}, {ProcessDuration: true}, {HandlerDuration: true}, {ProcessDuration: true, HandlerDuration: true}} {
 		tel := newTelemetry(t)
-		p, err := consumer.NewPipeline(consumer.Config{Logger: quiet(), Observer: tel.Consumer(idemqotel.ConsumerOptions{HandlerDuration: on})},
+		p, err := consumer.NewPipeline(consumer.Config{Logger: quiet(), Observer: tel.Consumer(o)},
 			func(ctx context.Context, m *consumer.Message) error { return nil })
 		if err != nil {
 			t.Fatal(err)
@@ -61,15 +62,20 @@ func TestHandlerDurationOptIn(t *testing.T) {
 			}
 		}
 		rm := tel.metrics(t)
-		want := uint64(0)
-		if on {
-			want = 3
+		want := func(on bool) uint64 {
+			if on {
+				return 3
+			}
+			return 0
 		}
-		if got := count(rm, idemqotel.MetricHandlerDuration, attribute.String("idemq.component", "consumer")); got != want {
-			t.Errorf("HandlerDuration %v: %d handler durations, want %d", on, got, want)
+		if got := count(rm, idemqotel.MetricHandlerDuration, attribute.String("idemq.component", "consumer")); got != want(o.HandlerDuration) {
+			t.Errorf("%+v: %d handler durations, want %d", o, got, want(o.HandlerDuration))
 		}
-		if got := count(rm, idemqotel.MetricProcessDuration); got != 3 {
-			t.Errorf("HandlerDuration %v: %d process durations, want 3", on, got)
+		if got := count(rm, idemqotel.MetricProcessDuration, attribute.String("idemq.outcome", "ack")); got != want(o.ProcessDuration) {
+			t.Errorf("%+v: %d process durations, want %d", o, got, want(o.ProcessDuration))
+		}
+		if got := sum(rm, idemqotel.MetricConsumerMessages, attribute.String("idemq.outcome", "ack")); got != 3 {
+			t.Errorf("%+v: %d acked deliveries counted, want 3", o, got)
 		}
 	}
 }
@@ -101,7 +107,7 @@ func TestPausedByDependency(t *testing.T) {
 // advisories) counts in idemq.dead_letters, and as no delivery.
 func TestDeadLetteredOutsideProcess(t *testing.T) {
 	tel := newTelemetry(t)
-	obs := tel.Consumer(idemqotel.ConsumerOptions{Group: "worker"})
+	obs := tel.Consumer(idemqotel.ConsumerOptions{Group: "worker", ProcessDuration: true})
 	m := &consumer.Message{ID: "ORDERS:7", Subject: "orders.o-7", Attempt: 5, Sequence: 7}
 	obs.DeadLettered(context.Background(), m, consumer.ReasonExhausted, errors.New("max deliveries"))
 	obs.DeadLettered(context.Background(), m, 0, errors.New("no reason")) // not counted

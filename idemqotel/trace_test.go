@@ -112,7 +112,7 @@ func newSystemDLQ(t *testing.T, tel *telemetry, dlq bool) *system {
 		AckWait: 5 * time.Second, PullWait: time.Second, ShutdownNakDelay: 50 * time.Millisecond, AdvisoryStream: env.Name("ADV"),
 		DeadLetter:       natsjs.DeadLetterConfig{Subject: env.Subject("dlq.pay"), Stream: s.dlq, StreamSubjects: []string{env.Subject("dlq.>")}, NoCreateStream: !dlq},
 		MaxProbeInterval: 100 * time.Millisecond,
-		Pipeline:         consumer.Config{Logger: quiet(), Observer: tel.Consumer(idemqotel.ConsumerOptions{Group: s.dur})},
+		Pipeline:         consumer.Config{Logger: quiet(), Observer: tel.Consumer(idemqotel.ConsumerOptions{Group: s.dur, ProcessDuration: true})},
 	}, handler)
 	if err != nil {
 		t.Fatal(err)
