@@ -121,7 +121,9 @@ type Config struct {
 	// StoreTimeout bounds each dedupe store call made after the handler
 	// returned (Complete, Release) and each Extend. Those calls do not
 	// inherit the cancellation of Process's context, so a shutdown still
-	// records results and releases claims. Default 5s.
+	// records results and releases claims. A call is given at least
+	// StoreTimeout and at most StoreTimeout/64 (or 1ms) more: the calls
+	// that start within one such window share one timer. Default 5s.
 	StoreTimeout time.Duration
 	// Logger receives the pipeline's logs: panics with their stack, store
 	// failures, dead-letter decisions (Warn, with the reason and the
@@ -148,6 +150,7 @@ type Pipeline struct {
 	budgetDelay   time.Duration
 	heartbeat     time.Duration
 	storeTimeout  time.Duration
+	deadlines     *deadlines // StoreTimeout's shared timers
 	maxDeliveries int
 	deadLetter    DeadLetterFunc
 	unavailable   time.Duration
@@ -196,6 +199,7 @@ func NewPipeline(cfg Config, h Handler) (*Pipeline, error) {
 	if p.storeTimeout <= 0 {
 		p.storeTimeout = DefaultStoreTimeout
 	}
+	p.deadlines = newDeadlines(p.storeTimeout)
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -433,8 +437,7 @@ func (p *Pipeline) complete(ctx context.Context, m *Message, t *dedupe.Ticket, r
 	if t == nil {
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
-	defer cancel()
+	sctx := p.deadlines.context(ctx)
 	err := p.completeOnce(sctx, m, t, res)
 	// Retried with completeRetry's backoff while the store fails, without
 	// retry.Do, whose closure would cost the common case an allocation.
@@ -479,9 +482,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // caller's cancellation does not reach (a shutdown still settles claims)
 // and that StoreTimeout bounds.
 func (p *Pipeline) storeCall(ctx context.Context, m *Message, op StoreOp, call func(context.Context) error) error {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.storeTimeout)
-	defer cancel()
-	sctx, start := p.startStore(sctx, m, op)
+	sctx, start := p.startStore(p.deadlines.context(ctx), m, op)
 	err := call(sctx)
 	p.endStore(sctx, m, op, start, err)
 	return err
