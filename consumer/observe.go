@@ -43,14 +43,16 @@ type Observer interface {
 	// claim, each Complete try, Release, Delete, Snooze and each
 	// heartbeat's Extend.
 	StartStore(ctx context.Context, m *Message, op StoreOp) context.Context
-	// EndStore is called when that call returned, with its duration and
-	// error (nil on success; dedupe.ErrLeaseLost is an answer of the store,
-	// not an outage).
+	// EndStore is called when that call returned, with its duration (0
+	// when the Observer's Timings leave out TimeStore) and error (nil on
+	// success; dedupe.ErrLeaseLost is an answer of the store, not an
+	// outage).
 	EndStore(ctx context.Context, m *Message, op StoreOp, d time.Duration, err error)
 	// StartHandler is called before the handler runs.
 	StartHandler(ctx context.Context, m *Message) context.Context
 	// EndHandler is called when the handler returned (or panicked: err is
-	// then a *PanicError), with its duration.
+	// then a *PanicError), with its duration (0 when the Observer's Timings
+	// leave out TimeHandler).
 	EndHandler(ctx context.Context, m *Message, d time.Duration, err error)
 	// EndMessage is called last, with what Process decided.
 	EndMessage(ctx context.Context, m *Message, d Delivery)
@@ -81,6 +83,31 @@ type DeadLetterObserver interface {
 	DeadLettered(ctx context.Context, m *Message, reason Reason, err error)
 }
 
+// TimingObserver is implemented by an Observer that uses only some of the
+// durations the pipeline measures for it: the pipeline then reads the
+// clock only for those, and passes 0 for the others. NewPipeline asks
+// Timings once. An Observer without the method gets every duration.
+type TimingObserver interface {
+	// Timings reports the durations the observer uses.
+	Timings() Timings
+}
+
+// Timings is a set of the durations a Pipeline measures for its Observer.
+type Timings uint8
+
+const (
+	// TimeStore is EndStore's duration of each store call.
+	TimeStore Timings = 1 << iota
+	// TimeHandler is EndHandler's duration of the handler's run.
+	TimeHandler
+	// TimeDelivery is Delivery.Duration, the whole of Process.
+	TimeDelivery
+
+	// TimeAll is every duration: what an Observer that does not
+	// implement TimingObserver gets.
+	TimeAll = TimeStore | TimeHandler | TimeDelivery
+)
+
 // Delivery is the pipeline's account of one delivery, given to
 // Observer.EndMessage.
 type Delivery struct {
@@ -90,7 +117,8 @@ type Delivery struct {
 	// handler reported with Message.SetClaim (a transactional inbox). 0
 	// when there was no claim (no Guard, or shutdown interrupted it).
 	Claim ClaimResult
-	// Duration is how long Process took.
+	// Duration is how long Process took (0 when the Observer's Timings
+	// leave out TimeDelivery).
 	Duration time.Duration
 }
 
@@ -183,10 +211,20 @@ func (OutcomeFunc) EndHandler(context.Context, *Message, time.Duration, error) {
 // EndMessage calls f.
 func (f OutcomeFunc) EndMessage(_ context.Context, m *Message, d Delivery) { f(m, d) }
 
-// clock returns the monotonic time since the pipeline was made: the
-// observations' clock. It reads one clock where time.Now reads two (the
-// wall clock too), and a delivery takes eight readings.
-func (p *Pipeline) clock() time.Duration { return time.Since(p.epoch) }
+// Timings is TimeDelivery: f sees Delivery.Duration and no other duration.
+func (OutcomeFunc) Timings() Timings { return TimeDelivery }
+
+// clockFor returns the monotonic time since the pipeline was made, the
+// observations' clock, when the Observer uses the durations of t, and 0
+// without reading the clock otherwise. It reads one clock where time.Now
+// reads two (the wall clock too); a delivery takes up to eight readings,
+// two for each duration of the Observer's Timings.
+func (p *Pipeline) clockFor(t Timings) time.Duration {
+	if p.timings&t == 0 {
+		return 0
+	}
+	return time.Since(p.epoch)
+}
 
 // startStore opens the observation of a guard call: the context for the
 // call and its start (clock; 0 without an Observer).
@@ -194,13 +232,13 @@ func (p *Pipeline) startStore(ctx context.Context, m *Message, op StoreOp) (cont
 	if p.obs == nil {
 		return ctx, 0
 	}
-	return p.obs.StartStore(ctx, m, op), p.clock()
+	return p.obs.StartStore(ctx, m, op), p.clockFor(TimeStore)
 }
 
 // endStore closes the observation opened by startStore.
 func (p *Pipeline) endStore(ctx context.Context, m *Message, op StoreOp, start time.Duration, err error) {
 	if p.obs != nil {
-		p.obs.EndStore(ctx, m, op, p.clock()-start, err)
+		p.obs.EndStore(ctx, m, op, p.clockFor(TimeStore)-start, err)
 	}
 }
 
@@ -210,21 +248,21 @@ func (p *Pipeline) run(ctx context.Context, m *Message, t *dedupe.Ticket) (err e
 		return p.call(ctx, m, t)
 	}
 	hctx := p.obs.StartHandler(ctx, m)
-	start := p.clock()
+	start := p.clockFor(TimeHandler)
 	err, leaseLost = p.call(hctx, m, t)
-	p.obs.EndHandler(hctx, m, p.clock()-start, err)
+	p.obs.EndHandler(hctx, m, p.clockFor(TimeHandler)-start, err)
 	return err, leaseLost
 }
 
 // observe is Process with an Observer.
 func (p *Pipeline) observe(ctx context.Context, m *Message) Outcome {
-	start := p.clock()
+	start := p.clockFor(TimeDelivery)
 	ctx = p.obs.StartMessage(ctx, m)
 	out, claim := p.process(ctx, m)
 	if claim == 0 {
 		claim = m.claim
 	}
-	p.obs.EndMessage(ctx, m, Delivery{Outcome: out, Claim: claim, Duration: p.clock() - start})
+	p.obs.EndMessage(ctx, m, Delivery{Outcome: out, Claim: claim, Duration: p.clockFor(TimeDelivery) - start})
 	return out
 }
 

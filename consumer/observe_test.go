@@ -345,3 +345,103 @@ func BenchmarkProcess(b *testing.B) {
 		})
 	}
 }
+
+// durations is an Observer that writes down the durations it is given,
+// and, with timings set, declares that it uses only those.
+type durations struct {
+	consumer.NopObserver
+	mu                sync.Mutex
+	store             []time.Duration
+	handler, delivery time.Duration
+	timings           consumer.Timings
+}
+
+func (o *durations) EndStore(_ context.Context, _ *consumer.Message, _ consumer.StoreOp, d time.Duration, _ error) {
+	o.mu.Lock()
+	o.store = append(o.store, d)
+	o.mu.Unlock()
+}
+
+func (o *durations) EndHandler(_ context.Context, _ *consumer.Message, d time.Duration, _ error) {
+	o.mu.Lock()
+	o.handler = d
+	o.mu.Unlock()
+}
+
+func (o *durations) EndMessage(_ context.Context, _ *consumer.Message, d consumer.Delivery) {
+	o.mu.Lock()
+	o.delivery = d.Duration
+	o.mu.Unlock()
+}
+
+// timingObserver is durations that implements consumer.TimingObserver.
+type timingObserver struct{ *durations }
+
+func (o timingObserver) Timings() consumer.Timings { return o.timings }
+
+// slowStore takes at least a millisecond for each claim and completion, so
+// that the durations measured of them are positive.
+type slowStore struct{ dedupe.Store }
+
+func (s slowStore) Claim(ctx context.Context, key, fp string, lease, retention time.Duration) (dedupe.Claim, error) {
+	time.Sleep(time.Millisecond)
+	return s.Store.Claim(ctx, key, fp, lease, retention)
+}
+
+func (s slowStore) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
+	time.Sleep(time.Millisecond)
+	return s.Store.Complete(ctx, key, token, res, retention)
+}
+
+// An Observer gets every duration, and one implementing TimingObserver
+// only those it declares (0 for the others).
+func TestObserverTimings(t *testing.T) {
+	cases := []struct {
+		name     string
+		declares bool
+		timings  consumer.Timings
+	}{
+		{"all by default", false, 0},
+		{"none", true, 0},
+		{"store", true, consumer.TimeStore},
+		{"handler", true, consumer.TimeHandler},
+		{"delivery", true, consumer.TimeDelivery},
+		{"all", true, consumer.TimeAll},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &durations{timings: tc.timings}
+			var obs consumer.Observer = rec
+			want := consumer.TimeAll
+			if tc.declares {
+				obs, want = timingObserver{rec}, tc.timings
+			}
+			p := newPipeline(t, consumer.Config{Guard: guard(slowStore{memstore.New(memstore.Config{})}), Observer: obs},
+				func(context.Context, *consumer.Message) error { time.Sleep(time.Millisecond); return nil })
+			m := &consumer.Message{ID: "m1", Header: map[string][]string{"Idempotency-Key": {"k1"}}, Data: []byte(`{}`), Attempt: 1}
+			if out := p.Process(context.Background(), m); out.Action != consumer.Ack {
+				t.Fatalf("outcome %+v", out)
+			}
+			check := func(what string, d time.Duration, measured bool) {
+				t.Helper()
+				if measured && d < time.Millisecond || !measured && d != 0 {
+					t.Errorf("%s duration %v, want measured: %v", what, d, measured)
+				}
+			}
+			if len(rec.store) != 2 {
+				t.Fatalf("%d store durations, want 2 (claim, complete)", len(rec.store))
+			}
+			for _, d := range rec.store {
+				check("store", d, want&consumer.TimeStore != 0)
+			}
+			check("handler", rec.handler, want&consumer.TimeHandler != 0)
+			check("delivery", rec.delivery, want&consumer.TimeDelivery != 0)
+		})
+	}
+}
+
+func TestOutcomeFuncTimings(t *testing.T) {
+	if got := (consumer.OutcomeFunc(nil)).Timings(); got != consumer.TimeDelivery {
+		t.Errorf("OutcomeFunc timings %v, want TimeDelivery", got)
+	}
+}

@@ -157,6 +157,7 @@ type Pipeline struct {
 	busyRecheck   time.Duration
 	log           *slog.Logger
 	obs           Observer
+	timings       Timings   // the durations obs uses
 	epoch         time.Time // of clock, with its monotonic reading
 	flights       flights
 }
@@ -184,6 +185,10 @@ func NewPipeline(cfg Config, h Handler) (*Pipeline, error) {
 		epoch:         time.Now(),
 	}
 	p.flights.init()
+	p.timings = TimeAll
+	if t, ok := p.obs.(TimingObserver); ok {
+		p.timings = t.Timings()
+	}
 	if p.maxDeliveries == 0 {
 		p.maxDeliveries = DefaultMaxDeliveries
 	}

@@ -110,6 +110,7 @@ type ConsumerObserver struct {
 var (
 	_ consumer.PauseObserver      = (*ConsumerObserver)(nil)
 	_ consumer.DeadLetterObserver = (*ConsumerObserver)(nil)
+	_ consumer.TimingObserver     = (*ConsumerObserver)(nil)
 )
 
 // Outcomes of idemq.outcome, in index order.
@@ -204,6 +205,20 @@ func (c *ConsumerObserver) destOf(m *consumer.Message) *dest {
 	c.dests.Store(m.Subject, d)
 	c.last.Store(d)
 	return d
+}
+
+// Timings implements consumer.TimingObserver: the store calls' durations,
+// and the handler's and the delivery's with ConsumerOptions.HandlerDuration
+// and ProcessDuration; spans take their own times.
+func (c *ConsumerObserver) Timings() consumer.Timings {
+	t := consumer.TimeStore
+	if c.o.HandlerDuration {
+		t |= consumer.TimeHandler
+	}
+	if c.o.ProcessDuration {
+		t |= consumer.TimeDelivery
+	}
+	return t
 }
 
 // StartMessage starts the process span, a child of the producer's trace

@@ -51,6 +51,16 @@ func TestSnoozeIsARetryCause(t *testing.T) {
 func TestDurationsOptIn(t *testing.T) {
 	for _, o := range []idemqotel.ConsumerOptions{{}, {ProcessDuration: true}, {HandlerDuration: true}, {ProcessDuration: true, HandlerDuration: true}} {
 		tel := newTelemetry(t)
+		wantTimings := consumer.TimeStore
+		if o.ProcessDuration {
+			wantTimings |= consumer.TimeDelivery
+		}
+		if o.HandlerDuration {
+			wantTimings |= consumer.TimeHandler
+		}
+		if got := tel.Consumer(o).Timings(); got != wantTimings {
+			t.Errorf("%+v: timings %b, want %b", o, got, wantTimings)
+		}
 		p, err := consumer.NewPipeline(consumer.Config{Logger: quiet(), Observer: tel.Consumer(o)},
 			func(ctx context.Context, m *consumer.Message) error { return nil })
 		if err != nil {
