@@ -71,15 +71,17 @@ type Publisher interface {
 type JetStreamPublisher struct {
 	js jetstream.JetStream
 
-	// async publishes with an ack timeout (WithPublishAsyncTimeout), so a
-	// PubAck that never comes frees its slot in the async window instead
-	// of holding it for good; used for a wrapped context only.
+	// async is the context PublishMsgAsync goes through: a wrapped context
+	// as given, or, should the PubAck subscription fail, a context of the
+	// same connection with an ack timeout (WithPublishAsyncTimeout), so
+	// that a PubAck that never comes frees its slot in the async window
+	// instead of holding it for good. Made on the first Publish.
 	once     sync.Once
 	async    jetstream.JetStream
 	asyncErr error
 
-	// acks routes the PubAcks of nats.go's own context; made on the first
-	// Publish.
+	// acks publishes on nats.go's own context and routes its PubAcks;
+	// made on the first Publish.
 	acks *ackRouter
 }
 
