@@ -65,7 +65,10 @@ type Publisher interface {
 // itself: no PubAckFuture, channel, timer or JSON decoding per message, and
 // no async window (PublishAsyncMaxPending does not apply). A PubAck that
 // does not come within the timeout is given up, and one that comes later is
-// dropped. Any other implementation of jetstream.JetStream (a tracing
+// dropped. A "no responders" answer (no stream captures the subject, or
+// its stream is between leaders) is the message's result at once, where
+// PublishMsgAsync would first republish it twice 250ms apart: the relay
+// retries the row with its own backoff. Any other implementation of jetstream.JetStream (a tracing
 // wrapper, a test double) is published through with PublishMsgAsync, so
 // that it sees every publish.
 type JetStreamPublisher struct {
