@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -191,38 +192,71 @@ func (a *ackRouter) pubAck(m *nats.Msg) PublishResult {
 	return PublishResult{Stream: pa.Stream, Duplicate: pa.Duplicate}
 }
 
-// quickAck reads the stream name and the duplicate flag of a plain PubAck
-// as nats-server writes it ({"stream":"S","seq":1} and optional fields such
-// as "duplicate": true),
-// without a JSON decoder; ok is false for anything else (an error, an
-// escaped stream name), which the decoder then reads.
+// quickAck reads the stream name and the duplicate flag of a PubAck in
+// one of the forms nats-server writes for a stored message,
+//
+//	{"stream":"S","seq":1}
+//	{"stream":"S","domain":"D","seq":1}
+//	{"stream":"S","seq":1,"duplicate": true}
+//
+// (the duplicate flag also without the space, the domain with it), without
+// a JSON decoder; ok is false for anything else (an error, an escaped name,
+// other fields, other spacing), which the decoder then reads.
 func (a *ackRouter) quickAck(data []byte) (stream string, duplicate, ok bool) {
-	const key = `{"stream":"`
-	if !bytes.HasPrefix(data, []byte(key)) || bytes.Contains(data, []byte(`"error"`)) {
+	name, rest, ok := quotedField(data, `{"stream":"`)
+	if !ok || len(name) == 0 {
 		return "", false, false
 	}
-	name := data[len(key):]
-	end := bytes.IndexByte(name, '"')
-	if end <= 0 || bytes.IndexByte(name[:end], '\\') >= 0 || !json.Valid(data) {
+	if _, r, ok := quotedField(rest, `,"domain":"`); ok {
+		rest = r
+	}
+	rest, ok = bytes.CutPrefix(rest, []byte(`,"seq":`))
+	if !ok {
 		return "", false, false
 	}
-	name = name[:end]
+	digits := 0
+	for digits < len(rest) && rest[digits] >= '0' && rest[digits] <= '9' {
+		digits++
+	}
+	if digits == 0 || digits > 20 {
+		return "", false, false
+	}
+	switch string(rest[digits:]) {
+	case `}`:
+	case `,"duplicate": true}`, `,"duplicate":true}`:
+		duplicate = true
+	default:
+		return "", false, false
+	}
 	if string(name) != a.stream {
 		a.stream = string(name)
 	}
-	return a.stream, jsonTrue(data[len(key)+end:], `"duplicate"`), true
+	return a.stream, duplicate, true
 }
 
-// jsonTrue reports whether data, valid JSON, holds key with the value true
-// ("duplicate": true, as nats-server writes it, or without the space).
-func jsonTrue(data []byte, key string) bool {
-	i := bytes.Index(data, []byte(key))
-	if i < 0 {
-		return false
+// quotedField cuts prefix (ending in an opening quote) and a string up to
+// its closing quote from data, and returns the string and what follows the
+// quote; ok is false when data does not start with prefix or the string
+// is not one the JSON decoder reads as it is (see plainJSONString).
+func quotedField(data []byte, prefix string) (value, rest []byte, ok bool) {
+	rest, ok = bytes.CutPrefix(data, []byte(prefix))
+	if !ok {
+		return nil, nil, false
 	}
-	v := bytes.TrimLeft(data[i+len(key):], " \t\r\n")
-	if len(v) == 0 || v[0] != ':' {
-		return false
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 || !plainJSONString(rest[:end]) {
+		return nil, nil, false
 	}
-	return bytes.HasPrefix(bytes.TrimLeft(v[1:], " \t\r\n"), []byte("true"))
+	return rest[:end], rest[end+1:], true
+}
+
+// plainJSONString reports whether b, the inside of a JSON string, reads as
+// exactly its bytes: valid UTF-8, no escape, no control character.
+func plainJSONString(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c == '\\' {
+			return false
+		}
+	}
+	return utf8.Valid(b)
 }

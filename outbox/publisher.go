@@ -68,9 +68,12 @@ type Publisher interface {
 // dropped. A "no responders" answer (no stream captures the subject, or
 // its stream is between leaders) is the message's result at once, where
 // PublishMsgAsync would first republish it twice 250ms apart: the relay
-// retries the row with its own backoff. Any other implementation of jetstream.JetStream (a tracing
-// wrapper, a test double) is published through with PublishMsgAsync, so
-// that it sees every publish.
+// retries the row with its own backoff. The PubAcks' subscription is made
+// on the first Publish and lasts as long as the connection: make one
+// JetStreamPublisher per relay, not one per round. Any other
+// implementation of jetstream.JetStream (a tracing wrapper, a test double)
+// is published through with PublishMsgAsync, so that it sees every
+// publish.
 type JetStreamPublisher struct {
 	js jetstream.JetStream
 
