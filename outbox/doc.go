@@ -79,7 +79,10 @@
 // are published asynchronously and, while their PubAcks are awaited, the
 // transaction marks them all sent (unless DeleteSent), puts back the rows
 // whose publish did not succeed once the answers are in, and commits: the
-// marks become visible only with the PubAcks in hand. AddTx signals
+// marks become visible only with the PubAcks in hand. On nats.go's own
+// JetStream context the rows go out on its connection with reply subjects
+// of the relay's, whose PubAcks one subscription reads (JetStreamPublisher),
+// at a fraction of PublishMsgAsync's client CPU. AddTx signals
 // pg_notify, delivered at commit; relays LISTEN
 // (reconnecting on failure) and also poll every PollInterval (1s). SQLite:
 // one round at a time under BEGIN IMMEDIATE, polling every 100ms.

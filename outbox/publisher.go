@@ -58,16 +58,37 @@ type Publisher interface {
 // JetStreamPublisher publishes outbox rows to NATS JetStream with
 // Nats-Msg-Id = the row id, asynchronously, waiting for every PubAck; the
 // streams' Duplicates windows drop republishes. Build it with JetStream.
+//
+// On nats.go's own JetStream context (what jetstream.New and its variants
+// return) it publishes on the context's connection with reply subjects of
+// its own, one subscription answering them all, and reads the PubAcks
+// itself: no PubAckFuture, channel, timer or JSON decoding per message, and
+// no async window (PublishAsyncMaxPending does not apply). A PubAck that
+// does not come within the timeout is given up, and one that comes later is
+// dropped. A "no responders" answer (no stream captures the subject, or
+// its stream is between leaders) is the message's result at once, where
+// PublishMsgAsync would first republish it twice 250ms apart: the relay
+// retries the row with its own backoff. The PubAcks' subscription is made
+// on the first Publish and lasts as long as the connection: make one
+// JetStreamPublisher per relay, not one per round. Any other
+// implementation of jetstream.JetStream (a tracing wrapper, a test double)
+// is published through with PublishMsgAsync, so that it sees every
+// publish.
 type JetStreamPublisher struct {
 	js jetstream.JetStream
 
-	// async publishes with an ack timeout (WithPublishAsyncTimeout), so a
-	// PubAck that never comes frees its slot in the async window instead
-	// of holding it for good; made on the first Publish from js's
-	// connection, API prefix or domain.
+	// async is the context PublishMsgAsync goes through: a wrapped context
+	// as given, or, should the PubAck subscription fail, a context of the
+	// same connection with an ack timeout (WithPublishAsyncTimeout), so
+	// that a PubAck that never comes frees its slot in the async window
+	// instead of holding it for good. Made on the first Publish.
 	once     sync.Once
 	async    jetstream.JetStream
 	asyncErr error
+
+	// acks publishes on nats.go's own context and routes its PubAcks;
+	// made on the first Publish.
+	acks *ackRouter
 }
 
 // JetStream returns the Publisher that publishes through js.
@@ -83,18 +104,22 @@ func isNATSJetStream(js jetstream.JetStream) bool {
 		t.Elem().PkgPath() == "github.com/nats-io/nats.go/jetstream" && t.Elem().Name() == "jetStream"
 }
 
-// asyncContext returns the context the asynchronous publishes go through:
-// one of the caller's connection and API prefix or domain whose pending
-// PubAcks expire after timeout. An unanswered publish (an election, a node
-// down) then fails with a timeout and frees its place, and the relay
-// retries its row, instead of filling PublishAsyncMaxPending for ever.
-func (p *JetStreamPublisher) asyncContext(timeout time.Duration) (jetstream.JetStream, error) {
+// asyncContext returns the context the asynchronous publishes of a wrapped
+// context go through: js itself, given WithPublishAsyncTimeout by its
+// owner. nats.go's own context is published on directly (see
+// JetStreamPublisher), or through a context of the caller's connection
+// whose pending PubAcks expire after timeout, when its reply subscription
+// cannot be made.
+func (p *JetStreamPublisher) asyncContext(timeout time.Duration) (jetstream.JetStream, *ackRouter, error) {
 	p.once.Do(func() {
 		if !isNATSJetStream(p.js) {
 			// A wrapper (tracing, tests): publish through it as given, so
 			// that it sees every publish; give it WithPublishAsyncTimeout
 			// yourself.
 			p.async = p.js
+			return
+		}
+		if p.acks, p.asyncErr = newAckRouter(p.js.Conn()); p.asyncErr == nil {
 			return
 		}
 		o := p.js.Options()
@@ -108,15 +133,30 @@ func (p *JetStreamPublisher) asyncContext(timeout time.Duration) (jetstream.JetS
 			p.async, p.asyncErr = jetstream.New(p.js.Conn(), opts...)
 		}
 	})
-	return p.async, p.asyncErr
+	return p.async, p.acks, p.asyncErr
 }
 
 // Publish implements Publisher.
 func (p *JetStreamPublisher) Publish(ctx context.Context, msgs []Outgoing, res []PublishResult, timeout time.Duration) error {
-	async, err := p.asyncContext(timeout)
+	async, acks, err := p.asyncContext(timeout)
 	if err != nil {
 		return fmt.Errorf("outbox: jetstream publishing context: %w", err)
 	}
+	if acks != nil {
+		err = acks.publish(ctx, msgs, res, timeout)
+	} else {
+		err = publishAsync(ctx, async, msgs, res, timeout)
+	}
+	if err != nil {
+		return err
+	}
+	p.confirmNoStream(ctx, msgs, res, timeout)
+	return nil
+}
+
+// publishAsync publishes msgs through js's PublishMsgAsync and waits for
+// their PubAckFutures.
+func publishAsync(ctx context.Context, async jetstream.JetStream, msgs []Outgoing, res []PublishResult, timeout time.Duration) error {
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, x := range msgs {
 		msg := &nats.Msg{Subject: x.Subject, Header: nats.Header(x.Header), Data: x.Data}
@@ -161,7 +201,6 @@ func (p *JetStreamPublisher) Publish(ctx context.Context, msgs []Outgoing, res [
 			return ctx.Err()
 		}
 	}
-	p.confirmNoStream(ctx, msgs, res, timeout)
 	return nil
 }
 
@@ -272,10 +311,12 @@ func (r *Relay) checkAcked(ctx context.Context, outs []*outcome) {
 	if js == nil {
 		return
 	}
+	last := "" // a round's rows mostly name one stream: look each up once
 	for _, o := range outs {
-		if o == nil || o.stream == "" {
+		if o == nil || o.stream == "" || o.stream == last {
 			continue
 		}
+		last = o.stream
 		if _, seen := r.checked.LoadOrStore(o.stream, struct{}{}); seen {
 			continue
 		}

@@ -17,8 +17,10 @@ import (
 // Relay defaults.
 const (
 	// DefaultBatchSize is RelayConfig.BatchSize when zero: 2000 rows, so
-	// that DefaultRelayWorkers rounds together fill nats.go's default async
-	// publish window (4000) and a round's fixed costs weigh less per row.
+	// that a round's fixed costs weigh little per row, and
+	// DefaultRelayWorkers rounds together stay within nats.go's default
+	// async publish window (4000) where a wrapped JetStream context
+	// publishes through it (see JetStreamPublisher).
 	DefaultBatchSize = 2000
 	// DefaultPostgresPoll is the Postgres polling interval when zero: 1s
 	// (a fallback; LISTEN/NOTIFY wakes the relay within milliseconds).
@@ -64,9 +66,10 @@ type RelayConfig struct {
 	// without schema, as Outbox uses.
 	Channel string
 	// BatchSize is the most rows claimed and published per round.
-	// Default DefaultBatchSize (2000). Keep it at most the JetStream
-	// context's async publish window (PublishAsyncMaxPending, default 4000);
-	// see Workers.
+	// Default DefaultBatchSize (2000). Through a wrapped JetStream context
+	// (not nats.go's own; see JetStreamPublisher), keep it at most the
+	// context's async publish window (PublishAsyncMaxPending, default
+	// 4000); see Workers.
 	BatchSize int
 	// PollInterval is how often the relay looks for rows when nothing woke
 	// it. Default DefaultPostgresPoll (1s) on Postgres, DefaultSQLitePoll
@@ -79,9 +82,10 @@ type RelayConfig struct {
 	// Postgres; always 1 on SQLite, whose rounds serialise on the write
 	// lock. 4 drains a backlog faster (BenchmarkRelayVsRawPublish) but, on a
 	// busy machine, adds concurrent small rounds that raise
-	// commit-to-publish latency. Workers × BatchSize above the JetStream
-	// context's PublishAsyncMaxPending makes rounds wait for room in the
-	// async window (up to PublishTimeout).
+	// commit-to-publish latency. Through a wrapped JetStream context,
+	// Workers × BatchSize above its PublishAsyncMaxPending makes rounds
+	// wait for room in the async window (up to PublishTimeout); nats.go's
+	// own context has no such window here.
 	Workers int
 	// DeleteSent deletes each acknowledged row in the transaction that
 	// would otherwise mark it sent. On Postgres a DELETE costs a fraction of

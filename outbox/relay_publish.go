@@ -11,6 +11,7 @@ import "context"
 // row was not attempted and stays pending as it was.
 func (r *Relay) publish(ctx context.Context, rows []row) ([]*outcome, error) {
 	outs := make([]*outcome, len(rows))
+	slots := make([]outcome, len(rows)) // outs[i] points into slots[i]
 	byKey := map[string][]int{}
 	var keys []string
 	var wave []int
@@ -29,7 +30,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]*outcome, error) {
 	}
 	next := map[string]int{}
 	for len(wave) > 0 {
-		if err := r.publishWave(ctx, rows, wave, outs); err != nil {
+		if err := r.publishWave(ctx, rows, wave, outs, slots); err != nil {
 			return nil, err
 		}
 		wave = wave[:0]
@@ -55,15 +56,17 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]*outcome, error) {
 }
 
 // publishWave publishes rows[idx...] through the Publisher, waiting at
-// most PublishTimeout for their acknowledgements.
-func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*outcome) error {
+// most PublishTimeout for their acknowledgements; each row's outcome is
+// written to slots[i] and outs[i] set to point at it.
+func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*outcome, slots []outcome) error {
 	msgs := make([]Outgoing, 0, len(idx))
 	sent := make([]int, 0, len(idx))
 	for _, i := range idx {
 		x := rows[i]
 		h, err := decodeHeader(x.Header)
 		if err != nil {
-			outs[i] = &outcome{err: err, permanent: true}
+			slots[i] = outcome{err: err, permanent: true}
+			outs[i] = &slots[i]
 			continue
 		}
 		msgs = append(msgs, Outgoing{ID: x.ID, Subject: x.Subject, Header: h, Data: x.Data})
@@ -90,7 +93,8 @@ func (r *Relay) publishWave(ctx context.Context, rows []row, idx []int, outs []*
 	}
 	for j, i := range sent {
 		x := res[j]
-		outs[i] = &outcome{err: x.Err, permanent: x.Err != nil && x.Rejected, duplicate: x.Duplicate, stream: x.Stream}
+		slots[i] = outcome{err: x.Err, permanent: x.Err != nil && x.Rejected, duplicate: x.Duplicate, stream: x.Stream}
+		outs[i] = &slots[i]
 	}
 	return nil
 }

@@ -77,9 +77,15 @@ func (r *Relay) begin(ctx context.Context) (*relayTx, error) {
 
 // claim selects up to BatchSize due pending rows with seq at least floor in
 // sequence order; on Postgres they are locked (FOR UPDATE SKIP LOCKED), so
-// concurrent relays take disjoint batches.
+// concurrent relays take disjoint batches. created_at is read only for a
+// RelayObserver (the lag it reports); without one the column is not
+// fetched and CreatedAt stays invalid.
 func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64) ([]row, error) {
-	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts, created_at, last_error FROM ` + r.o.Table +
+	created := "NULL"
+	if r.obs != nil {
+		created = "created_at"
+	}
+	query := `SELECT seq, id, subject, headers, data, ordering_key, attempts, ` + created + `, last_error FROM ` + r.o.Table +
 		` WHERE state = 'pending' AND seq >= ` + r.d.ph(1) + ` AND (next_attempt_at IS NULL OR next_attempt_at <= ` + r.d.ph(2) +
 		`) ORDER BY seq LIMIT ` + r.d.ph(3)
 	if r.d.kind == sqlstore.Postgres {
@@ -90,23 +96,75 @@ func (r *Relay) claim(ctx context.Context, q Querier, now time.Time, floor int64
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
 	defer rs.Close()
-	var rows []row
+	// While a backlog drains, claims come back full: room for a whole
+	// batch at once instead of growing the slice through its doublings.
+	size := 16
+	if r.backlog.Load() {
+		size = r.o.BatchSize
+	}
+	rows := make([]row, 0, size)
+	// The bodies and headers of the batch are copied into one growing
+	// buffer (the driver's bytes are valid only until the next row) rather
+	// than into an allocation each.
+	var buf []byte
 	for rs.Next() {
-		var x row
+		rows = append(rows, row{})
+		x := &rows[len(rows)-1]
 		var attempts int64
-		if err := rs.Scan(intCol{&x.Seq}, &x.ID, &x.Subject, &x.Header, &x.Data, &x.OrderingKey, intCol{&attempts}, &x.CreatedAt, &x.LastError); err != nil {
+		if err := rs.Scan(intCol{&x.Seq}, &x.ID, &x.Subject, bytesCol{&x.Header, &buf, false}, bytesCol{&x.Data, &buf, true},
+			&x.OrderingKey, intCol{&attempts}, &x.CreatedAt, &x.LastError); err != nil {
 			return nil, fmt.Errorf("outbox: claim: %w", err)
 		}
 		x.Attempts = int(attempts)
-		if x.Data == nil {
-			x.Data = []byte{}
-		}
-		rows = append(rows, x)
 	}
 	if err := rs.Err(); err != nil {
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
 	return rows, nil
+}
+
+// bytesCol scans a BYTEA/BLOB column into *v as a copy of the driver's
+// bytes appended to *buf, so that the rows of one claim share a few
+// allocations. The copy is capped at its length, so appending to it
+// reallocates instead of overwriting the next row's bytes. NULL gives nil,
+// or an empty slice with notNil.
+type bytesCol struct {
+	v      *[]byte
+	buf    *[]byte
+	notNil bool
+}
+
+// Scan implements sql.Scanner.
+func (c bytesCol) Scan(src any) error {
+	var b []byte
+	switch x := src.(type) {
+	case nil:
+		if c.notNil {
+			*c.v = []byte{}
+		} else {
+			*c.v = nil
+		}
+		return nil
+	case []byte:
+		b = x
+	case string:
+		b = []byte(x)
+	default:
+		return fmt.Errorf("outbox: cannot scan %T as bytes", src)
+	}
+	if len(b) == 0 {
+		*c.v = []byte{}
+		return nil
+	}
+	start := len(*c.buf)
+	if cap(*c.buf)-start < len(b) {
+		// A new buffer: the rows scanned so far keep the old one.
+		*c.buf = make([]byte, 0, max(2*cap(*c.buf), len(b), 4096))
+		start = 0
+	}
+	*c.buf = append(*c.buf, b...)
+	*c.v = (*c.buf)[start : start+len(b) : start+len(b)]
+	return nil
 }
 
 // intCol scans a NOT NULL integer column: the driver's int64 directly,
@@ -208,7 +266,7 @@ func (r *Relay) keepOrder(ctx context.Context, q Querier, rows []row) ([]row, er
 
 // mark records the outcome of a round in the claim transaction.
 func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome, now time.Time) (int, error) {
-	var sent []any
+	var sent []int64
 	done := 0
 	for i, o := range outs {
 		switch {
@@ -238,23 +296,19 @@ func (r *Relay) mark(ctx context.Context, q Querier, rows []row, outs []*outcome
 	return done + len(sent), nil
 }
 
-// markSent marks the rows with the given seqs (int64) sent, or deletes
-// them with DeleteSent.
-func (r *Relay) markSent(ctx context.Context, q Querier, sent []any, now time.Time) error {
+// markSent marks the rows with the given seqs sent, or deletes them with
+// DeleteSent.
+func (r *Relay) markSent(ctx context.Context, q Querier, sent []int64, now time.Time) error {
 	if len(sent) == 0 {
 		return nil
 	}
 	if r.d.kind == sqlstore.Postgres {
-		seqs := make([]int64, len(sent))
-		for i, v := range sent {
-			seqs[i] = v.(int64)
-		}
 		var err error
 		if r.o.DeleteSent {
-			_, err = q.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq = ANY($1::bigint[])`, seqs)
+			_, err = q.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq = ANY($1::bigint[])`, sent)
 		} else {
 			_, err = q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'sent', sent_at = $1, attempts = attempts + 1, last_error = NULL WHERE seq = ANY($2::bigint[])`,
-				r.d.ts(now), seqs)
+				r.d.ts(now), sent)
 		}
 		if err != nil {
 			return fmt.Errorf("outbox: mark sent: %w", err)
@@ -263,11 +317,17 @@ func (r *Relay) markSent(ctx context.Context, q Querier, sent []any, now time.Ti
 	}
 	for start := 0; start < len(sent); start += insertChunk {
 		chunk := sent[start:min(start+insertChunk, len(sent))]
+		args := make([]any, 0, len(chunk)+1)
+		if !r.o.DeleteSent {
+			args = append(args, r.d.ts(now))
+		}
+		for _, seq := range chunk {
+			args = append(args, seq)
+		}
 		var err error
 		if r.o.DeleteSent {
-			_, err = q.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq IN (`+r.d.list(1, len(chunk))+`)`, chunk...)
+			_, err = q.ExecContext(ctx, `DELETE FROM `+r.o.Table+` WHERE seq IN (`+r.d.list(1, len(chunk))+`)`, args...)
 		} else {
-			args := append([]any{r.d.ts(now)}, chunk...)
 			_, err = q.ExecContext(ctx, `UPDATE `+r.o.Table+` SET state = 'sent', sent_at = `+r.d.ph(1)+
 				`, attempts = attempts + 1, last_error = NULL WHERE seq IN (`+r.d.list(2, len(chunk))+`)`, args...)
 		}
@@ -305,7 +365,7 @@ func (r *Relay) publishMarking(ctx context.Context, q Querier, rows []row) (outs
 	}()
 	markErr = r.asyncCommit(ctx, q)
 	if markErr == nil {
-		seqs := make([]any, len(rows))
+		seqs := make([]int64, len(rows))
 		for i := range rows {
 			seqs[i] = rows[i].Seq
 		}
