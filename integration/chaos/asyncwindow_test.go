@@ -19,32 +19,28 @@ import (
 // context in TestRelayRecoversAfterUnansweredPublishes.
 const asyncWindow = 400
 
-// TestRelayRecoversAfterUnansweredPublishes shows a relay that stops
-// publishing for good once enough of its publishes got no answer at all.
-// On a cluster that happens to every publish in flight to a stream leader
-// that dies (TestRelayClusterLeaderKill ends with such unanswered
-// publishes left in the relays' jetstream contexts), and to publishes
-// routed to a node that holds the subject's interest but will not reply.
+// TestRelayRecoversAfterUnansweredPublishes checks that a relay keeps
+// publishing after many of its publishes got no answer at all. On a
+// cluster that happens to every publish in flight to a stream leader that
+// dies (TestRelayClusterLeaderKill), and to publishes routed to a node
+// that holds the subject's interest but will not reply.
 //
-// outbox.JetStreamPublisher publishes with PublishMsgAsync and stops waiting
-// after PublishTimeout, but the jetstream context keeps every unanswered
-// PubAckFuture in its pending map unless it was created with
-// jetstream.WithPublishAsyncTimeout, which the relay neither sets nor asks
-// for; nats.go drops pending futures only when the connection reconnects,
-// and a client connected to a surviving node does not reconnect. Each
-// unanswered publish therefore leaks a slot of the async window
-// (PublishAsyncMaxPending, 4000 by default). Once it is full every publish
-// waits PublishTimeout for a slot (WithStallWait) and fails with "stalled
-// with too many outstanding async published messages", one message after
-// the other, and keeps failing after the stream answers again: a round of
-// BatchSize rows then takes BatchSize × PublishTimeout (2000 × 5s with the
-// defaults) and publishes nothing.
+// Through nats.go's PublishMsgAsync, an unanswered publish keeps its
+// PubAckFuture in the jetstream context's pending map unless the context
+// was created with jetstream.WithPublishAsyncTimeout (nats.go drops pending
+// futures only when the connection reconnects), so each one leaked a slot
+// of the async window (PublishAsyncMaxPending, 4000 by default); once it
+// was full every publish waited PublishTimeout for a slot and failed, and
+// kept failing after the stream answered again. outbox.JetStreamPublisher
+// now publishes on nats.go's own context with reply subjects of its own
+// (an unanswered publish just times out; there is no window), and through
+// a context of the same connection WithPublishAsyncTimeout when it must use
+// PublishMsgAsync.
 //
-// The test fills the window quickly: a core subscription swallows the
-// relay's publishes (the subject has interest, nobody replies), then it is
-// replaced by a real stream. Every row must then be published; today none
-// is. It passes when the relay's jetstream context is created with
-// WithPublishAsyncTimeout.
+// The test makes many publishes go unanswered quickly — a core
+// subscription swallows the relay's publishes (the subject has interest,
+// nobody replies) — and then replaces it with a real stream: every row
+// must then be published.
 func TestRelayRecoversAfterUnansweredPublishes(t *testing.T) {
 	t.Parallel()
 	env := harness.EmbeddedNATS(t)
