@@ -79,7 +79,10 @@ func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
 	if o.Group != "" {
 		c.base = append(c.base, semconv.MessagingConsumerGroupNameKey.String(o.Group))
 	}
-	c.store = newStoreOpts(componentConsume, c.base)
+	// A store call is no messaging operation: its latency carries the
+	// group but not messaging.system, one attribute fewer for the SDK to
+	// check on each of the two measurements of every delivery.
+	c.store = newStoreOpts(componentConsume, c.base[1:])
 	c.claims = t.claimCounts(componentConsume, c.base)
 	c.handlerOpts = newOpts(append([]attribute.KeyValue{componentConsume}, c.base...)...)
 	for dep := consumer.StoreUnavailable; dep <= consumer.HandlerUnavailable; dep++ {

@@ -51,7 +51,9 @@ const (
 	MetricHandlerDuration = "idemq.handler.duration"
 	// MetricStoreDuration is the histogram of dedupe store calls made
 	// through the guard, in seconds, by idemq.dedupe.operation (claim,
-	// complete, release, delete, extend, snooze), idemq.component and error.type.
+	// complete, release, delete, extend, snooze), idemq.component,
+	// error.type and a consumer's messaging.consumer.group.name (not
+	// messaging.system: a store call is no messaging operation).
 	MetricStoreDuration = "idemq.dedupe.store.duration"
 	// MetricConsumerPaused is 1 while the consumer is paused because
 	// idemq.dependency (store, dead_letter, handler_dependency) does not
