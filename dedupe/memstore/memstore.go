@@ -169,12 +169,11 @@ func putToken(b []byte, v uint64) {
 
 // isToken reports whether t is the text of token number v.
 func isToken(t string, v uint64) bool {
-	if len(t) != tokenLen {
-		return false
-	}
-	var b [tokenLen]byte
-	putToken(b[:], v)
-	return string(b[:]) == t
+	// Two 8-byte words compared with the text's halves, rather than the
+	// text written out and compared as a string.
+	return len(t) == tokenLen &&
+		binary.BigEndian.Uint64([]byte(t[:8])) == hex8(uint32(v>>32)) &&
+		binary.BigEndian.Uint64([]byte(t[8:tokenLen])) == hex8(uint32(v))
 }
 
 // hex8 returns the 8 lower-case hex digits of v as the bytes of a uint64,
@@ -240,6 +239,10 @@ func (s *Store) sweepEvery(now int64) {
 // its fence, so the first lease after its retention has the clock's fence,
 // as after the record was swept or deleted.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
+	// The key's control bytes are on their way to the cache while the
+	// checks, the clock and the lock take their time.
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
@@ -248,12 +251,12 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	}
 	t := s.clock()
 	var c dedupe.Claim
-	tok, fence, attempt, takeover, err := s.claim(&c, key, fingerprint, t, lease, retention)
+	tok, fence, attempt, takeover, err := s.claim(&c, sh, h, key, fingerprint, t, lease, retention)
 	if err != nil && errors.Is(err, ErrFull) {
 		// The bound counts records not yet evicted: sweep the whole store
 		// once and try again before refusing the key.
 		s.sweepEvery(t)
-		tok, fence, attempt, takeover, err = s.claim(&c, key, fingerprint, t, lease, retention)
+		tok, fence, attempt, takeover, err = s.claim(&c, sh, h, key, fingerprint, t, lease, retention)
 	}
 	if tok == "" {
 		return c, err
@@ -261,13 +264,13 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	return dedupe.Claim{Status: dedupe.Acquired, Token: tok, Fence: fence, Takeover: takeover, Attempt: attempt}, nil
 }
 
-// claim applies Claim under the shard's lock. An Acquired answer comes back
+// claim applies Claim under the lock of key's shard sh (h is the key's
+// hash, see Store.shard). An Acquired answer comes back
 // as its token (never empty), fence, attempt and takeover, in registers, so
 // that Claim writes the answer once instead of copying it from one call's
 // results to the next (copies that stalled on store forwarding); any other
 // answer claim writes to out, with an empty token.
-func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, retention time.Duration) (string, uint64, int, bool, error) {
-	sh, h := s.shard(key)
+func (s *Store) claim(out *dedupe.Claim, sh *shard, h uint32, key, fp string, t int64, leaseFor, retention time.Duration) (string, uint64, int, bool, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	i := sh.find(key, h)

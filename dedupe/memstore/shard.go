@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/idemq/idemq/dedupe"
 )
@@ -56,7 +58,11 @@ type shard struct {
 	tokSeq  uint64 // sequence number of the next token (from a random start, never 0)
 	tokBase uint64 // sequence number of the first token in toks
 	toks    string // the text of tokenBatch tokens, tokSeq's among them
-	_       [64]byte
+	// The address of ctrl's first byte and len(idx)-1, for hint, which
+	// reads them without the lock (reindex sets them).
+	ctrlAt   atomic.Uintptr
+	ctrlMask atomic.Uint32
+	_        [64]byte
 }
 
 // find returns the number of key's record, or -1.
@@ -122,6 +128,19 @@ func (sh *shard) find(key string, h uint32) int {
 	}
 }
 
+// hint starts fetching the control bytes that find(key, h) reads first into
+// the processor's caches, without waiting for them, and without the lock:
+// called before the lock is taken (and the clock read), it lets the cache
+// miss of a new key's lookup, a read at a random place of a large table,
+// overlap that work instead of following it. The table's address and size
+// may be torn or stale (a reindex in between): the fetch is then merely
+// useless, as prefetch never faults.
+func (sh *shard) hint(h uint32) {
+	if at := sh.ctrlAt.Load(); at != 0 {
+		prefetch(at + uintptr(h&sh.ctrlMask.Load()))
+	}
+}
+
 // Control bytes are read ctrlGroup at a time; the ctrlGroup bytes after the
 // last slot's are clones of the first slots', so that a group starting near
 // the end reads on past it.
@@ -181,6 +200,8 @@ func (sh *shard) slot(i int, h uint32) uint32 {
 func (sh *shard) reindex(n int) {
 	sh.idx = make([]uint32, n)
 	sh.ctrl = make([]uint8, n+ctrlGroup)
+	sh.ctrlAt.Store(uintptr(unsafe.Pointer(&sh.ctrl[0])))
+	sh.ctrlMask.Store(uint32(n - 1))
 	for i := range sh.recs.len() {
 		sh.place(i, sh.recs.at(i).hash)
 	}
