@@ -2,6 +2,6 @@
 
 package memstore
 
-// prefetch does nothing on this architecture: the lookup simply waits for
-// its cache miss under the shard's lock (see shard.hint).
-func prefetch(addr uintptr) {}
+// prefetch does nothing on this architecture: a lookup simply waits for its
+// cache misses under the shard's lock (see shard.hint).
+func prefetch(a, b uintptr) {}

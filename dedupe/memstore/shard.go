@@ -58,9 +58,10 @@ type shard struct {
 	tokSeq  uint64 // sequence number of the next token (from a random start, never 0)
 	tokBase uint64 // sequence number of the first token in toks
 	toks    string // the text of tokenBatch tokens, tokSeq's among them
-	// The address of ctrl's first byte and len(idx)-1, for hint, which
-	// reads them without the lock (reindex sets them).
+	// The addresses of ctrl's and idx's first elements and len(idx)-1, for
+	// hint, which reads them without the lock (reindex sets them).
 	ctrlAt   atomic.Uintptr
+	idxAt    atomic.Uintptr
 	ctrlMask atomic.Uint32
 	_        [64]byte
 }
@@ -128,16 +129,19 @@ func (sh *shard) find(key string, h uint32) int {
 	}
 }
 
-// hint starts fetching the control bytes that find(key, h) reads first into
-// the processor's caches, without waiting for them, and without the lock:
-// called before the lock is taken (and the clock read), it lets the cache
-// miss of a new key's lookup, a read at a random place of a large table,
-// overlap that work instead of following it. The table's address and size
-// may be torn or stale (a reindex in between): the fetch is then merely
-// useless, as prefetch never faults.
+// hint starts fetching into the processor's caches the control bytes that
+// find(key, h) reads first and the index slot beside them, without waiting
+// for them and without the lock. Claim calls it before it reads the clock
+// and takes the lock, so that the cache misses of a new key (its lookup
+// reads the control bytes at a random place of a large table, and the
+// batch that indexes it later writes the slot) overlap that work instead
+// of following it. The tables' addresses and size may be torn or stale (a
+// reindex in between): the fetch is then merely useless, as prefetch never
+// faults.
 func (sh *shard) hint(h uint32) {
 	if at := sh.ctrlAt.Load(); at != 0 {
-		prefetch(at + uintptr(h&sh.ctrlMask.Load()))
+		m := uintptr(h & sh.ctrlMask.Load())
+		prefetch(at+m, sh.idxAt.Load()+4*m)
 	}
 }
 
@@ -201,6 +205,7 @@ func (sh *shard) reindex(n int) {
 	sh.idx = make([]uint32, n)
 	sh.ctrl = make([]uint8, n+ctrlGroup)
 	sh.ctrlAt.Store(uintptr(unsafe.Pointer(&sh.ctrl[0])))
+	sh.idxAt.Store(uintptr(unsafe.Pointer(&sh.idx[0])))
 	sh.ctrlMask.Store(uint32(n - 1))
 	for i := range sh.recs.len() {
 		sh.place(i, sh.recs.at(i).hash)
