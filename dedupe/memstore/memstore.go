@@ -131,6 +131,16 @@ func (s *Store) shard(key string) (*shard, uint32) {
 	return &s.shards[h&s.mask], uint32(h >> 32)
 }
 
+// hinted returns key's shard and hash, as shard does, having started to
+// fetch the index memory that the key's lookup reads (see shard.hint): the
+// operations call it first, so that the fetch overlaps their checks, their
+// clock reading and the lock instead of following them.
+func (s *Store) hinted(key string) (*shard, uint32) {
+	sh, h := s.shard(key)
+	sh.hint(h)
+	return sh, h
+}
+
 // Tokens are the 16 lower-case hex digits of a number that no other lease
 // of the Store has had: the shard's number in the low bits, a sequence
 // number the shard counts up above them, from a random start below 2^40
@@ -239,10 +249,7 @@ func (s *Store) sweepEvery(now int64) {
 // its fence, so the first lease after its retention has the clock's fence,
 // as after the record was swept or deleted.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
-	// The key's control bytes are on their way to the cache while the
-	// checks, the clock and the lock take their time.
-	sh, h := s.shard(key)
-	sh.hint(h)
+	sh, h := s.hinted(key)
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
@@ -377,32 +384,33 @@ func nextFence(prev uint64, t int64) uint64 {
 	return max(prev+1, clock)
 }
 
-// owned returns key's shard, locked, and the number of its record when
-// token is the current token of a live in-progress record; else it unlocks
-// and returns dedupe.ErrLeaseLost. An expired lease that nobody took over is
-// still owned: the token, not the clock, is the authority.
-func (s *Store) owned(key, token string, t int64) (*shard, int, error) {
-	sh, h := s.shard(key)
+// owned locks key's shard sh (h is the key's hash) and returns the number
+// of its record when token is the current token of a live in-progress
+// record; else it unlocks sh and returns dedupe.ErrLeaseLost. An expired
+// lease that nobody took over is still owned: the token, not the clock, is
+// the authority.
+func (s *Store) owned(sh *shard, h uint32, key, token string, t int64) (int, error) {
 	sh.mu.Lock()
 	i := sh.find(key, h)
 	if i < 0 {
 		sh.mu.Unlock()
-		return nil, 0, dedupe.ErrLeaseLost
+		return 0, dedupe.ErrLeaseLost
 	}
 	r := sh.recs.at(i)
 	if t >= r.exp || r.state() != dedupe.StateInProgress {
 		sh.mu.Unlock()
-		return nil, 0, dedupe.ErrLeaseLost
+		return 0, dedupe.ErrLeaseLost
 	}
 	if num := sh.leases[r.res].tok; num == 0 || !isToken(token, num) {
 		sh.mu.Unlock()
-		return nil, 0, dedupe.ErrLeaseLost
+		return 0, dedupe.ErrLeaseLost
 	}
-	return sh, i, nil
+	return i, nil
 }
 
 // Complete implements dedupe.Store. The result bytes are copied.
 func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
+	sh, h := s.hinted(key)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -410,7 +418,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 		return fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
 	}
 	t := s.clock()
-	sh, i, err := s.owned(key, token, t)
+	i, err := s.owned(sh, h, key, token, t)
 	if err != nil {
 		return err
 	}
@@ -449,10 +457,11 @@ func (s *Store) Snooze(ctx context.Context, key, token string) error {
 // cleared and the lease ended, the attempt count (less the snoozed attempt)
 // and retention kept.
 func (s *Store) release(ctx context.Context, key, token string, snooze bool) error {
+	sh, h := s.hinted(key)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	sh, i, err := s.owned(key, token, s.clock())
+	i, err := s.owned(sh, h, key, token, s.clock())
 	if err != nil {
 		return err
 	}
@@ -468,10 +477,11 @@ func (s *Store) release(ctx context.Context, key, token string, snooze bool) err
 
 // Delete implements dedupe.Store.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
+	sh, h := s.hinted(key)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	sh, i, err := s.owned(key, token, s.clock())
+	i, err := s.owned(sh, h, key, token, s.clock())
 	if err != nil {
 		return err
 	}
@@ -487,6 +497,7 @@ func (s *Store) Ping(ctx context.Context) error { return ctx.Err() }
 
 // Extend implements dedupe.Store.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	sh, h := s.hinted(key)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -494,7 +505,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
 	}
 	t := s.clock()
-	sh, i, err := s.owned(key, token, t)
+	i, err := s.owned(sh, h, key, token, t)
 	if err != nil {
 		return err
 	}
