@@ -18,13 +18,13 @@
 // then reads the clock and takes the shard's lock, so that the lookup's
 // cache miss in a large index overlaps that work instead of following it.
 // A completed record with a 64-byte fingerprint and an 11-byte key holds
-// about 117 bytes in all. Chunks are
-// compacted once most of their bytes belong to records that are gone, so
-// memory follows the live records. A shard addresses at most 65,536 chunks
-// (4 GiB); past that, Claim and Complete of what it cannot hold return an
-// error and change nothing. Claim and Complete of a fresh key make no
-// allocation of their own, amortised; replaying a Duplicate allocates the
-// copy of its result (and of the fingerprint when the caller's differs).
+// about 117 bytes in all. Chunks are compacted once most of their bytes
+// belong to records that are gone, so memory follows the live records. A
+// shard addresses at most 65,536 chunks (4 GiB); past that, Claim and
+// Complete of what it cannot hold return an error and change nothing. Claim
+// and Complete of a fresh key make no allocation of their own, amortised;
+// replaying a Duplicate allocates the copy of its result (and of the
+// fingerprint when the caller's differs).
 //
 // Tokens are 16 hex digits, unique within a Store (they are compared, never
 // trusted as secrets). Fences follow storekit.NextFence while a record is in
