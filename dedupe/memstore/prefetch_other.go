@@ -4,4 +4,4 @@ package memstore
 
 // prefetch does nothing on this architecture: a lookup simply waits for its
 // cache misses under the shard's lock (see shard.hint).
-func prefetch(a, b uintptr) {}
+func prefetch(a, b, c uintptr) {}
