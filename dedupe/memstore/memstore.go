@@ -272,11 +272,11 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 }
 
 // claim applies Claim under the lock of key's shard sh (h is the key's
-// hash, see Store.shard). An Acquired answer comes back
-// as its token (never empty), fence, attempt and takeover, in registers, so
-// that Claim writes the answer once instead of copying it from one call's
-// results to the next (copies that stalled on store forwarding); any other
-// answer claim writes to out, with an empty token.
+// hash, see Store.shard). An Acquired answer comes back as its token (never
+// empty), fence, attempt and takeover, in registers, so that Claim writes
+// the answer once instead of copying it from one call's results to the next
+// (copies that stalled on store forwarding); any other answer claim writes
+// to out, with an empty token.
 func (s *Store) claim(out *dedupe.Claim, sh *shard, h uint32, key, fp string, t int64, leaseFor, retention time.Duration) (string, uint64, int, bool, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
