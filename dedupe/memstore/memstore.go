@@ -131,16 +131,6 @@ func (s *Store) shard(key string) (*shard, uint32) {
 	return &s.shards[h&s.mask], uint32(h >> 32)
 }
 
-// hinted returns key's shard and hash, as shard does, having started to
-// fetch the index memory that the key's lookup reads (see shard.hint): the
-// operations call it first, so that the fetch overlaps their checks, their
-// clock reading and the lock instead of following them.
-func (s *Store) hinted(key string) (*shard, uint32) {
-	sh, h := s.shard(key)
-	sh.hint(h)
-	return sh, h
-}
-
 // Tokens are the 16 lower-case hex digits of a number that no other lease
 // of the Store has had: the shard's number in the low bits, a sequence
 // number the shard counts up above them, from a random start below 2^40
@@ -249,7 +239,8 @@ func (s *Store) sweepEvery(now int64) {
 // its fence, so the first lease after its retention has the clock's fence,
 // as after the record was swept or deleted.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
-	sh, h := s.hinted(key)
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
@@ -410,7 +401,8 @@ func (s *Store) owned(sh *shard, h uint32, key, token string, t int64) (int, err
 
 // Complete implements dedupe.Store. The result bytes are copied.
 func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
-	sh, h := s.hinted(key)
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -457,7 +449,8 @@ func (s *Store) Snooze(ctx context.Context, key, token string) error {
 // cleared and the lease ended, the attempt count (less the snoozed attempt)
 // and retention kept.
 func (s *Store) release(ctx context.Context, key, token string, snooze bool) error {
-	sh, h := s.hinted(key)
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -477,7 +470,8 @@ func (s *Store) release(ctx context.Context, key, token string, snooze bool) err
 
 // Delete implements dedupe.Store.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
-	sh, h := s.hinted(key)
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -497,7 +491,8 @@ func (s *Store) Ping(ctx context.Context) error { return ctx.Err() }
 
 // Extend implements dedupe.Store.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
-	sh, h := s.hinted(key)
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -132,13 +132,13 @@ func (sh *shard) find(key string, h uint32) int {
 // hint starts fetching into the processor's caches the control bytes that
 // find(key, h) reads first (both cache lines when the eight of them
 // straddle two) and the index slot beside them, without waiting for them
-// and without the lock. The operations call it (through Store.hinted)
-// before they read the clock and take the lock, so that the cache misses
-// of a new key (its lookup reads the control bytes at a random place of a
-// large table, and the batch that indexes it later writes the slot)
-// overlap that work instead of following it. The tables' addresses and
-// size may be torn or stale (a reindex in between): the fetch is then
-// merely useless, as prefetch never faults.
+// and without the lock. The operations on a key call it first, before
+// they read the clock and take the lock, so that the cache misses of a new
+// key (its lookup reads the control bytes at a random place of a large
+// table, and the batch that indexes it later writes the slot) overlap that
+// work instead of following it. The tables' addresses and size may be torn
+// or stale (a reindex in between): the fetch is then merely useless, as
+// prefetch never faults.
 func (sh *shard) hint(h uint32) {
 	if at := sh.ctrlAt.Load(); at != 0 {
 		m := uintptr(h & sh.ctrlMask.Load())
