@@ -169,12 +169,11 @@ func putToken(b []byte, v uint64) {
 
 // isToken reports whether t is the text of token number v.
 func isToken(t string, v uint64) bool {
-	if len(t) != tokenLen {
-		return false
-	}
-	var b [tokenLen]byte
-	putToken(b[:], v)
-	return string(b[:]) == t
+	// Two 8-byte words compared with the text's halves, rather than the
+	// text written out and compared as a string.
+	return len(t) == tokenLen &&
+		binary.BigEndian.Uint64([]byte(t[:8])) == hex8(uint32(v>>32)) &&
+		binary.BigEndian.Uint64([]byte(t[8:tokenLen])) == hex8(uint32(v))
 }
 
 // hex8 returns the 8 lower-case hex digits of v as the bytes of a uint64,
@@ -240,6 +239,8 @@ func (s *Store) sweepEvery(now int64) {
 // its fence, so the first lease after its retention has the clock's fence,
 // as after the record was swept or deleted.
 func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, retention time.Duration) (dedupe.Claim, error) {
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return dedupe.Claim{}, err
 	}
@@ -248,12 +249,12 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	}
 	t := s.clock()
 	var c dedupe.Claim
-	tok, fence, attempt, takeover, err := s.claim(&c, key, fingerprint, t, lease, retention)
+	tok, fence, attempt, takeover, err := s.claim(&c, sh, h, key, fingerprint, t, lease, retention)
 	if err != nil && errors.Is(err, ErrFull) {
 		// The bound counts records not yet evicted: sweep the whole store
 		// once and try again before refusing the key.
 		s.sweepEvery(t)
-		tok, fence, attempt, takeover, err = s.claim(&c, key, fingerprint, t, lease, retention)
+		tok, fence, attempt, takeover, err = s.claim(&c, sh, h, key, fingerprint, t, lease, retention)
 	}
 	if tok == "" {
 		return c, err
@@ -261,13 +262,13 @@ func (s *Store) Claim(ctx context.Context, key, fingerprint string, lease, reten
 	return dedupe.Claim{Status: dedupe.Acquired, Token: tok, Fence: fence, Takeover: takeover, Attempt: attempt}, nil
 }
 
-// claim applies Claim under the shard's lock. An Acquired answer comes back
-// as its token (never empty), fence, attempt and takeover, in registers, so
-// that Claim writes the answer once instead of copying it from one call's
-// results to the next (copies that stalled on store forwarding); any other
-// answer claim writes to out, with an empty token.
-func (s *Store) claim(out *dedupe.Claim, key, fp string, t int64, leaseFor, retention time.Duration) (string, uint64, int, bool, error) {
-	sh, h := s.shard(key)
+// claim applies Claim under the lock of key's shard sh (h is the key's
+// hash, see Store.shard). An Acquired answer comes back as its token (never
+// empty), fence, attempt and takeover, in registers, so that Claim writes
+// the answer once instead of copying it from one call's results to the next
+// (copies that stalled on store forwarding); any other answer claim writes
+// to out, with an empty token.
+func (s *Store) claim(out *dedupe.Claim, sh *shard, h uint32, key, fp string, t int64, leaseFor, retention time.Duration) (string, uint64, int, bool, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	i := sh.find(key, h)
@@ -374,32 +375,34 @@ func nextFence(prev uint64, t int64) uint64 {
 	return max(prev+1, clock)
 }
 
-// owned returns key's shard, locked, and the number of its record when
-// token is the current token of a live in-progress record; else it unlocks
-// and returns dedupe.ErrLeaseLost. An expired lease that nobody took over is
-// still owned: the token, not the clock, is the authority.
-func (s *Store) owned(key, token string, t int64) (*shard, int, error) {
-	sh, h := s.shard(key)
+// owned locks key's shard sh (h is the key's hash) and returns the number
+// of its record when token is the current token of a live in-progress
+// record; else it unlocks sh and returns dedupe.ErrLeaseLost. An expired
+// lease that nobody took over is still owned: the token, not the clock, is
+// the authority.
+func (s *Store) owned(sh *shard, h uint32, key, token string, t int64) (int, error) {
 	sh.mu.Lock()
 	i := sh.find(key, h)
 	if i < 0 {
 		sh.mu.Unlock()
-		return nil, 0, dedupe.ErrLeaseLost
+		return 0, dedupe.ErrLeaseLost
 	}
 	r := sh.recs.at(i)
 	if t >= r.exp || r.state() != dedupe.StateInProgress {
 		sh.mu.Unlock()
-		return nil, 0, dedupe.ErrLeaseLost
+		return 0, dedupe.ErrLeaseLost
 	}
 	if num := sh.leases[r.res].tok; num == 0 || !isToken(token, num) {
 		sh.mu.Unlock()
-		return nil, 0, dedupe.ErrLeaseLost
+		return 0, dedupe.ErrLeaseLost
 	}
-	return sh, i, nil
+	return i, nil
 }
 
 // Complete implements dedupe.Store. The result bytes are copied.
 func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Result, retention time.Duration) error {
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -407,7 +410,7 @@ func (s *Store) Complete(ctx context.Context, key, token string, res dedupe.Resu
 		return fmt.Errorf("%w: retention %v must be positive", dedupe.ErrInvalidLease, retention)
 	}
 	t := s.clock()
-	sh, i, err := s.owned(key, token, t)
+	i, err := s.owned(sh, h, key, token, t)
 	if err != nil {
 		return err
 	}
@@ -446,10 +449,12 @@ func (s *Store) Snooze(ctx context.Context, key, token string) error {
 // cleared and the lease ended, the attempt count (less the snoozed attempt)
 // and retention kept.
 func (s *Store) release(ctx context.Context, key, token string, snooze bool) error {
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	sh, i, err := s.owned(key, token, s.clock())
+	i, err := s.owned(sh, h, key, token, s.clock())
 	if err != nil {
 		return err
 	}
@@ -465,10 +470,12 @@ func (s *Store) release(ctx context.Context, key, token string, snooze bool) err
 
 // Delete implements dedupe.Store.
 func (s *Store) Delete(ctx context.Context, key, token string) error {
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	sh, i, err := s.owned(key, token, s.clock())
+	i, err := s.owned(sh, h, key, token, s.clock())
 	if err != nil {
 		return err
 	}
@@ -484,6 +491,8 @@ func (s *Store) Ping(ctx context.Context) error { return ctx.Err() }
 
 // Extend implements dedupe.Store.
 func (s *Store) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	sh, h := s.shard(key)
+	sh.hint(h)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -491,7 +500,7 @@ func (s *Store) Extend(ctx context.Context, key, token string, lease time.Durati
 		return fmt.Errorf("%w: lease %v must be positive", dedupe.ErrInvalidLease, lease)
 	}
 	t := s.clock()
-	sh, i, err := s.owned(key, token, t)
+	i, err := s.owned(sh, h, key, token, t)
 	if err != nil {
 		return err
 	}

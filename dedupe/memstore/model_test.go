@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/idemq/idemq/dedupe"
 	"github.com/idemq/idemq/dedupe/storekit"
@@ -212,6 +213,9 @@ func checkInvariants(t *testing.T, s *Store, step int) {
 		m := uint32(len(sh.idx) - 1)
 		if len(sh.idx) > 0 && len(sh.ctrl) != len(sh.idx)+ctrlGroup {
 			t.Fatalf("step %d: shard %d: %d control bytes for %d slots", step, si, len(sh.ctrl), len(sh.idx))
+		}
+		if len(sh.idx) > 0 && (sh.ctrlAt.Load() != uintptr(unsafe.Pointer(&sh.ctrl[0])) || sh.idxAt.Load() != uintptr(unsafe.Pointer(&sh.idx[0])) || sh.ctrlMask.Load() != m) {
+			t.Fatalf("step %d: shard %d: hint's tables %#x, %#x and mask %#x are not the index's", step, si, sh.ctrlAt.Load(), sh.idxAt.Load(), sh.ctrlMask.Load())
 		}
 		for q := range min(len(sh.idx), ctrlGroup) {
 			if sh.ctrl[len(sh.idx)+q] != sh.ctrl[q] {

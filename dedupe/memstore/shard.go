@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/idemq/idemq/dedupe"
 )
@@ -56,7 +58,12 @@ type shard struct {
 	tokSeq  uint64 // sequence number of the next token (from a random start, never 0)
 	tokBase uint64 // sequence number of the first token in toks
 	toks    string // the text of tokenBatch tokens, tokSeq's among them
-	_       [64]byte
+	// The addresses of ctrl's and idx's first elements and len(idx)-1, for
+	// hint, which reads them without the lock (reindex sets them).
+	ctrlAt   atomic.Uintptr
+	idxAt    atomic.Uintptr
+	ctrlMask atomic.Uint32
+	_        [64]byte
 }
 
 // find returns the number of key's record, or -1.
@@ -122,6 +129,23 @@ func (sh *shard) find(key string, h uint32) int {
 	}
 }
 
+// hint starts fetching into the processor's caches the control bytes that
+// find(key, h) reads first (both cache lines when the eight of them
+// straddle two) and the index slot beside them, without waiting for them
+// and without the lock. The operations on a key call it first, before
+// they read the clock and take the lock, so that the cache misses of a new
+// key (its lookup reads the control bytes at a random place of a large
+// table, and the batch that indexes it later writes the slot) overlap that
+// work instead of following it. The tables' addresses and size may be torn
+// or stale (a reindex in between): the fetch is then merely useless, as
+// prefetch never faults.
+func (sh *shard) hint(h uint32) {
+	if at := sh.ctrlAt.Load(); at != 0 {
+		m := uintptr(h & sh.ctrlMask.Load())
+		prefetch(at+m, at+m+ctrlGroup-1, sh.idxAt.Load()+4*m)
+	}
+}
+
 // Control bytes are read ctrlGroup at a time; the ctrlGroup bytes after the
 // last slot's are clones of the first slots', so that a group starting near
 // the end reads on past it.
@@ -181,6 +205,9 @@ func (sh *shard) slot(i int, h uint32) uint32 {
 func (sh *shard) reindex(n int) {
 	sh.idx = make([]uint32, n)
 	sh.ctrl = make([]uint8, n+ctrlGroup)
+	sh.ctrlAt.Store(uintptr(unsafe.Pointer(&sh.ctrl[0])))
+	sh.idxAt.Store(uintptr(unsafe.Pointer(&sh.idx[0])))
+	sh.ctrlMask.Store(uint32(n - 1))
 	for i := range sh.recs.len() {
 		sh.place(i, sh.recs.at(i).hash)
 	}
