@@ -57,7 +57,7 @@ func BenchmarkConsumeObserved(b *testing.B) {
 
 func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 	b.StopTimer()
-	wall, cpu, _ := consumeOnce(b, env, store, mode, b.N)
+	wall, cpu, _, _ := consumeOnce(b, env, nil, store, mode, b.N)
 	b.ReportMetric(float64(b.N)/wall.Seconds(), "msg/s")
 	// CPU time of this process (the consumer; the broker and Redis run
 	// elsewhere) per message: steadier than msg/s on a shared machine.
@@ -76,9 +76,12 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 // difference (<mode>-overhead-µs/msg, what the observer adds per message),
 // <mode>-ctxsw/msg (the context switches per message), and the median and
 // quartiles of the ratio taken within each round (<mode>/none-median,
-// -p25, -p75): the figure the ≤ 5 % goal is judged by, since a round's
-// modes run back to back under the same load while the load itself
-// changes from round to round by more than 5 %. IDEMQ_BENCH_N sets the
+// -p25, -p75), since a round's modes run back to back under the same load
+// while the load itself changes from round to round by more than 5 %.
+// When nats-server and redis-server run on this machine it also reports
+// their CPU per message (<mode>-servers-cpu-µs/msg, at /proc's 10 ms
+// resolution per round) and the ratio of the CPU per message summed over
+// the three processes (<mode>/none-total). IDEMQ_BENCH_N sets the
 // messages per round (default 10,000):
 //
 //	go test -run '^$' -bench ConsumeOverhead -benchtime 20x ./idemqotel/
@@ -95,6 +98,8 @@ func BenchmarkConsumeOverhead(b *testing.B) {
 	cpu := map[string]time.Duration{}
 	switches := map[string]int64{}
 	ratios := map[string][]float64{}
+	servers := localServers(b)
+	srvCPU := map[string]time.Duration{}
 	b.StopTimer()
 	for round := range b.N {
 		order := slices.Clone(modes)
@@ -103,10 +108,15 @@ func BenchmarkConsumeOverhead(b *testing.B) {
 		}
 		this := map[string]time.Duration{}
 		for _, mode := range order {
-			_, c, sw := consumeOnce(b, env, "redis", mode, n)
+			_, c, sw, sc := consumeOnce(b, env, servers, "redis", mode, n)
 			cpu[mode] += c
 			this[mode] = c
 			switches[mode] += sw
+			if sc < 0 || srvCPU[mode] < 0 {
+				srvCPU[mode] = -1
+			} else {
+				srvCPU[mode] += sc
+			}
 		}
 		if base := this["none"]; base > 0 {
 			for _, mode := range modes {
@@ -118,6 +128,12 @@ func BenchmarkConsumeOverhead(b *testing.B) {
 	for _, mode := range modes {
 		b.ReportMetric(float64(cpu[mode].Microseconds())/msgs, mode+"-cpu-µs/msg")
 		b.ReportMetric(float64(switches[mode])/msgs, mode+"-ctxsw/msg")
+		if srvCPU[mode] >= 0 && srvCPU["none"] >= 0 && len(servers) > 0 {
+			b.ReportMetric(float64(srvCPU[mode].Microseconds())/msgs, mode+"-servers-cpu-µs/msg")
+			if mode != "none" {
+				b.ReportMetric(float64(cpu[mode]+srvCPU[mode])/float64(cpu["none"]+srvCPU["none"]), mode+"/none-total")
+			}
+		}
 		if mode != "none" {
 			b.ReportMetric(float64(cpu[mode])/float64(cpu["none"]), mode+"/none")
 			b.ReportMetric(float64((cpu[mode]-cpu["none"]).Microseconds())/msgs, mode+"-overhead-µs/msg")
@@ -141,11 +157,52 @@ func quantile(sorted []float64, q float64) float64 {
 	return sorted[i] + (pos-float64(i))*(sorted[i+1]-sorted[i])
 }
 
+// localServers returns nats-server's and redis-server's processes, when
+// they run on this machine (see harness.FindLocalServer); the benchmark
+// logs why one is left out.
+func localServers(b *testing.B) []harness.LocalServer {
+	var out []harness.LocalServer
+	for _, s := range []struct {
+		url, name string
+		port      int
+	}{
+		{os.Getenv(harness.EnvNATSURL), "nats-server", 4222},
+		{os.Getenv(harness.EnvRedisURL), "redis-server", 6379},
+	} {
+		if s.url == "" {
+			b.Logf("%s: no URL in the environment; its CPU is not counted", s.name)
+			continue
+		}
+		p, err := harness.FindLocalServer(s.url, s.port)
+		if err != nil {
+			b.Logf("%s: %v; its CPU is not counted", s.name, err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// serversCPU returns the summed CPU time of servers, -1 when one cannot
+// be read.
+func serversCPU(servers []harness.LocalServer) time.Duration {
+	var sum time.Duration
+	for _, p := range servers {
+		d, err := p.CPU()
+		if err != nil {
+			return -1
+		}
+		sum += d
+	}
+	return sum
+}
+
 // consumeOnce fills a fresh stream with n messages, consumes them with a
 // natsjs consumer on store ("redis" or "memstore") observed as mode says,
-// and returns the wall time, this process's CPU time and its context
-// switches from the start of Run to the last handler call.
-func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) (wall, cpu time.Duration, switches int64) {
+// and returns the wall time, this process's CPU time, its context
+// switches and the CPU time of servers (-1 when unreadable) from the
+// start of Run to the last handler call.
+func consumeOnce(b *testing.B, env *harness.NATSEnv, servers []harness.LocalServer, store, mode string, n int) (wall, cpu time.Duration, switches int64, srv time.Duration) {
 	run := fmt.Sprintf("%d", benchRuns.Add(1))
 	stream, subject := env.Name("OB"+run), env.Subject("ob"+run+".x")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -221,7 +278,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	defer rcancel()
-	start, cpu0, sw0 := time.Now(), cpuTime(), ctxSwitches()
+	start, cpu0, sw0, srv0 := time.Now(), cpuTime(), ctxSwitches(), serversCPU(servers)
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(rctx) }()
 	select {
@@ -230,6 +287,11 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 		b.Fatalf("Run returned early: %v", err)
 	}
 	wall, cpu, switches = time.Since(start), cpuTime()-cpu0, ctxSwitches()-sw0
+	if srv1 := serversCPU(servers); srv0 < 0 || srv1 < 0 {
+		srv = -1
+	} else {
+		srv = srv1 - srv0
+	}
 	rcancel()
 	if err := <-errc; err != nil {
 		b.Fatal(err)
@@ -240,7 +302,7 @@ func consumeOnce(b *testing.B, env *harness.NATSEnv, store, mode string, n int) 
 			b.Fatal(err)
 		}
 	}
-	return wall, cpu, switches
+	return wall, cpu, switches, srv
 }
 
 // BenchmarkPipelineObserved measures the CPU cost per delivery of the

@@ -9,7 +9,5 @@ import (
 
 var errNoProc = errors.New("server processes are found through /proc, on Linux only")
 
-func listenerPID(int) (int, error)       { return 0, errNoProc }
 func procCPU(int) (time.Duration, error) { return 0, errNoProc }
-func procComm(int) string                { return "?" }
 func loadAvg() string                    { return "unknown" }
