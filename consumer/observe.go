@@ -218,7 +218,8 @@ func (OutcomeFunc) Timings() Timings { return TimeDelivery }
 // observations' clock, when the Observer uses the durations of t, and 0
 // without reading the clock otherwise. It reads one clock where time.Now
 // reads two (the wall clock too); a delivery takes up to eight readings,
-// two for each duration of the Observer's Timings.
+// two for each store call, the handler's run and the delivery itself, as
+// far as the Observer's Timings name them.
 func (p *Pipeline) clockFor(t Timings) time.Duration {
 	if p.timings&t == 0 {
 		return 0

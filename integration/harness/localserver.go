@@ -15,8 +15,11 @@ import (
 // client's (on a 2-core machine the broker, the store and the consumer
 // share the CPU).
 type LocalServer struct {
-	PID  int
-	Comm string // the process name, e.g. "nats-server"
+	// PID is the process's id.
+	PID int
+	// Comm is the process's name (/proc/<pid>/comm), e.g. "nats-server".
+	Comm string
+	// Port is the TCP port it was found listening on.
 	Port int
 }
 
