@@ -72,17 +72,19 @@ func (t *Telemetry) Consumer(o ConsumerOptions) *ConsumerObserver {
 		o.System = "nats"
 	}
 	c := &ConsumerObserver{t: t, o: o}
-	c.base = []attribute.KeyValue{semconv.MessagingSystemKey.String(o.System)}
+	system := semconv.MessagingSystemKey.String(o.System)
 	if o.System == "nats" {
-		c.base[0] = systemNATS
+		system = systemNATS
 	}
+	var group []attribute.KeyValue
 	if o.Group != "" {
-		c.base = append(c.base, semconv.MessagingConsumerGroupNameKey.String(o.Group))
+		group = []attribute.KeyValue{semconv.MessagingConsumerGroupNameKey.String(o.Group)}
 	}
+	c.base = append([]attribute.KeyValue{system}, group...)
 	// A store call is no messaging operation: its latency carries the
 	// group but not messaging.system, one attribute fewer for the SDK to
 	// check on each of the two measurements of every delivery.
-	c.store = newStoreOpts(componentConsume, c.base[1:])
+	c.store = newStoreOpts(componentConsume, group)
 	c.claims = t.claimCounts(componentConsume, c.base)
 	c.handlerOpts = newOpts(append([]attribute.KeyValue{componentConsume}, c.base...)...)
 	for dep := consumer.StoreUnavailable; dep <= consumer.HandlerUnavailable; dep++ {

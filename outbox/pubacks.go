@@ -117,8 +117,15 @@ func (a *ackRouter) publish(ctx context.Context, msgs []Outgoing, res []PublishR
 // settle records message i's result unless it already has one.
 func (a *ackRouter) settle(b *ackBatch, i int, r PublishResult) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if b.got[i] {
+	b.record(i, r)
+	a.mu.Unlock()
+}
+
+// record sets message i's result unless it already has one (or i is out
+// of range), and closes done with the batch's last; called with the
+// router's mu held.
+func (b *ackBatch) record(i int, r PublishResult) {
+	if i >= len(b.got) || b.got[i] {
 		return
 	}
 	b.got[i] = true
@@ -149,15 +156,8 @@ func (a *ackRouter) handle(m *nats.Msg) {
 	}
 	r := a.pubAck(m)
 	a.mu.Lock()
-	b := a.batches[id]
-	if b == nil || i >= len(b.got) || b.got[i] {
-		a.mu.Unlock()
-		return
-	}
-	b.got[i] = true
-	b.res[i] = r
-	if b.left--; b.left == 0 {
-		close(b.done)
+	if b := a.batches[id]; b != nil {
+		b.record(i, r)
 	}
 	a.mu.Unlock()
 }
