@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -92,7 +91,9 @@ func TestMetricsFlag(t *testing.T) {
 
 	wlogs := command(t, workerCommand, "-nats", ns.URL, "-db", dbURL, "-metrics", "127.0.0.1:0", "-ack-wait", "2s")
 	waitFor(t, ctx, "the worker ready", func() bool { return wlogs.event("worker_ready", "msg") != "" })
-	db, err := sql.Open("sqlite", filepath.Join(dir, "payments.db"))
+	// The demo's own way of opening the file (busy timeout, WAL): the
+	// worker's relay may hold the write lock when the accounts go in.
+	db, err := openDB(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
