@@ -30,7 +30,7 @@ func TestBufferedMeasurementsCollectedExactly(t *testing.T) {
 	}
 	g := &dedupe.Guard{Store: memstore.New(memstore.Config{}), Key: dedupe.MessageIDKey(), NoFingerprint: true}
 	p, err := consumer.NewPipeline(consumer.Config{Guard: g, Logger: quiet(), HeartbeatInterval: -1,
-		Observer: tel.Consumer(idemqotel.ConsumerOptions{Destination: "orders", ProcessDuration: true, HandlerDuration: true})},
+		Observer: tel.Consumer(idemqotel.ConsumerOptions{Destination: "orders", ProcessDuration: true, HandlerDuration: true, StoreDurationEvery: 1})},
 		func(ctx context.Context, m *consumer.Message) error { return nil })
 	if err != nil {
 		t.Fatal(err)

@@ -67,7 +67,8 @@ func benchConsume(b *testing.B, env *harness.NATSEnv, store, mode string) {
 // BenchmarkConsumeOverhead runs the modes of BenchmarkConsumeObserved
 // and "nop" (consumer.NopObserver: what an Observer costs the pipeline
 // itself) and "metrics-durations" (metrics with ConsumerOptions'
-// ProcessDuration and HandlerDuration) interleaved — none, nop, metrics,
+// ProcessDuration and HandlerDuration, and every store call's duration:
+// StoreDurationEvery 1) interleaved — none, nop, metrics,
 // metrics-durations, traces-10pct, traces-all, then
 // the reverse (IDEMQ_BENCH_MODES=none,metrics picks some, none first),
 // b.N rounds of 10,000 messages each, Redis dedupe — so that the machine's
@@ -372,12 +373,13 @@ func benchTraceparent(run int64, i int) string {
 func tracing(mode string) bool { return strings.HasPrefix(mode, "traces-") }
 
 // benchOptions is the consumer observer's options in mode: the defaults
-// (with a group), and in "metrics-durations" the opt-in duration
-// histograms too.
+// (with a group), and in "metrics-durations" every duration: the opt-in
+// histograms and each store call's (StoreDurationEvery 1), as the payments
+// demo records them.
 func benchOptions(mode string) idemqotel.ConsumerOptions {
 	o := idemqotel.ConsumerOptions{Group: "bench"}
 	if mode == "metrics-durations" {
-		o.ProcessDuration, o.HandlerDuration = true, true
+		o.ProcessDuration, o.HandlerDuration, o.StoreDurationEvery = true, true, 1
 	}
 	return o
 }

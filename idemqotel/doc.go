@@ -31,7 +31,9 @@
 //	idemq.handler.duration         s          handler runs, by idemq.component: http always; consumer with
 //	                                          ConsumerOptions.HandlerDuration (off by default)
 //	idemq.dedupe.store.duration    s          store calls by idemq.dedupe.operation: claim, complete, release,
-//	                                          delete, extend, snooze; error.type on failure
+//	                                          delete, extend, snooze; error.type on failure; a consumer's
+//	                                          successful calls sampled (ConsumerOptions.StoreDurationEvery:
+//	                                          one in 16 by default), its failed ones all
 //	idemq.consumer.paused          {consumer} 1 while paused, by idemq.dependency: store, dead_letter,
 //	                                          handler_dependency
 //	idemq.consumer.pauses          {pause}    pauses, by idemq.dependency

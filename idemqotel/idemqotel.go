@@ -53,7 +53,10 @@ const (
 	// through the guard, in seconds, by idemq.dedupe.operation (claim,
 	// complete, release, delete, extend, snooze), idemq.component,
 	// error.type and a consumer's messaging.consumer.group.name (not
-	// messaging.system: a store call is no messaging operation).
+	// messaging.system: a store call is no messaging operation). A
+	// consumer's successful calls are sampled (see
+	// ConsumerOptions.StoreDurationEvery); the HTTP middleware's are all
+	// recorded.
 	MetricStoreDuration = "idemq.dedupe.store.duration"
 	// MetricConsumerPaused is 1 while the consumer is paused because
 	// idemq.dependency (store, dead_letter, handler_dependency) does not
@@ -229,7 +232,7 @@ func New(cfg Config) (*Telemetry, error) {
 	}
 	t.retryDelay = hist(MetricRetryDelay, "Redelivery delays by cause; the count is the number of retries.", DelayBuckets)
 	t.handlerDur = hist(MetricHandlerDuration, "Duration of handler runs.", DurationBuckets)
-	t.storeDur = hist(MetricStoreDuration, "Duration of dedupe store calls made through the guard.", DurationBuckets)
+	t.storeDur = hist(MetricStoreDuration, "Duration of dedupe store calls made through the guard (a consumer's successful calls sampled, see idemqotel.ConsumerOptions.StoreDurationEvery).", DurationBuckets)
 	var err error
 	t.paused, err = m.Int64UpDownCounter(MetricConsumerPaused, metric.WithUnit("{consumer}"),
 		metric.WithDescription("1 while the consumer is paused because a dependency does not answer."))

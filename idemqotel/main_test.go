@@ -41,10 +41,16 @@ type telemetry struct {
 
 func newTelemetry(t testing.TB) *telemetry {
 	t.Helper()
+	return newTelemetrySampler(t, sdktrace.AlwaysSample())
+}
+
+// newTelemetrySampler is newTelemetry with the given trace sampler.
+func newTelemetrySampler(t testing.TB, sampler sdktrace.Sampler) *telemetry {
+	t.Helper()
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	spans := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans), sdktrace.WithSampler(sampler))
 	t.Cleanup(func() {
 		_ = mp.Shutdown(context.Background())
 		_ = tp.Shutdown(context.Background())

@@ -3,10 +3,12 @@ package idemqotel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/idemq/idemq/consumer"
 	"github.com/idemq/idemq/dedupe"
@@ -51,7 +53,7 @@ func TestSnoozeIsARetryCause(t *testing.T) {
 func TestDurationsOptIn(t *testing.T) {
 	for _, o := range []idemqotel.ConsumerOptions{{}, {ProcessDuration: true}, {HandlerDuration: true}, {ProcessDuration: true, HandlerDuration: true}} {
 		tel := newTelemetry(t)
-		wantTimings := consumer.TimeStore
+		wantTimings := consumer.TimeStore // StoreDurationEvery's default samples
 		if o.ProcessDuration {
 			wantTimings |= consumer.TimeDelivery
 		}
@@ -89,6 +91,89 @@ func TestDurationsOptIn(t *testing.T) {
 		}
 	}
 }
+
+// idemq.dedupe.store.duration samples successful store calls (one in
+// StoreDurationEvery, 16 by default), records every failed one and every
+// one of a delivery whose span is sampled, records all with 1 and none,
+// reading no clock, when negative.
+func TestStoreDurationSampled(t *testing.T) {
+	t.Run("untraced", func(t *testing.T) { testStoreDurationSampled(t, false) })
+	t.Run("traced", func(t *testing.T) { testStoreDurationSampled(t, true) })
+}
+
+func testStoreDurationSampled(t *testing.T, traced bool) {
+	const n = 3200 // deliveries: a claim and a completion each
+	failing := errors.New("store down")
+	for _, c := range []struct {
+		every    int
+		fail     bool
+		min, max uint64 // claims recorded
+	}{
+		{every: 0, min: 50, max: 600},   // 200 expected; the bounds are > 10 standard deviations away
+		{every: 4, min: 500, max: 1200}, // 800 expected
+		{every: 1, min: n, max: n},
+		{every: -1, min: 0, max: 0},
+		{every: 0, fail: true, min: n, max: n},
+	} {
+		sampler := sdktrace.NeverSample()
+		if traced {
+			sampler = sdktrace.AlwaysSample()
+			if c.every >= 0 {
+				c.min, c.max = n, n
+			}
+		}
+		tel := newTelemetrySampler(t, sampler)
+		o := idemqotel.ConsumerOptions{StoreDurationEvery: c.every}
+		obs := tel.Consumer(o)
+		if got := obs.Timings()&consumer.TimeStore != 0; got != (c.every >= 0) {
+			t.Errorf("every %d: store timed %v", c.every, got)
+		}
+		var store dedupe.Store = memstore.New(memstore.Config{})
+		if c.fail {
+			store = failStore{failing}
+		}
+		g := &dedupe.Guard{Store: store, Key: dedupe.MessageIDKey(), NoFingerprint: true}
+		p, err := consumer.NewPipeline(consumer.Config{Guard: g, Logger: quiet(), HeartbeatInterval: -1, Observer: obs},
+			func(ctx context.Context, m *consumer.Message) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			p.Process(context.Background(), &consumer.Message{ID: fmt.Sprint("m", i), Subject: "orders", Data: []byte(`{}`), Attempt: 1})
+		}
+		rm := tel.metrics(t)
+		kv := []attribute.KeyValue{attribute.String("idemq.dedupe.operation", "claim")}
+		if c.fail {
+			kv = append(kv, attribute.String("error.type", "_OTHER"))
+		}
+		if got := count(rm, idemqotel.MetricStoreDuration, kv...); got < c.min || got > c.max {
+			t.Errorf("every %d, failing %v: %d claims recorded, want %d..%d", c.every, c.fail, got, c.min, c.max)
+		}
+		// Every claim is counted, sampled or not.
+		claims := sum(rm, idemqotel.MetricDedupeClaims, attribute.String("idemq.dedupe.outcome", "acquired"))
+		if c.fail {
+			claims = sum(rm, idemqotel.MetricDedupeClaims, attribute.String("idemq.dedupe.outcome", "store_error"))
+		}
+		if claims != n {
+			t.Errorf("every %d, failing %v: %d claims counted, want %d", c.every, c.fail, claims, n)
+		}
+	}
+}
+
+// failStore is a dedupe.Store whose every call fails with err.
+type failStore struct{ err error }
+
+func (f failStore) Claim(context.Context, string, string, time.Duration, time.Duration) (dedupe.Claim, error) {
+	return dedupe.Claim{}, f.err
+}
+func (f failStore) Complete(context.Context, string, string, dedupe.Result, time.Duration) error {
+	return f.err
+}
+func (f failStore) Release(context.Context, string, string) error { return f.err }
+func (f failStore) Extend(context.Context, string, string, time.Duration) error {
+	return f.err
+}
+func (f failStore) Delete(context.Context, string, string) error { return f.err }
 
 // Each dependency a transport pauses for is its own series of the paused
 // gauge, back to 0 on resumption.

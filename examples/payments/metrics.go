@@ -92,7 +92,7 @@ func (t *telemetry) consumer(group string) consumer.Observer {
 	if t == nil {
 		return nil
 	}
-	return t.tel.Consumer(idemqotel.ConsumerOptions{Group: group, ProcessDuration: true, HandlerDuration: true})
+	return t.tel.Consumer(idemqotel.ConsumerOptions{Group: group, ProcessDuration: true, HandlerDuration: true, StoreDurationEvery: 1})
 }
 
 // relay returns the outbox relay's observer.
