@@ -293,7 +293,7 @@ func BenchmarkConsume(b *testing.B) {
 }
 
 // BenchmarkRatios runs every variant (BenchmarkSideBySide, the table of
-// record, runs the main five with every process's CPU). Each iteration is one
+// record, runs the main ones and redis-batch-floor with every process's CPU). Each iteration is one
 // cycle: it consumes the same pre-filled stream once with every variant, in
 // an order rotated from one cycle to the next, so that background load
 // (other builds on the machine) falls on all variants alike. Ratios are

@@ -17,6 +17,9 @@
 //	idemq-redis          consumer/natsjs, dedupe.Guard on redisstore (its defaults:
 //	                     concurrent calls batched into one pipeline)
 //	idemq-redis-unbatched  the same with redisstore's MaxBatch 1: a round trip per call
+//	redis-batch-floor    not a consumer, a bound: raw-ack's Consume + Ack with each
+//	                     buffered batch (≤ 64) claimed with one redisstore.ClaimMany and
+//	                     completed with one CompleteMany, no pipeline (side by side only)
 //
 // The Watermill variants run Deduplicator (in-memory repository: Watermill
 // v1.5.1 ships no Redis one), PoisonQueue, Retry and Recoverer. The idemq
@@ -36,7 +39,8 @@
 //
 // BenchmarkSideBySide is the one entry point for the side-by-side table the
 // README's benchmark table comes from. Its rows are raw-ack (the baseline),
-// idemq, idemq-mem, idemq-redis and watermill-nats; each iteration is a
+// idemq, idemq-mem, idemq-redis, redis-batch-floor and watermill-nats;
+// each iteration is a
 // cycle that runs every row once, in rotated order, after one unmeasured
 // warm-up round of each on a small stream. It prints a Markdown table whose
 // cells are the median (min..max) over the cycles of: msg/s; the rate over

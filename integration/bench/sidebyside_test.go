@@ -15,7 +15,8 @@ import (
 const sideBySideBaseline = "raw-ack"
 
 // sideBySideVariants are the rows of the side-by-side table: the raw
-// baseline, idemq without dedupe, on memstore and on Redis, and the one
+// baseline, idemq without dedupe, on memstore and on Redis, the floor of a
+// batched Redis design (redisBatchFloor: no consumer, a bound), and the one
 // fixed Watermill configuration (watermillBaseline).
 func sideBySideVariants() []variant {
 	return []variant{
@@ -23,6 +24,7 @@ func sideBySideVariants() []variant {
 		idemqVariant("idemq", noStore),
 		idemqVariant("idemq-mem", memStore),
 		idemqVariant("idemq-redis", redisStore),
+		redisBatchFloor(),
 		watermillNATS(watermillBaseline, wmSubscribersCount),
 	}
 }
