@@ -59,13 +59,13 @@ type fixture struct {
 	// Redis URLs, when they run on this machine and can be inspected (nil
 	// otherwise, with the reason in natsWhy and redisWhy). Guarded by
 	// redisMu.
-	natsProc, redisProc *localProc
+	natsProc, redisProc *harness.LocalServer
 	natsWhy, redisWhy   string
 }
 
 // servers returns the server processes found so far and why a missing one
 // is missing.
-func (fx *fixture) servers() (nats, redis *localProc, natsWhy, redisWhy string) {
+func (fx *fixture) servers() (nats, redis *harness.LocalServer, natsWhy, redisWhy string) {
 	fx.redisMu.Lock()
 	defer fx.redisMu.Unlock()
 	return fx.natsProc, fx.redisProc, fx.natsWhy, fx.redisWhy
@@ -145,7 +145,7 @@ func newFixture(tb testing.TB, n int) *fixture {
 	if fx.legacy, err = env.Conn.JetStream(); err != nil {
 		tb.Fatalf("jetstream context: %v", err)
 	}
-	if p, err := findLocalServer(env.URL, 4222); err != nil {
+	if p, err := harness.FindLocalServer(env.URL, 4222); err != nil {
 		fx.natsWhy = err.Error()
 	} else {
 		fx.natsProc = &p
@@ -155,7 +155,7 @@ func newFixture(tb testing.TB, n int) *fixture {
 	// load); otherwise with the first Redis environment.
 	fx.redisWhy = "no Redis environment yet"
 	if u := os.Getenv(harness.EnvRedisURL); u != "" {
-		if p, err := findLocalServer(u, 6379); err != nil {
+		if p, err := harness.FindLocalServer(u, 6379); err != nil {
 			fx.redisWhy = err.Error()
 		} else {
 			fx.redisProc, fx.redisWhy = &p, ""
@@ -176,7 +176,7 @@ func (fx *fixture) redis(tb testing.TB) *harness.RedisEnv {
 	env := harness.Redis(tb)
 	fx.redisEnvs[tb] = env
 	if fx.redisProc == nil {
-		if p, err := findLocalServer(env.URL, 6379); err != nil {
+		if p, err := harness.FindLocalServer(env.URL, 6379); err != nil {
 			fx.redisWhy = err.Error()
 		} else {
 			fx.redisProc, fx.redisWhy = &p, ""

@@ -5,13 +5,7 @@ package bench
 import (
 	"os"
 	"strings"
-	"time"
-
-	"github.com/idemq/idemq/integration/harness"
 )
-
-// procCPU is harness.ProcCPU.
-func procCPU(pid int) (time.Duration, error) { return harness.ProcCPU(pid) }
 
 // loadAvg returns /proc/loadavg's 1, 5 and 15 minute load averages.
 func loadAvg() string {

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/idemq/idemq/integration/harness"
 )
 
 // sideBySideBaseline is the variant every row of the side-by-side table is
@@ -158,7 +160,7 @@ func cell(s stat, f string) string {
 // heading that names the run's conditions.
 func sideBySideTable(fx *fixture, cycles int, vs []variant, rows map[string]sideRow, load0, load1 string) string {
 	nats, redis, natsWhy, redisWhy := fx.servers()
-	name := func(p *localProc, why, what string) string {
+	name := func(p *harness.LocalServer, why, what string) string {
 		if p == nil {
 			return what + " not measured: " + why
 		}
@@ -221,16 +223,16 @@ func TestFindLocalServer(t *testing.T) {
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	p, err := findLocalServer(fmt.Sprintf("nats://127.0.0.1:%d", port), 4222)
+	p, err := harness.FindLocalServer(fmt.Sprintf("nats://127.0.0.1:%d", port), 4222)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.pid != os.Getpid() || p.port != port {
+	if p.PID != os.Getpid() || p.Port != port {
 		t.Errorf("found %v, want this process (pid %d) on port %d", p, os.Getpid(), port)
 	}
 	// Burn some CPU so that the clock-tick count is not zero.
 	for i := 0; ; i++ {
-		d, err := p.cpu()
+		d, err := p.CPU()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +244,7 @@ func TestFindLocalServer(t *testing.T) {
 			t.Fatal("CPU time stays 0")
 		}
 	}
-	if _, err := findLocalServer("redis://192.0.2.1:6379/0", 6379); err == nil {
+	if _, err := harness.FindLocalServer("redis://192.0.2.1:6379/0", 6379); err == nil {
 		t.Error("a TEST-NET address counted as this machine")
 	}
 }
