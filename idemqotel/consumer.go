@@ -286,8 +286,7 @@ func (c *ConsumerObserver) StartStore(ctx context.Context, _ *consumer.Message, 
 // EndStore records the call's duration, as ConsumerOptions.StoreDurationEvery
 // samples, and ends its span.
 func (c *ConsumerObserver) EndStore(ctx context.Context, m *consumer.Message, op consumer.StoreOp, d time.Duration, err error) {
-	if every := c.o.StoreDurationEvery; every == 1 || every > 1 && (err != nil || rand.Uint32N(uint32(every)) == 0 ||
-		!c.t.noTraces && trace.SpanContextFromContext(ctx).IsSampled()) {
+	if c.recordStore(ctx, err) {
 		c.measure(ctx, m, histStore, d.Seconds(), c.store.of(int(op), err))
 	}
 	if c.t.noTraces {
@@ -296,6 +295,22 @@ func (c *ConsumerObserver) EndStore(ctx context.Context, m *consumer.Message, op
 	// The span in ctx is the store call's, or, when StartStore started
 	// none, a span that is not recording, for which End does nothing.
 	endSpan(trace.SpanFromContext(ctx), err)
+}
+
+// recordStore reports whether a store call ending with err is recorded
+// in idemq.dedupe.store.duration (see ConsumerOptions.StoreDurationEvery):
+// every failed call, one successful call in StoreDurationEvery, chosen at
+// random, and the calls of a delivery whose span is sampled.
+func (c *ConsumerObserver) recordStore(ctx context.Context, err error) bool {
+	switch every := c.o.StoreDurationEvery; {
+	case every == 1:
+		return true
+	case every < 1:
+		return false
+	case err != nil || rand.Uint32N(uint32(every)) == 0:
+		return true
+	}
+	return !c.t.noTraces && trace.SpanContextFromContext(ctx).IsSampled()
 }
 
 // StartHandler starts the handler's span.
