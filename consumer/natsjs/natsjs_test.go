@@ -217,13 +217,28 @@ func TestBusyRedeliveredAfterLease(t *testing.T) {
 			ranAt   time.Time
 			attempt int
 			calls   int
+			warm    bool
 		)
 		c := newConsumer(t, env, cfg, func(ctx context.Context, m *consumer.Message) error {
 			mu.Lock()
 			defer mu.Unlock()
+			if key(m) == "warm-up" {
+				warm = true
+				return nil
+			}
 			calls++
 			ranAt, attempt = time.Now(), m.Attempt
 			return nil
+		})
+		// The consumer is running and has processed a message before the
+		// pre-claim, so that its start-up (slow on a loaded machine) does
+		// not eat into the lease and turn the Busy into a takeover.
+		start(t, c)
+		f.publish(t, "warm-up", `{}`, nil)
+		eventually(t, "the warm-up message handled", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return warm
 		})
 		// Another attempt holds the key: it crashed after claiming.
 		claimedAt := time.Now()
@@ -232,7 +247,6 @@ func TestBusyRedeliveredAfterLease(t *testing.T) {
 			t.Fatalf("pre-claim: %v %v", tk.Status, err)
 		}
 		f.publish(t, "k1", `{}`, nil)
-		start(t, c)
 		f.waitSettled(t)
 		mu.Lock()
 		defer mu.Unlock()
