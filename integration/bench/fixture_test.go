@@ -248,6 +248,19 @@ func (r *round) createConsumer(ctx context.Context) (jetstream.Consumer, error) 
 	return r.js.CreateConsumer(ctx, r.fx.stream, r.fx.consumerConfig(r.consumer))
 }
 
+// mustCreateConsumer is createConsumer within setupTimeout, failing tb on
+// an error.
+func (r *round) mustCreateConsumer(tb testing.TB) jetstream.Consumer {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	cons, err := r.createConsumer(ctx)
+	if err != nil {
+		tb.Fatalf("create consumer: %v", err)
+	}
+	return cons
+}
+
 // waitAcked blocks until the handler saw every message and the server has
 // processed every ack: ack floor at the stream's last message, nothing
 // pending, nothing redelivered. It polls over the fixture's own connection,

@@ -41,12 +41,7 @@ func redisBatchFloor() variant {
 		baseline: idemqBaseline,
 		prepare: func(tb testing.TB, r *round) session {
 			tb.Helper()
-			ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-			defer cancel()
-			cons, err := r.createConsumer(ctx)
-			if err != nil {
-				tb.Fatalf("create consumer: %v", err)
-			}
+			cons := r.mustCreateConsumer(tb)
 			env := r.fx.redis(tb)
 			prefix := env.Prefix + r.id + ":"
 			return &floorSession{

@@ -61,13 +61,7 @@ type rawSession struct {
 
 func newRawSession(tb testing.TB, r *round, workers int) *rawSession {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-	defer cancel()
-	cons, err := r.createConsumer(ctx)
-	if err != nil {
-		tb.Fatalf("create consumer: %v", err)
-	}
-	return &rawSession{r: r, workers: workers, cons: cons}
+	return &rawSession{r: r, workers: workers, cons: r.mustCreateConsumer(tb)}
 }
 
 func (s *rawSession) start(ctx context.Context) error {
