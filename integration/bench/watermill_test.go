@@ -58,11 +58,7 @@ func watermillJetStream(name string, subscriptions int) variant {
 		dedupe:    true,
 		prepare: func(tb testing.TB, r *round) session {
 			tb.Helper()
-			ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-			defer cancel()
-			if _, err := r.createConsumer(ctx); err != nil {
-				tb.Fatalf("create consumer: %v", err)
-			}
+			r.mustCreateConsumer(tb)
 			sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
 				Conn:   r.nc,
 				Logger: watermill.NopLogger{},
